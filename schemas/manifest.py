@@ -1,0 +1,273 @@
+"""The ``captures`` session manifest: how one rig recording's streams map onto one timeline.
+
+Each stream keeps its own clock. A stream timestamp ``t`` (seconds, on the stream's clock) maps to the
+session timeline as ``t * (1 + drift_ppm * 1e-6) + offset_s``. Paths are relative to the session folder
+and may not leave it: a manifest is user input and must not be able to point the build at arbitrary files.
+
+The JSON Schema exported from these models is committed as ``schemas/manifest.schema.json``
+(``bindset schema``).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MANIFEST_NAMES = ("manifest.json", "manifest.yaml", "manifest.yml")
+SCHEMA_VERSION = 1
+
+SessionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are almost always typos ("ofset_s"); silently ignoring them would hide a wrong clock.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _relative_inside(value: str) -> str:
+    p = PurePosixPath(value.replace("\\", "/"))
+    if not value or p.is_absolute() or value.startswith("~"):
+        raise ValueError(f"path {value!r} must be relative to the session folder")
+    if ".." in p.parts:
+        raise ValueError(f"path {value!r} escapes the session folder")
+    return value
+
+
+RelPath = Annotated[str, Field(min_length=1), AfterValidator(_relative_inside)]
+
+
+class Clock(_Strict):
+    """How a stream's clock maps to the session timeline."""
+
+    offset_s: float = Field(0.0, ge=-3600.0, le=3600.0, description="added after drift correction")
+    drift_ppm: float = Field(0.0, ge=-10000.0, le=10000.0, description="stream clock rate error")
+
+    def to_session(self, t_stream):
+        return t_stream * (1.0 + self.drift_ppm * 1e-6) + self.offset_s
+
+    def to_stream(self, t_session):
+        return (t_session - self.offset_s) / (1.0 + self.drift_ppm * 1e-6)
+
+
+class TimeUnit(StrEnum):
+    s = "s"
+    ms = "ms"
+    us = "us"
+    ns = "ns"
+
+    @property
+    def seconds(self) -> float:
+        return {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[self.value]
+
+
+class ContainerTimestamps(_Strict):
+    """Timestamps are the presentation times stored in the media container."""
+
+    source: Literal["container"] = "container"
+
+
+class CsvTimestamps(_Strict):
+    """Timestamps come from a CSV with one row per frame: a file name column and a time column."""
+
+    source: Literal["csv"] = "csv"
+    path: RelPath
+    file_column: str = "file"
+    time_column: str = "timestamp"
+    unit: TimeUnit = TimeUnit.ms
+
+
+class ColumnTimestamps(_Strict):
+    """Timestamps are a column of the stream's own table (IMU)."""
+
+    source: Literal["column"] = "column"
+    column: str = "component_timestamp_ms"
+    unit: TimeUnit = TimeUnit.ms
+
+
+class Intrinsics(_Strict):
+    fx: float = Field(gt=0)
+    fy: float = Field(gt=0)
+    cx: float
+    cy: float
+    baseline_m: float | None = Field(None, gt=0, description="stereo/ToF baseline, for disparity")
+
+
+class VideoStream(_Strict):
+    path: RelPath
+    timestamps: ContainerTimestamps = ContainerTimestamps()
+    clock: Clock = Clock()
+
+
+class AudioStream(_Strict):
+    """Audio either rides in the video container (``path`` omitted) or is a file of its own."""
+
+    path: RelPath | None = None
+    track: Literal["video", "file"] = "video"
+    timestamps: ContainerTimestamps = ContainerTimestamps()
+    clock: Clock = Clock()
+
+    @model_validator(mode="after")
+    def _track_matches_path(self) -> AudioStream:
+        if self.track == "file" and self.path is None:
+            raise ValueError("track 'file' needs a path")
+        if self.track == "video" and self.path is not None:
+            raise ValueError("track 'video' takes its audio from the video file; drop 'path' or set track 'file'")
+        return self
+
+
+class DepthStream(_Strict):
+    frames: RelPath = Field(description="folder of 16-bit PNG frames")
+    timestamps: CsvTimestamps
+    clock: Clock = Clock()
+    units: Literal["mm"] = "mm"
+    intrinsics: Intrinsics | None = None
+
+
+class ThermalStream(_Strict):
+    frames: RelPath = Field(description="folder of 16-bit (or 8-bit) PNG frames")
+    timestamps: CsvTimestamps
+    clock: Clock = Clock()
+    units: Literal["centikelvin", "raw_counts", "gray8"] = "centikelvin"
+    intrinsics: Intrinsics | None = None
+
+
+class ImuUnits(_Strict):
+    accel: Literal["m/s^2", "g"] = "m/s^2"
+    gyro: Literal["rad/s", "deg/s"] = "rad/s"
+
+
+class ImuStream(_Strict):
+    path: RelPath = Field(description="CSV in the Ego4D column layout")
+    timestamps: ColumnTimestamps = ColumnTimestamps()
+    clock: Clock = Clock()
+    units: ImuUnits = ImuUnits()
+
+
+class Streams(_Strict):
+    video: VideoStream | None = None
+    audio: AudioStream | None = None
+    depth: DepthStream | None = None
+    thermal: ThermalStream | None = None
+    imu: ImuStream | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Streams:
+        if not any((self.video, self.audio, self.depth, self.thermal, self.imu)):
+            raise ValueError("a session needs at least one stream")
+        if self.audio is not None and self.audio.track == "video" and self.video is None:
+            raise ValueError("audio track 'video' needs a video stream")
+        return self
+
+
+class Label(_Strict):
+    """A label or caption over a range of the session timeline."""
+
+    start_s: float = Field(ge=0)
+    end_s: float
+    label: str = Field(min_length=1)
+    caption: str | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Label:
+        if not self.end_s > self.start_s:
+            raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
+        return self
+
+
+class SessionManifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    session_id: SessionId
+    streams: Streams
+    labels: list[Label] = Field(default_factory=list)
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used, with a message naming the file, the field and the problem."""
+
+    def __init__(self, path: Path | str, problems: list[tuple[str, str]]):
+        self.path = str(path)
+        self.problems = problems
+        lines = [f"{self.path}: invalid session manifest"]
+        lines += [f"  - {field or '<root>'}: {msg}" for field, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_manifest(data: object, path: Path | str = "<manifest>") -> SessionManifest:
+    try:
+        return SessionManifest.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            # Union members add their class names to the location; they say nothing to a user.
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (check its spelling)"
+            problems.append((_loc(loc), msg))
+        raise ManifestError(path, problems) from None
+
+
+def load_manifest(path: Path | str) -> SessionManifest:
+    """Read a JSON or YAML manifest; every failure is a ManifestError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(path, [("", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(path, [("", f"cannot read: {exc}")]) from None
+    if not text.strip():
+        raise ManifestError(path, [("", "file is empty")])
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(path, [("", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(path, [("", f"not valid YAML: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise ManifestError(path, [("", f"top level must be an object, got {type(data).__name__}")])
+    return parse_manifest(data, path)
+
+
+def find_manifest(session_dir: Path) -> Path | None:
+    for name in MANIFEST_NAMES:
+        if (session_dir / name).is_file():
+            return session_dir / name
+    return None
+
+
+def resolve_inside(session_dir: Path, rel: str, root: Path | None = None) -> Path:
+    """Resolve a manifest path, refusing one that leaves the session folder (symlinks included)."""
+    base = session_dir.resolve()
+    target = (base / rel).resolve()
+    limit = (root or session_dir).resolve()
+    if target != limit and limit not in target.parents:
+        raise ManifestError(session_dir, [("", f"path {rel!r} resolves outside {limit}")])
+    return target
+
+
+def manifest_json_schema() -> dict:
+    schema = SessionManifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "bindset captures session manifest"
+    return schema
+
+
+SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
+
+
+def write_json_schema(path: Path = SCHEMA_FILE) -> Path:
+    path.write_text(json.dumps(manifest_json_schema(), indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,74 @@
+"""Arrow schemas of ``index.parquet`` and ``rejects.parquet`` (SPEC §4).
+
+Column order is part of the contract: the index is compared byte for byte across engines and reruns.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from schemas.reasons import RejectReason
+
+#: Sample members in the order they are written into a tar.
+MEMBERS = ("jpg", "frame1.jpg", "mel.npy", "depth.png", "thermal.png", "imu.npy", "txt", "json")
+MODALITIES = ("video", "audio", "depth", "thermal", "imu", "text")
+
+
+def member_column(member: str) -> str:
+    return "sha256_" + member.replace(".", "_")
+
+
+def _f64(name: str) -> pa.Field:
+    return pa.field(name, pa.float64(), nullable=True)
+
+
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("session", pa.string(), nullable=False),
+        pa.field("layout", pa.string(), nullable=False),
+        pa.field("clip_start_s", pa.float64(), nullable=False),
+        pa.field("clip_end_s", pa.float64(), nullable=False),
+        # where each modality came from (relative to the input root); null when absent
+        *[pa.field(f"source_{m}", pa.string(), nullable=True) for m in MODALITIES[:5]],
+        *[pa.field(f"has_{m}", pa.bool_(), nullable=False) for m in MODALITIES],
+        # frame times on the session timeline
+        _f64("frame0_t_s"),
+        _f64("frame1_t_s"),
+        # quality figures
+        _f64("audio_rms_dbfs"),
+        _f64("audio_clipped_frac"),
+        _f64("frame_brightness"),
+        _f64("frame_sharpness"),
+        _f64("frame_diff"),
+        _f64("depth_valid_frac"),
+        _f64("thermal_min"),
+        _f64("thermal_max"),
+        _f64("imu_rate_hz"),
+        _f64("imu_max_gap_ms"),
+        # distance between the frame a modality was paired with and the first video frame
+        *[_f64(f"sync_err_{m}_ms") for m in ("video", "audio", "depth", "thermal", "imu")],
+        pa.field("label", pa.string(), nullable=True),
+        pa.field("caption", pa.string(), nullable=True),
+        pa.field("label_change", pa.bool_(), nullable=False),
+        *[pa.field(member_column(m), pa.string(), nullable=True) for m in MEMBERS],
+    ]
+)
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("session", pa.string(), nullable=True),
+        pa.field("key", pa.string(), nullable=True),
+        _f64("start_s"),
+        _f64("end_s"),
+        # null: the whole window or input was rejected; otherwise only this modality of the sample
+        pa.field("modality", pa.string(), nullable=True),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+    ]
+)
+
+REASON_VALUES = frozenset(r.value for r in RejectReason)
