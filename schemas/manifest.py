@@ -215,6 +215,8 @@ def parse_manifest(data: object, path: Path | str = "<manifest>") -> SessionMani
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field (check its spelling)"
+            elif loc == ("schema_version",):
+                msg = f"unsupported schema_version {err['input']!r} (this bindset reads {SCHEMA_VERSION})"
             problems.append((_loc(loc), msg))
         raise ManifestError(path, problems) from None
 
@@ -233,7 +235,8 @@ def load_manifest(path: Path | str) -> SessionManifest:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
-        raise ManifestError(path, [("", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")]) from None
+        msg = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        raise ManifestError(path, [("", msg)]) from None
     except yaml.YAMLError as exc:
         raise ManifestError(path, [("", f"not valid YAML: {exc}")]) from None
     if not isinstance(data, dict):
