@@ -1,0 +1,261 @@
+"""``transforms.images``: safe reads, deterministic encodes, quality figures, frame picks, depth inputs."""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import transforms.images as images
+from schemas.reasons import RejectReason
+from transforms.images import (
+    AbsurdDimensions,
+    CorruptImage,
+    FrameQuality,
+    FrameRange,
+    ImageSize,
+    NearestMatch,
+    ThermalQuality,
+    depth_quality,
+    depth_to_disparity,
+    depth_to_metric,
+    encode_frame_jpeg,
+    encode_png16,
+    fit_short_side,
+    frame_diff,
+    frame_indices_in_window,
+    frame_quality,
+    image_size,
+    nearest_frame,
+    read_png16,
+    read_rgb,
+    sunrgbd_depth_mm,
+    thermal_quality,
+)
+
+
+def noise_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def crafted_png(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return images.PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+# ------------------------------------------------------------------------------------ JPEG frames
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((480, 640), (320, 427)), ((640, 480), (427, 320)), ((1080, 1920), (320, 569)), ((200, 300), (200, 300))],
+)
+def test_jpeg_resize_keeps_aspect_and_never_upscales(shape, expected):
+    data = encode_frame_jpeg(noise_rgb(*shape))
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape[:2] == expected
+    assert image_size(data) == ImageSize(expected[1], expected[0], "jpeg")
+
+
+def test_fit_short_side():
+    assert fit_short_side(640, 480, 320) == images.Resize(427, 320)
+    assert fit_short_side(100, 5000, 320) == images.Resize(100, 5000)  # short side already small
+    assert fit_short_side(3000, 321, 320) == images.Resize(2991, 320)
+
+
+def test_jpeg_bytes_are_deterministic_and_colors_stay_rgb():
+    rgb = noise_rgb(480, 640, seed=3)
+    assert encode_frame_jpeg(rgb) == encode_frame_jpeg(rgb.copy())
+    assert encode_frame_jpeg(rgb, quality=50) != encode_frame_jpeg(rgb)
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[..., 0] = 255
+    back = read_rgb(encode_frame_jpeg(red))
+    assert back[..., 0].mean() > 240 and back[..., 2].mean() < 15
+
+
+def test_jpeg_rejects_non_rgb():
+    with pytest.raises(ValueError):
+        encode_frame_jpeg(np.zeros((10, 10), np.uint8))
+
+
+# ----------------------------------------------------------------------------------- PNG reading
+
+
+def test_png16_round_trip_and_determinism(tmp_path):
+    arr = np.random.default_rng(1).integers(0, 65536, (48, 64), dtype=np.uint16)
+    data = encode_png16(arr)
+    assert data == encode_png16(arr.copy())
+    np.testing.assert_array_equal(read_png16(data), arr)
+    path = tmp_path / "d.png"
+    path.write_bytes(data)
+    out = read_png16(path)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, arr)
+    gray8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert read_png16(encode_png16(gray8)).dtype == np.uint8
+
+
+def test_png_corrupt_and_truncated():
+    data = encode_png16(np.random.default_rng(2).integers(0, 65536, (64, 64), dtype=np.uint16))
+    for bad in (b"", b"not a png at all", data[:20], data[: len(data) // 2], data[:-6]):
+        with pytest.raises(CorruptImage) as err:
+            read_png16(bad)
+        assert err.value.reason is RejectReason.CORRUPT_IMAGE
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF  # damaged compressed data, CRC no longer matches
+    with pytest.raises(CorruptImage):
+        read_png16(bytes(flipped))
+
+
+def test_png_color_is_not_single_channel():
+    ok, buf = cv2.imencode(".png", noise_rgb(8, 8))
+    with pytest.raises(CorruptImage, match="single-channel"):
+        read_png16(buf.tobytes())
+
+
+def test_png_absurd_dimensions_refused_before_decoding(monkeypatch):
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded pixels of an absurd image")
+
+    monkeypatch.setattr(images.cv2, "imdecode", no_decode)
+    for w, h in ((100_000, 100_000), (0, 10), (10, 0), (16_385, 1)):
+        with pytest.raises(AbsurdDimensions, match=f"{w}x{h}") as err:
+            read_png16(crafted_png(w, h))
+        assert err.value.reason is RejectReason.ABSURD_DIMENSIONS
+    assert image_size(crafted_png(100_000, 100_000)) == ImageSize(100_000, 100_000, "png")
+    with pytest.raises(AbsurdDimensions):
+        read_png16(crafted_png(600, 400), max_side=512)
+
+
+def test_jpeg_header_check():
+    data = bytearray(encode_frame_jpeg(noise_rgb(40, 60)))
+    assert image_size(bytes(data)) == ImageSize(60, 40, "jpeg")
+    sof = data.index(b"\xff\xc0")  # baseline frame header: FF C0, length, precision, height, width
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 60_000, 60_000)
+    with pytest.raises(AbsurdDimensions, match="60000x60000"):
+        read_rgb(bytes(data))
+
+
+def test_jpeg_truncated_is_corrupt():
+    data = encode_frame_jpeg(noise_rgb(120, 160))
+    with pytest.raises(CorruptImage):
+        read_rgb(data[: len(data) // 2])
+    with pytest.raises(CorruptImage):
+        read_rgb(data[:4])
+
+
+# ------------------------------------------------------------------------------- depth / thermal
+
+
+def test_sunrgbd_rotation_round_trip():
+    mm = np.array([0, 1, 700, 1000, 8191, 9000, 65535], dtype=np.uint16)
+    stored = (mm << np.uint16(3)) | (mm >> np.uint16(13))  # how SUN RGB-D writes its PNGs
+    back = sunrgbd_depth_mm(stored)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, mm)
+    assert sunrgbd_depth_mm(np.array([8], np.uint16))[0] == 1
+    every = np.arange(65536, dtype=np.uint16)
+    np.testing.assert_array_equal(sunrgbd_depth_mm((every << np.uint16(3)) | (every >> np.uint16(13))), every)
+
+
+def test_depth_and_thermal_quality():
+    depth = np.zeros((10, 10), np.uint16)
+    depth[:5] = 1200
+    assert depth_quality(depth) == 0.5
+    assert thermal_quality(np.array([[29000, 31000]], np.uint16)) == ThermalQuality(29000.0, 31000.0)
+
+
+def test_depth_to_disparity_and_metric():
+    depth = np.array([[0, 5, 1000, 2000, 60000]], np.uint16)  # 0 invalid, 5 mm clips to 1 cm
+    disp = depth_to_disparity(depth, fx=500.0, baseline_m=0.1)
+    assert disp.dtype == np.float32
+    np.testing.assert_allclose(disp, [[0.0, 5000.0, 50.0, 25.0, 1.0]], rtol=1e-6)
+    torch_disp = depth_to_disparity(torch.from_numpy(depth.astype(np.int32)), 500.0, 0.1)
+    assert torch_disp.dtype == torch.float32
+    np.testing.assert_allclose(torch_disp.numpy(), disp, rtol=1e-6)
+
+    batch = np.full((2, 1, 2, 2), 1000, np.uint16)
+    per_sample = depth_to_disparity(batch, fx=np.array([500.0, 250.0]), baseline_m=0.1)
+    assert per_sample.shape == (2, 1, 2, 2)
+    np.testing.assert_allclose(per_sample[:, 0, 0, 0], [50.0, 25.0])
+
+    metric = depth_to_metric(depth, max_m=10.0)
+    np.testing.assert_allclose(metric, [[0.0, 0.005, 1.0, 2.0, 10.0]], rtol=1e-6)
+    np.testing.assert_allclose(depth_to_metric(torch.from_numpy(depth.astype(np.int32))).numpy(), metric)
+
+
+# ---------------------------------------------------------------------------------- frame quality
+
+
+def test_frame_quality_and_diff():
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    quality = frame_quality(flat)
+    assert quality == FrameQuality(brightness=128.0, sharpness=0.0)
+    busy = noise_rgb(64, 64)
+    assert frame_quality(busy).sharpness > 1000
+    assert frame_quality(np.zeros_like(flat)).brightness == 0.0
+    assert frame_diff(busy, busy.copy()) == 0.0
+    assert frame_diff(flat, np.full_like(flat, 138)) == pytest.approx(10.0)
+    with pytest.raises(ValueError):
+        frame_diff(flat, flat[:10])
+
+
+# ---------------------------------------------------------------------------------- frame picks
+
+
+def test_nearest_frame_tolerance_edges():
+    times = np.array([0.0, 0.25, 0.5, 1.0])
+    assert nearest_frame(times, 0.3, 0.1) == NearestMatch(1, -0.04999999999999999)
+    assert nearest_frame(times, 0.125, 0.125).index == 0  # exactly midway: the earlier frame
+    assert nearest_frame(times, 0.75, 0.25) == NearestMatch(2, -0.25)  # at the tolerance: included
+    assert nearest_frame(times, 0.75, 0.2499).index is None
+    assert nearest_frame(times, -0.25, 0.25) == NearestMatch(0, 0.25)
+    assert nearest_frame(times, 1.5, 0.5) == NearestMatch(3, -0.5)
+    assert nearest_frame(times, 1.5, 0.49) == NearestMatch(None, -0.5)
+    empty = nearest_frame(np.zeros(0), 1.0, 1.0)
+    assert empty.index is None and math.isnan(empty.delta_s)
+    # half a 30 fps period, the depth default: the midpoint survives ms -> s rounding
+    frames = np.arange(10) * 1001 / 30000
+    mid = (frames[3] + frames[4]) / 2
+    assert nearest_frame(frames, mid, 1001 / 30000 / 2).index == 3
+
+
+def test_frame_indices_in_window_basics():
+    times = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
+    assert frame_indices_in_window(times, 0.0, 2.0) == FrameRange(0, 3)  # end is exclusive
+    assert frame_indices_in_window(times, 0.1, 2.1) == FrameRange(1, 4)
+    assert frame_indices_in_window(times, 2.6, 4.6) is None
+    assert frame_indices_in_window(times, 1.1, 1.4) is None
+
+
+def imagebind_rule(fps: Fraction, s: Fraction, n: int) -> FrameRange | None:
+    # pytorchvideo's frame-index selection that ImageBind uses, in exact arithmetic.
+    first = math.ceil(fps * s)
+    last = min(math.ceil(fps * (s + 2)), n) - 1
+    return FrameRange(first, last) if first <= last else None
+
+
+@pytest.mark.parametrize("fps", [Fraction(30), Fraction(2997, 100), Fraction(25)])
+def test_frame_indices_match_imagebind_rule(fps):
+    seconds = 60
+    n = int(fps * seconds)
+    # Presentation times as a decoder gives them: pts * time_base, time_base = 1/fps, correctly rounded.
+    times = np.array([float(Fraction(k) / fps) for k in range(n)])
+    rng = np.random.default_rng(0)
+    starts = [Fraction(2 * m) for m in range(32)]  # the default stride: many starts sit exactly on a frame
+    starts += [Fraction(m, 2) for m in range(130)]
+    starts += [Fraction(float(s)) for s in rng.uniform(0, seconds + 1, 300)]
+    for s in starts:
+        got = frame_indices_in_window(times, float(s), float(s + 2))
+        assert got == imagebind_rule(fps, s, n), (float(fps), float(s))
