@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from bindset.synth.generate import LAYOUTS, SynthConfig, synth
+from transforms.layouts import LayoutError
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -45,6 +46,28 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(args: argparse.Namespace, extra: list[str]) -> int:
+    from tqdm import tqdm
+
+    from pipelines.build import EngineConfig, build
+    from transforms.config import BuildConfig
+
+    cfg = BuildConfig(
+        layout=args.layout, stride_s=args.stride, jpeg_quality=args.jpeg_quality, max_short_side=args.max_short_side,
+        audio_channels=args.audio_channels, shard_max_samples=args.shard_max_samples,
+        shard_max_bytes=args.shard_max_bytes, val_fraction=args.val_fraction, decode_timeout_s=args.decode_timeout,
+        imu_max_gap_s=args.imu_max_gap,
+    )  # fmt: skip
+    engine = EngineConfig(args.engine, extra, args.ray_address, args.workers or None)
+
+    def progress(total: int):
+        return tqdm(total=total, desc=f"build ({args.engine})", unit="unit", disable=args.quiet)
+
+    result = build(args.raw, args.data, cfg, engine, progress=progress)
+    print("\n".join(result.summary_lines(args.data)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bindset", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -66,6 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_synth)
 
+    b = sub.add_parser(
+        "build",
+        help="build WebDataset shards, index.parquet and rejects.parquet from raw captures",
+        description="Cut every input into 2 s clips with ImageBind-exact features and write DATA/shards/*.tar, "
+        "sizes.json, index.parquet, rejects.parquet and manifest.json. Unknown --flags go to Beam's "
+        "PipelineOptions untouched (e.g. --runner=FlinkRunner).",
+    )
+    b.add_argument("raw", type=Path)
+    b.add_argument("data", type=Path)
+    b.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS))
+    b.add_argument("--engine", default="beam", choices=("beam", "ray", "local"))
+    b.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
+    b.add_argument("--workers", type=int, default=0, help="ray: CPUs of the local instance (default: all)")
+    b.add_argument("--stride", type=float, default=2.0, help="seconds between clip starts")
+    b.add_argument("--jpeg-quality", type=int, default=95)
+    b.add_argument("--max-short-side", type=int, default=320)
+    b.add_argument("--audio-channels", choices=("first", "mean"), default="first")
+    b.add_argument("--shard-max-samples", type=int, default=1000)
+    b.add_argument("--shard-max-bytes", type=int, default=512 * 1024 * 1024)
+    b.add_argument("--val-fraction", type=float, default=0.2)
+    b.add_argument("--imu-max-gap", type=float, default=0.1, help="seconds; a longer IMU gap voids the IMU part")
+    b.add_argument("--decode-timeout", type=float, default=600.0, help="seconds per file before a decoder is killed")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_cmd_build, passthrough=True)
+
     sc = sub.add_parser("schema", help="export the captures manifest JSON Schema")
     sc.add_argument("--out", help="file to write (default: schemas/manifest.schema.json)")
     sc.set_defaults(func=_cmd_schema)
@@ -73,10 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+        return args.func(args, extra) if getattr(args, "passthrough", False) else args.func(args)
+    except (ValueError, FileNotFoundError, LayoutError) as exc:
         # user errors (a bad manifest, a missing folder) get one readable message, never a traceback
         print(f"bindset {args.command}: error: {exc}", file=sys.stderr)
         return 2

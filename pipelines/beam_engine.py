@@ -1,0 +1,49 @@
+"""Apache Beam adapter: map the unit of work over units.
+
+    bindset build RAW DATA --engine beam [--runner=DataflowRunner --project=... ...]
+
+Runner flags pass through untouched to PipelineOptions. Without a runner, the DirectRunner runs in
+multi-processing mode with one worker per core. DATA must be a path every worker can write (on a
+cluster: a shared or mounted filesystem).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pipelines.work import WorkContext, run_unit_json
+
+
+def _default_flags(args: list[str]) -> list[str]:
+    names = {a.split("=")[0] for a in args}
+    if "--runner" in names:
+        return list(args)
+    extra = []
+    if "--direct_num_workers" not in names:
+        extra.append(f"--direct_num_workers={os.cpu_count() or 1}")
+    if "--direct_running_mode" not in names and (os.cpu_count() or 1) > 1:
+        extra.append("--direct_running_mode=multi_processing")
+    return list(args) + extra
+
+
+def run_beam(ctx: WorkContext, units_json: list[str], pipeline_args: list[str]) -> None:
+    try:
+        import apache_beam as beam
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError as exc:  # pragma: no cover - the locked environment has Beam
+        raise RuntimeError("the beam engine needs apache-beam installed") from exc
+
+    ctx_json = ctx.to_json()
+
+    class ProcessUnit(beam.DoFn):
+        def process(self, unit_json: str):
+            yield run_unit_json(ctx_json, unit_json)
+
+    options = PipelineOptions(_default_flags(pipeline_args))
+    with beam.Pipeline(options=options) as p:
+        _ = (
+            p
+            | "Units" >> beam.Create(units_json)
+            | "Spread" >> beam.Reshuffle()
+            | "Process" >> beam.ParDo(ProcessUnit())
+        )

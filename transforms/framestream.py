@@ -1,0 +1,119 @@
+"""Depth and thermal frame streams: a timestamps table on the session timeline, and per-window picks."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from schemas.reasons import RejectReason
+from transforms.images import ImageInputError, encode_png16, nearest_frame, read_png16, sunrgbd_depth_mm
+from transforms.layouts import FrameStreamSpec
+
+
+class FrameTableError(Exception):
+    def __init__(self, source: str, reason: RejectReason, detail: str):
+        self.source, self.reason, self.detail = source, reason, detail
+        super().__init__(f"{source}: {detail}")
+
+
+@dataclass(frozen=True)
+class TableIssue:
+    reason: RejectReason
+    detail: str
+
+
+@dataclass
+class FrameTable:
+    files: list[str]  # relative to RAW
+    t: np.ndarray  # session seconds, strictly increasing
+    period_s: float  # median frame period
+    issues: list[TableIssue] = field(default_factory=list)
+
+
+def load_frame_table(root: Path, spec: FrameStreamSpec) -> FrameTable:
+    """Read the timestamps CSV; duplicated and out-of-order rows are repaired and reported, never fatal."""
+    path = root / spec.timestamps_csv
+    src = spec.timestamps_csv
+    if not path.is_file():
+        raise FrameTableError(src, RejectReason.FILE_MISSING, "timestamps file not found")
+    if path.stat().st_size == 0:
+        raise FrameTableError(src, RejectReason.EMPTY_FILE, "timestamps file is empty")
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in (spec.file_column, spec.time_column) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise FrameTableError(src, RejectReason.BAD_TIMESTAMPS, f"missing column(s) {', '.join(missing)}")
+        files, times, bad = [], [], 0
+        for row in reader:
+            try:
+                t = float(row[spec.time_column])
+            except (TypeError, ValueError):
+                bad += 1
+                continue
+            if not np.isfinite(t):
+                bad += 1
+                continue
+            files.append(row[spec.file_column])
+            times.append(t)
+    issues = []
+    if bad:
+        issues.append(TableIssue(RejectReason.BAD_TIMESTAMPS, f"{bad} row(s) without a usable timestamp dropped"))
+    t = np.asarray(times, np.float64) * spec.time_unit_s
+    backwards = int((np.diff(t) < 0).sum()) if t.size > 1 else 0
+    if backwards:
+        issues.append(TableIssue(RejectReason.NON_MONOTONIC_TIMESTAMPS, f"{backwards} backward step(s); rows sorted"))
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    files = [files[i] for i in order]
+    keep = np.ones(t.shape[0], bool)
+    keep[1:] = np.diff(t) > 0
+    dups = int((~keep).sum())
+    if dups:
+        issues.append(TableIssue(RejectReason.DUPLICATE_TIMESTAMPS, f"{dups} repeated timestamp(s); first kept"))
+    t = t[keep]
+    files = [f"{spec.frames_dir}/{files[i]}" for i in np.flatnonzero(keep)]
+    if t.size == 0:
+        raise FrameTableError(src, RejectReason.BAD_TIMESTAMPS, "no usable timestamps")
+    period = float(np.median(np.diff(t))) if t.size > 1 else 0.0
+    return FrameTable(files, spec.clock.to_session(t), period, issues)
+
+
+@dataclass(frozen=True)
+class FramePickResult:
+    png: bytes | None
+    source: str | None
+    t_s: float | None
+    delta_ms: float | None
+    array: np.ndarray | None
+    reason: RejectReason | None = None
+    detail: str = ""
+
+
+def pick_frame(
+    root: Path, table: FrameTable, target_s: float, tolerance_s: float | None, missing: RejectReason, max_side: int
+) -> FramePickResult:
+    tol = tolerance_s if tolerance_s is not None else 0.5 * table.period_s
+    match = nearest_frame(table.t, target_s, tol)
+    if match.index is None:
+        gap = "no frames" if np.isnan(match.delta_s) else f"nearest frame {match.delta_s * 1000:+.1f} ms away"
+        return FramePickResult(None, None, None, None, None, missing, f"{gap} (tolerance {tol * 1000:.1f} ms)")
+    source = table.files[match.index]
+    try:
+        arr = read_png16(root / source, max_side=max_side)
+    except FileNotFoundError:
+        return FramePickResult(None, source, None, None, None, RejectReason.FILE_MISSING, f"{source}: not found")
+    except ImageInputError as exc:
+        return FramePickResult(None, source, None, None, None, exc.reason, str(exc))
+    return FramePickResult(encode_png16(arr), source, float(table.t[match.index]), match.delta_s * 1000.0, arr)
+
+
+def read_still_partner(root: Path, rel: str, kind: str, max_side: int) -> np.ndarray:
+    """SUN RGB-D depth (bit-rotated mm) or an LLVIP infrared JPEG (8-bit, stored as 3 equal channels)."""
+    if kind == "depth":
+        return sunrgbd_depth_mm(read_png16(root / rel, max_side=max_side))
+    from transforms.images import read_rgb
+
+    return read_rgb(root / rel, max_side=max_side)[..., 0].copy()

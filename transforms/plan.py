@@ -1,0 +1,49 @@
+"""Clip planning: which 2 s windows a recording yields, and which split a session belongs to."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+from transforms.config import BuildConfig
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Window:
+    index: int
+    start_s: float  # session timeline
+    end_s: float
+
+    @property
+    def center_s(self) -> float:
+        return 0.5 * (self.start_s + self.end_s)
+
+    def key(self, session: str) -> str:
+        return sample_key(session, self.start_s)
+
+
+def sample_key(session: str, start_s: float) -> str:
+    return f"{session}_{round(start_s * 1000):09d}"
+
+
+def plan_windows(end_s: float, cfg: BuildConfig, start_s: float = 0.0) -> list[Window]:
+    """Windows [s, s+clip) on a grid anchored at session time 0, inside [max(0, start), end]."""
+    first = max(0, math.ceil((start_s - _EPS) / cfg.stride_s)) if start_s > 0 else 0
+    out = []
+    k = first
+    while k * cfg.stride_s + cfg.clip_s <= end_s + _EPS:
+        s = round(k * cfg.stride_s, 6)
+        out.append(Window(len(out), s, round(s + cfg.clip_s, 6)))
+        k += 1
+    return out
+
+
+def split_for(session: str, cfg: BuildConfig, given: str | None = None) -> str:
+    """Split by session, never by clip: a stable hash, so adding sessions never moves old ones."""
+    if given is not None:
+        return given
+    h = int.from_bytes(hashlib.sha256(f"{cfg.split_salt}:{session}".encode()).digest()[:8], "big")
+    return "val" if h / 2**64 < cfg.val_fraction else "train"

@@ -1,0 +1,131 @@
+"""Where a unit's results go: samples into tar parts, rows into its index and rejects tables.
+
+A unit writes into its own folder; the build commits the folder (rename) only after ``close()``, so a
+half-processed unit is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.reasons import RejectReason
+from schemas.tables import INDEX_SCHEMA, MEMBERS, REJECTS_SCHEMA, member_column
+from transforms.config import BuildConfig
+from transforms.shardwriter import PartInfo, RollingTarWriter
+
+SUMMARY = "summary.json"
+PARQUET_OPTS = dict(compression="zstd", use_dictionary=True, write_statistics=True)
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_bytes(obj: dict) -> bytes:
+    return (json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode()
+
+
+def fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, **PARQUET_OPTS)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class Reject:
+    source: str
+    reason: RejectReason
+    detail: str
+    session: str | None = None
+    key: str | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    modality: str | None = None
+
+    def row(self) -> dict:
+        d = asdict(self)
+        d["reason"] = self.reason.value
+        return d
+
+
+@dataclass
+class UnitSummary:
+    unit_id: str
+    fingerprint: str
+    windows_planned: int = 0
+    samples: int = 0
+    window_rejects: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    parts: list[dict] = field(default_factory=list)
+    failed: bool = False  # the unit's process crashed or timed out; only rejects were recorded
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> UnitSummary:
+        return cls(**json.loads(text))
+
+
+class UnitSink:
+    def __init__(self, folder: Path, unit_id: str, fingerprint: str, cfg: BuildConfig):
+        self.folder, self.unit_id, self.cfg = folder, unit_id, cfg
+        folder.mkdir(parents=True, exist_ok=True)
+        self.writers: dict[str, RollingTarWriter] = {}
+        self.rows: list[dict] = []
+        self.rejects: list[dict] = []
+        self.summary = UnitSummary(unit_id, fingerprint)
+        self.reasons: Counter[str] = Counter()
+
+    def planned(self, n: int) -> None:
+        self.summary.windows_planned += n
+
+    def reject(self, r: Reject) -> None:
+        self.rejects.append(r.row())
+        self.reasons[r.reason.value] += 1
+        if r.key is not None and r.modality is None:
+            self.summary.window_rejects += 1
+
+    def sample(self, split: str, key: str, members: dict[str, bytes], row: dict) -> None:
+        ordered = {m: members[m] for m in MEMBERS if m in members}
+        writer = self.writers.get(split)
+        if writer is None:
+            writer = self.writers[split] = RollingTarWriter(
+                self.folder, self.unit_id, split, self.cfg.shard_max_samples, self.cfg.shard_max_bytes
+            )
+        row = dict(row, key=key, split=split, shard=writer.add(key, ordered))
+        for m in MEMBERS:
+            row[member_column(m)] = hashlib.sha256(ordered[m]).hexdigest() if m in ordered else None
+        self.rows.append(row)
+        self.summary.samples += 1
+
+    def close(self) -> UnitSummary:
+        parts: list[PartInfo] = []
+        for split in sorted(self.writers):
+            self.writers[split].close()
+            parts += self.writers[split].parts
+        self.summary.parts = [asdict(p) for p in parts]
+        self.summary.reasons = dict(sorted(self.reasons.items()))
+        write_parquet(pa.Table.from_pylist(self.rows, schema=INDEX_SCHEMA), self.folder / "index.parquet")
+        write_parquet(pa.Table.from_pylist(self.rejects, schema=REJECTS_SCHEMA), self.folder / "rejects.parquet")
+        fsync_write(self.folder / SUMMARY, self.summary.to_json().encode())
+        return self.summary

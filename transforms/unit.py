@@ -1,0 +1,377 @@
+"""The unit of work: one recording (or a chunk of still pairs) in, samples and rejects out.
+
+Every planned window ends as exactly one of: a sample in a tar part, or a window reject (key set,
+modality null). A modality that is invalid inside a kept sample gets a modality reject; whole-input
+problems get an input reject (key null). Engines only map ``process_unit`` over units.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from schemas.manifest import ImuUnits
+from schemas.reasons import RejectReason
+from transforms import imu as I
+from transforms.config import BuildConfig
+from transforms.framestream import FrameTable, FrameTableError, load_frame_table, pick_frame, read_still_partner
+from transforms.images import (
+    ImageInputError,
+    depth_quality,
+    encode_frame_jpeg,
+    encode_png16,
+    frame_quality,
+    read_rgb,
+    thermal_quality,
+)
+from transforms.layouts import ClockSpec, MediaUnit, StillUnit
+from transforms.media import MediaEvent, MediaInputError, decode_media, probe
+from transforms.plan import Window, plan_windows, sample_key, split_for
+from transforms.records import Reject, UnitSink, UnitSummary, json_bytes, npy_bytes
+
+Heartbeat = Callable[[str], None]
+
+
+def _none(_: str) -> None:
+    return None
+
+
+def process_unit(
+    root: Path, unit: MediaUnit | StillUnit, cfg: BuildConfig, sink: UnitSink, heartbeat: Heartbeat = _none
+) -> UnitSummary:
+    if isinstance(unit, StillUnit):
+        _process_stills(root, unit, cfg, sink, heartbeat)
+    else:
+        _process_media(root, unit, cfg, sink, heartbeat)
+    return sink.close()
+
+
+# --------------------------------------------------------------------------------------- side streams
+
+
+@dataclass
+class _Side:
+    """A depth or thermal table, or an IMU track, or the reason it is unusable for every window."""
+
+    name: str
+    table: FrameTable | None = None
+    track: I.ImuTrack | None = None
+    clock: ClockSpec | None = None
+    source: str | None = None
+    reason: RejectReason | None = None
+    detail: str = ""
+
+
+def _load_frames(root: Path, unit: MediaUnit, name: str, sink: UnitSink) -> _Side | None:
+    spec = getattr(unit, name)
+    if spec is None:
+        return None
+    try:
+        table = load_frame_table(root, spec)
+    except FrameTableError as exc:
+        return _Side(name, source=exc.source, reason=exc.reason, detail=exc.detail)
+    for issue in table.issues:
+        sink.reject(Reject(spec.timestamps_csv, issue.reason, issue.detail, unit.session, modality=name))
+    return _Side(name, table=table, source=spec.frames_dir)
+
+
+def _load_imu(root: Path, unit: MediaUnit, sink: UnitSink) -> _Side | None:
+    spec = unit.imu
+    if spec is None:
+        return None
+    units = ImuUnits(accel=spec.accel_units, gyro=spec.gyro_units)
+    clock = spec.clock
+    try:
+        try:
+            track = I.read_imu_csv(
+                root / spec.path, time_column=spec.time_column, time_unit_s=spec.time_unit_s, units=units
+            )
+        except I.ImuFormatError as exc:
+            if spec.fallback_time_column is None or exc.reason is not RejectReason.BAD_TIMESTAMPS:
+                raise
+            # no canonical (video-clock) times: take the device clock and assume it starts with the video
+            track = I.read_imu_csv(
+                root / spec.path, time_column=spec.fallback_time_column, time_unit_s=spec.time_unit_s, units=units
+            )
+            clock = ClockSpec(offset_s=-float(track.t[0]) if len(track) else 0.0)
+    except I.ImuFormatError as exc:
+        return _Side("imu", source=spec.path, reason=exc.reason, detail=str(exc))
+    report = track.report
+    if report is not None:
+        for reason, n in (
+            (RejectReason.IMU_NAN, report.nan_rows),
+            (RejectReason.DUPLICATE_TIMESTAMPS, report.duplicate_rows),
+            (RejectReason.NON_MONOTONIC_TIMESTAMPS, report.non_monotonic_steps),
+        ):
+            if n:
+                sink.reject(Reject(spec.path, reason, f"{n} row(s) repaired or dropped", unit.session, modality="imu"))
+    return _Side("imu", track=track, clock=clock, source=spec.path)
+
+
+# --------------------------------------------------------------------------------------- recordings
+
+
+def _label_for(unit: MediaUnit, w: Window) -> tuple[str | None, str | None, bool]:
+    overlaps: dict[str, float] = {}
+    captions: dict[str, str | None] = {}
+    for lb in unit.labels:
+        ov = min(lb.end_s, w.end_s) - max(lb.start_s, w.start_s)
+        if ov > 1e-6:
+            overlaps[lb.label] = overlaps.get(lb.label, 0.0) + ov
+            captions.setdefault(lb.label, lb.caption)
+    if not overlaps:
+        return None, unit.caption, False
+    label = max(sorted(overlaps), key=lambda k: overlaps[k])
+    return label, captions[label] or label, len(overlaps) > 1
+
+
+def _merge(streams: list[Iterator[MediaEvent]]) -> Iterator[MediaEvent]:
+    # Two files (video + separate audio) are decoded side by side in session-time order, so that
+    # neither side's finished windows pile up while the other file is still being read.
+    return heapq.merge(*streams, key=lambda e: e.t_s) if len(streams) > 1 else streams[0]
+
+
+def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink, heartbeat: Heartbeat) -> None:
+    session = unit.session
+    if unit.video is None:
+        src = unit.audio or unit.unit_id
+        sink.reject(Reject(src, RejectReason.NO_VIDEO_STREAM, "no video stream: no paired image", session))
+        return
+    try:
+        info = probe(root / unit.video, cfg.max_image_side)
+    except MediaInputError as exc:
+        sink.reject(Reject(unit.video, exc.reason, exc.detail, session))
+        return
+    if not info.has_video:
+        sink.reject(Reject(unit.video, RejectReason.NO_VIDEO_STREAM, "file has no video stream", session))
+        return
+    if info.video_end_s is None:
+        sink.reject(Reject(unit.video, RejectReason.BAD_TIMESTAMPS, "video declares no duration", session))
+        return
+    windows = plan_windows(float(unit.video_clock.to_session(info.video_end_s)), cfg)
+    if not windows:
+        sink.reject(Reject(unit.video, RejectReason.PARTIAL_WINDOW, "recording is shorter than one clip", session))
+        return
+    sink.planned(len(windows))
+
+    # audio: in the video container, in a file of its own, or unusable for every window
+    audio_fail: tuple[RejectReason, str, str] | None = None
+    streams = []
+    audio_in_video = unit.audio is not None and unit.audio == unit.video
+    if unit.audio is not None and not audio_in_video:
+        try:
+            ainfo = probe(root / unit.audio, cfg.max_image_side)
+            if not ainfo.has_audio:
+                audio_fail = (RejectReason.NO_AUDIO_STREAM, unit.audio, "file has no audio stream")
+            else:
+                streams.append(
+                    decode_media(root / unit.audio, video_windows=None, video_clock=unit.video_clock,
+                                 audio_windows=windows, audio_clock=unit.audio_clock, cfg=cfg, heartbeat=heartbeat)
+                )  # fmt: skip
+        except MediaInputError as exc:
+            audio_fail = (exc.reason, unit.audio, exc.detail)
+    elif audio_in_video and not info.has_audio:
+        audio_fail = (RejectReason.NO_AUDIO_STREAM, unit.video, "video has no audio track")
+    want_audio = unit.audio is not None and audio_fail is None
+    streams.insert(
+        0,
+        decode_media(root / unit.video, video_windows=windows, video_clock=unit.video_clock,
+                     audio_windows=windows if (audio_in_video and want_audio) else None,
+                     audio_clock=unit.audio_clock, cfg=cfg, heartbeat=heartbeat),
+    )  # fmt: skip
+
+    sides = [s for s in (_load_frames(root, unit, "depth", sink), _load_frames(root, unit, "thermal", sink),
+                         _load_imu(root, unit, sink)) if s is not None]  # fmt: skip
+    split = split_for(session, cfg)
+    video_res: dict[int, object] = {}
+    audio_res: dict[int, object] = {}
+    nxt = 0
+    for ev in _merge(streams):
+        if ev.video is not None:
+            video_res[ev.video.index] = ev.video
+        if ev.audio is not None:
+            audio_res[ev.audio.id] = ev.audio
+        while nxt < len(windows) and nxt in video_res and (not want_audio or nxt in audio_res):
+            _emit(root, unit, windows[nxt], video_res.pop(nxt), audio_res.pop(nxt, None), audio_fail,
+                  sides, split, cfg, sink)  # fmt: skip
+            nxt += 1
+    while nxt < len(windows):  # cannot happen unless a decoder reported fewer windows than asked
+        vw = video_res.pop(nxt, None)
+        if vw is None:
+            w = windows[nxt]
+            sink.reject(Reject(unit.video, RejectReason.INTERNAL_ERROR, "window never reported by the decoder",
+                               session, w.key(session), w.start_s, w.end_s))  # fmt: skip
+        else:
+            _emit(root, unit, windows[nxt], vw, audio_res.pop(nxt, None), audio_fail, sides, split, cfg, sink)
+        nxt += 1
+
+
+def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides, split, cfg: BuildConfig, sink: UnitSink):
+    session = unit.session
+    key = w.key(session)
+
+    def modality_reject(source, reason, detail, modality):
+        sink.reject(Reject(source or unit.video, reason, detail, session, key, w.start_s, w.end_s, modality))
+
+    if vw.first is None:
+        sink.reject(Reject(unit.video, vw.reason, vw.detail, session, key, w.start_s, w.end_s))
+        return
+    members = {"jpg": vw.first.jpg, "frame1.jpg": vw.last.jpg}
+    row: dict = {
+        "session": session,
+        "layout": unit.layout,
+        "clip_start_s": w.start_s,
+        "clip_end_s": w.end_s,
+        "source_video": unit.video,
+        "frame0_t_s": vw.first.t_s,
+        "frame1_t_s": vw.last.t_s,
+        "frame_brightness": vw.first.brightness,
+        "frame_sharpness": vw.first.sharpness,
+        "frame_diff": vw.diff,
+        "sync_err_video_ms": (vw.first.t_s - w.start_s) * 1000.0,
+    }
+    meta: dict = {"frame_times_s": [vw.first.t_s, vw.last.t_s]}
+    # audio
+    if unit.audio is not None:
+        row["source_audio"] = unit.audio
+        if audio_fail is not None:
+            modality_reject(audio_fail[1], audio_fail[0], audio_fail[2], "audio")
+        elif aw.mel is None:
+            modality_reject(unit.audio, aw.reject_reason, aw.detail, "audio")
+        else:
+            members["mel.npy"] = npy_bytes(aw.mel)
+            row["audio_rms_dbfs"] = aw.quality.rms_dbfs
+            row["audio_clipped_frac"] = aw.quality.clipped_frac
+            start_stream = float(unit.audio_clock.to_stream(w.start_s))
+            quantized = round(start_stream * 16000) / 16000
+            row["sync_err_audio_ms"] = (float(unit.audio_clock.to_session(quantized)) - w.start_s) * 1000.0
+    # depth, thermal, IMU
+    for side in sides:
+        row[f"source_{side.name}"] = side.source
+        if side.reason is not None:
+            modality_reject(side.source, side.reason, side.detail, side.name)
+            continue
+        if side.name == "imu":
+            _imu_part(side, w, cfg, row, members, meta, modality_reject)
+            continue
+        missing = RejectReason.DEPTH_MISSING if side.name == "depth" else RejectReason.THERMAL_MISSING
+        tol = cfg.depth_tolerance_s if side.name == "depth" else cfg.thermal_tolerance_s
+        pick = pick_frame(root, side.table, vw.first.t_s, tol, missing, cfg.max_image_side)
+        if pick.png is None:
+            modality_reject(pick.source or side.source, pick.reason, pick.detail, side.name)
+            continue
+        members[f"{side.name}.png"] = pick.png
+        row[f"source_{side.name}"] = pick.source
+        row[f"sync_err_{side.name}_ms"] = pick.delta_ms
+        meta[f"{side.name}_t_s"] = pick.t_s
+        spec = getattr(unit, side.name)
+        if side.name == "depth":
+            row["depth_valid_frac"] = depth_quality(pick.array)
+            meta["depth_units"] = "mm"
+            if spec.intrinsics:
+                meta["depth_intrinsics"] = spec.intrinsics
+        else:
+            q = thermal_quality(pick.array)
+            row["thermal_min"], row["thermal_max"] = q.min, q.max
+            meta["thermal_units"] = spec.units
+    label, caption, change = _label_for(unit, w)
+    if caption:
+        members["txt"] = caption.encode()
+    row.update(label=label, caption=caption, label_change=change)
+    _finish_sample(sink, split, key, members, row, meta, session, unit.layout, w.start_s, w.end_s)
+
+
+def _imu_part(side: _Side, w: Window, cfg: BuildConfig, row, members, meta, modality_reject) -> None:
+    center = float(side.clock.to_stream(w.center_s))
+    iw = I.imu_window(
+        side.track, center, length_s=cfg.imu_window_s, rate_hz=cfg.imu_rate_hz, max_gap_s=cfg.imu_max_gap_s
+    )
+    row["imu_rate_hz"] = iw.input_rate_hz
+    row["imu_max_gap_ms"] = None if np.isnan(iw.max_gap_ms) else iw.max_gap_ms
+    if not iw.ok:
+        modality_reject(side.source, iw.reason, iw.detail, "imu")
+        return
+    members["imu.npy"] = npy_bytes(iw.data)
+    t = side.track.t
+    i = int(np.clip(np.searchsorted(t, center), 1, len(t) - 1))
+    nearest = t[i - 1] if center - t[i - 1] <= t[i] - center else t[i]
+    row["sync_err_imu_ms"] = (float(side.clock.to_session(nearest)) - w.center_s) * 1000.0
+    meta["imu_window_s"] = [float(side.clock.to_session(iw.start_s)), cfg.imu_window_s]
+    meta["imu_units"] = ["m/s^2"] * 3 + ["rad/s"] * 3
+
+
+def _finish_sample(sink, split, key, members, row, meta, session, layout, start_s, end_s) -> None:
+    present = {
+        "video": "jpg" in members,
+        "audio": "mel.npy" in members,
+        "depth": "depth.png" in members,
+        "thermal": "thermal.png" in members,
+        "imu": "imu.npy" in members,
+        "text": "txt" in members,
+    }
+    for m, ok in present.items():
+        row[f"has_{m}"] = ok
+    meta.update(
+        key=key, session=session, layout=layout, split=split, clip=[start_s, end_s],
+        present=sorted(m for m, ok in present.items() if ok),
+        label=row.get("label"), caption=row.get("caption"),
+    )  # fmt: skip
+    members["json"] = json_bytes(meta)
+    row.setdefault("label_change", False)
+    sink.sample(split, key, members, row)
+
+
+# --------------------------------------------------------------------------------------- stills
+
+
+def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSink, heartbeat: Heartbeat) -> None:
+    sink.planned(len(unit.pairs))
+    for pair in unit.pairs:
+        heartbeat(pair.image)
+        key = sample_key(pair.session, 0.0)
+        try:
+            rgb = read_rgb(root / pair.image, max_side=cfg.max_image_side)
+        except FileNotFoundError:
+            sink.reject(Reject(pair.image, RejectReason.FILE_MISSING, "image not found", pair.session, key))
+            continue
+        except ImageInputError as exc:
+            sink.reject(Reject(pair.image, exc.reason, str(exc), pair.session, key))
+            continue
+        q = frame_quality(rgb)
+        members = {"jpg": encode_frame_jpeg(rgb, max_short_side=cfg.max_short_side, quality=cfg.jpeg_quality)}
+        row = {
+            "session": pair.session, "layout": unit.layout, "clip_start_s": 0.0, "clip_end_s": 0.0,
+            "source_video": pair.image, f"source_{pair.kind}": pair.partner,
+            "frame_brightness": q.brightness, "frame_sharpness": q.sharpness,
+        }  # fmt: skip
+        meta: dict = {}
+        try:
+            arr = read_still_partner(root, pair.partner, pair.kind, cfg.max_image_side)
+        except FileNotFoundError:
+            arr = None
+            sink.reject(
+                Reject(pair.partner, RejectReason.FILE_MISSING, "not found", pair.session, key, modality=pair.kind)
+            )
+        except ImageInputError as exc:
+            arr = None
+            sink.reject(Reject(pair.partner, exc.reason, str(exc), pair.session, key, modality=pair.kind))
+        if arr is not None:
+            members[f"{pair.kind}.png"] = encode_png16(arr)
+            if pair.kind == "depth":
+                row["depth_valid_frac"] = depth_quality(arr)
+                meta["depth_units"] = "mm"
+                if pair.intrinsics:
+                    meta["depth_intrinsics"] = pair.intrinsics
+            else:
+                q2 = thermal_quality(arr)
+                row["thermal_min"], row["thermal_max"] = q2.min, q2.max
+                meta["thermal_units"] = "gray8"
+        if pair.caption:
+            members["txt"] = pair.caption.encode()
+        row.update(label=pair.caption, caption=pair.caption, label_change=False)
+        split = split_for(pair.session, cfg, pair.split)
+        _finish_sample(sink, split, key, members, row, meta, pair.session, unit.layout, 0.0, 0.0)
