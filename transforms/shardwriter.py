@@ -58,8 +58,8 @@ class RollingTarWriter:
     def _roll(self) -> PartInfo:
         self.close()
         name = f"{self.prefix}-{self.split}-{len(self.parts):05d}.tar"
-        self._fh = open(self.folder / name, "wb")
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
+        self._fh = open(self.folder / name, "wb")  # noqa: SIM115 - closed in close()
+        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self.parts.append(PartInfo(name, self.split))
         return self.parts[-1]
 
