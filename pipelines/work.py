@@ -134,7 +134,7 @@ def _context() -> mp.context.BaseContext:
     # forkserver: children fork from a clean server that already imported the heavy modules, so a unit
     # starts in milliseconds and never inherits an engine's threads.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["transforms.unit"])
+    ctx.set_forkserver_preload(["transforms.unit", "pyarrow.parquet", "pandas"])
     return ctx
 
 

@@ -207,6 +207,15 @@ def fit_short_side(width: int, height: int, max_short_side: int) -> Resize:
     return Resize(max(1, round(width * scale)), max_short_side)
 
 
+def shrink_to_short_side(rgb: np.ndarray, max_short_side: int) -> np.ndarray:
+    """The stored frame size; INTER_AREA averages source pixels, so shrinking does not alias."""
+    height, width = rgb.shape[:2]
+    size = fit_short_side(width, height, max_short_side)
+    if (size.width, size.height) == (width, height):
+        return rgb
+    return cv2.resize(rgb, (size.width, size.height), interpolation=cv2.INTER_AREA)
+
+
 def encode_frame_jpeg(rgb: np.ndarray, *, max_short_side: int = MAX_SHORT_SIDE, quality: int = JPEG_QUALITY) -> bytes:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}")

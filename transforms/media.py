@@ -19,7 +19,7 @@ import numpy as np
 from schemas.reasons import RejectReason
 from transforms import audio as A
 from transforms.config import BuildConfig
-from transforms.images import encode_frame_jpeg, frame_diff, frame_quality
+from transforms.images import encode_frame_jpeg, frame_diff, frame_quality, shrink_to_short_side
 from transforms.layouts import ClockSpec
 from transforms.plan import Window
 
@@ -127,7 +127,9 @@ class _VideoTracker:
         self.latest: dict[int, tuple[float, av.VideoFrame]] = {}
 
     def _pick(self, t: float, frame: av.VideoFrame) -> tuple[FramePick, np.ndarray]:
-        rgb = frame.to_ndarray(format="rgb24")
+        # Quality figures describe the stored (shrunk) frame; on 720p+ sources this is also what keeps
+        # per-window work far below the cost of decoding every frame.
+        rgb = shrink_to_short_side(frame.to_ndarray(format="rgb24"), self.cfg.max_short_side)
         q = frame_quality(rgb)
         jpg = encode_frame_jpeg(rgb, max_short_side=self.cfg.max_short_side, quality=self.cfg.jpeg_quality)
         return FramePick(t, jpg, q.brightness, q.sharpness), rgb
@@ -174,13 +176,27 @@ class _AudioTracker:
         self.resampler: A.StreamingResampler | None = None
         self.cutter: A.WindowCutter | None = None
 
+    # Codec frames hold ~1024 samples; resampling them one by one costs more in call overhead than in
+    # arithmetic, so they are gathered into ~0.5 s blocks first.
+    BLOCK = 24000
+
     def push(self, frame: av.AudioFrame) -> list[A.AudioWindowResult]:
         samples = A.frame_to_float(frame)
         if self.cutter is None:
             start = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
             self.resampler = A.StreamingResampler(frame.sample_rate)
             self.cutter = A.WindowCutter(self.requests, stream_start_s=start, tolerance_s=self.cfg.audio_tolerance_s)
-        return self._finish(self.cutter.push(self.resampler.push(samples)))
+            self.pending, self.pending_n = [], 0
+        self.pending.append(samples)
+        self.pending_n += samples.shape[1]
+        return self._flush() if self.pending_n >= self.BLOCK else []
+
+    def _flush(self) -> list[A.AudioWindowResult]:
+        if not self.pending:
+            return []
+        block = np.concatenate(self.pending, axis=1) if len(self.pending) > 1 else self.pending[0]
+        self.pending, self.pending_n = [], 0
+        return self._finish(self.cutter.push(self.resampler.push(block)))
 
     def _finish(self, cuts) -> list[A.AudioWindowResult]:
         return [A.finish_window(c, self.cfg.audio_channels) for c in cuts]
@@ -189,7 +205,8 @@ class _AudioTracker:
         if self.cutter is None:  # an audio stream without a single decodable frame
             self.cutter = A.WindowCutter(self.requests, tolerance_s=self.cfg.audio_tolerance_s)
             return self._finish(self.cutter.finish())
-        return self._finish(self.cutter.push(self.resampler.finish()) + self.cutter.finish())
+        out = self._flush()
+        return out + self._finish(self.cutter.push(self.resampler.finish()) + self.cutter.finish())
 
 
 def decode_media(

@@ -51,11 +51,12 @@ def write_mp4(
     size: tuple[int, int],
     audio: np.ndarray | None,
     audio_rate: int = 48000,
+    x264: dict | None = None,
 ) -> None:
     """Encode frames render(pts_s) and an optional (2, n) float32 audio track starting at pts 0."""
     width, height = size
     with av.open(str(path), "w", format="mp4", options=_CONTAINER_OPTIONS) as out:
-        vs = out.add_stream("libx264", rate=timing.rate, options=dict(_X264_OPTIONS))
+        vs = out.add_stream("libx264", rate=timing.rate, options={**_X264_OPTIONS, **(x264 or {})})
         vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
         vs.codec_context.time_base = timing.time_base
         vs.time_base = timing.time_base
