@@ -273,6 +273,7 @@ class CutWindow:
     status: WindowStatus
     samples: np.ndarray | None  # float32 (channels, window_samples); None when out of range
     missing_s: float  # how much of the window lies outside the track
+    first_sample_s: float = 0.0  # stream time of the window's first sample, as actually cut
 
     @property
     def reject_reason(self) -> RejectReason | None:
@@ -307,6 +308,7 @@ class WindowCutter:
         self.window_samples = window_samples
         self._tolerance = round(tolerance_s * sample_rate)
         ordered = sorted(windows, key=lambda w: w.start_s)
+        self._stream_start_s = stream_start_s
         self._pending = [_Pending(w, round((w.start_s - stream_start_s) * sample_rate)) for w in ordered]
         self._next = 0
         self._buf: np.ndarray | None = None  # (channels, n); channels known from the first push
@@ -343,7 +345,9 @@ class WindowCutter:
             # Missing-before is known at once; the end is known once the stream passed it or ended.
             if not (final or end <= self._total or before > self._tolerance):
                 break
-            out.append(self._cut(pending, before, max(0, end - self._total)))
+            # emitted early for a bad start: the tail is still unknown, so only what is surely missing counts
+            after = max(0, end - self._total) if (final or end <= self._total) else 0
+            out.append(self._cut(pending, before, after))
             self._next += 1
         return out
 
@@ -351,14 +355,15 @@ class WindowCutter:
         req = pending.request
         missing = min(self.window_samples, before + after)
         missing_s = missing / self.sample_rate
+        first_s = self._stream_start_s + pending.first / self.sample_rate
         if missing > self._tolerance or self._buf is None:
-            return CutWindow(req.id, req.start_s, WindowStatus.OUT_OF_RANGE, None, missing_s)
+            return CutWindow(req.id, req.start_s, WindowStatus.OUT_OF_RANGE, None, missing_s, first_s)
         lo = max(pending.first, 0) - self._buf_first
         hi = min(pending.first + self.window_samples, self._total) - self._buf_first
         window = np.zeros((self._buf.shape[0], self.window_samples), np.float32)
         window[:, before : before + (hi - lo)] = self._buf[:, lo:hi]
         status = WindowStatus.PADDED if missing else WindowStatus.OK
-        return CutWindow(req.id, req.start_s, status, window, missing_s)
+        return CutWindow(req.id, req.start_s, status, window, missing_s, first_s)
 
     def _trim(self) -> None:
         keep_from = max(self._pending[self._next].first, 0) if self._next < len(self._pending) else self._total
@@ -431,6 +436,7 @@ class AudioWindowResult:
     quality: AudioQuality | None
     reject_reason: RejectReason | None
     detail: str
+    first_sample_s: float = 0.0  # stream time of the first sample used (the cut is on the 16 kHz grid)
 
 
 def decode_windows(
@@ -471,7 +477,9 @@ def _prepend(first: AudioChunk, rest: Iterator[AudioChunk]) -> Iterator[AudioChu
 def finish_window(cut: CutWindow, channels: ChannelMode) -> AudioWindowResult:
     if cut.samples is None:
         detail = f"{cut.missing_s:.3f}s of the window lies outside the audio track"
-        return AudioWindowResult(cut.id, cut.start_s, cut.status, None, None, cut.reject_reason, detail)
+        return AudioWindowResult(
+            cut.id, cut.start_s, cut.status, None, None, cut.reject_reason, detail, cut.first_sample_s
+        )
     detail = f"zero-padded {cut.missing_s:.3f}s" if cut.status is WindowStatus.PADDED else ""
     return AudioWindowResult(
         id=cut.id,
@@ -481,4 +489,5 @@ def finish_window(cut: CutWindow, channels: ChannelMode) -> AudioWindowResult:
         quality=audio_quality(cut.samples),
         reject_reason=None,
         detail=detail,
+        first_sample_s=cut.first_sample_s,
     )

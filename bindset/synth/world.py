@@ -57,7 +57,7 @@ CLASSES: tuple[SceneClass, ...] = (
         3500,
         1200,
         283.0,
-        900.0,
+        560.0,  # below 655.35 K, the most a 16-bit centi-kelvin PNG holds (with flicker)
         0.0,
         0.05,
         2,
