@@ -246,9 +246,7 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides, split, cf
             members["mel.npy"] = npy_bytes(aw.mel)
             row["audio_rms_dbfs"] = aw.quality.rms_dbfs
             row["audio_clipped_frac"] = aw.quality.clipped_frac
-            start_stream = float(unit.audio_clock.to_stream(w.start_s))
-            quantized = round(start_stream * 16000) / 16000
-            row["sync_err_audio_ms"] = (float(unit.audio_clock.to_session(quantized)) - w.start_s) * 1000.0
+            row["sync_err_audio_ms"] = (float(unit.audio_clock.to_session(aw.first_sample_s)) - w.start_s) * 1000.0
     # depth, thermal, IMU
     for side in sides:
         row[f"source_{side.name}"] = side.source
