@@ -104,7 +104,22 @@ def cached_summary(data: Path, unit_id: str, fp: str) -> UnitSummary | None:
 # ------------------------------------------------------------------------------------------ child side
 
 
-def _child_main(conn, ctx_json: str, unit_json: str, tmp: str, fp: str) -> None:
+#: Fault injection, for tests of the watchdog: ``segv:SUBSTRING`` or ``hang:SUBSTRING`` (comma-separated for
+#: several). The child then crashes with SIGSEGV, or hangs, right after announcing a file whose path contains
+#: SUBSTRING, as a native decoder may on hostile input. Read by the parent in ``run_unit`` and handed to the
+#: child, because forkserver children inherit the server's environment, not the caller's current one.
+FAULT_ENV = "BINDSET_FAULT_INJECT"
+
+
+def _fault_for(spec: str, path: str) -> str | None:
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        kind, _, needle = item.partition(":")
+        if kind in ("segv", "hang") and needle and needle in path:
+            return kind
+    return None
+
+
+def _child_main(conn, ctx_json: str, unit_json: str, tmp: str, fp: str, fault: str = "") -> None:
     import torch
 
     from transforms.unit import process_unit
@@ -116,12 +131,21 @@ def _child_main(conn, ctx_json: str, unit_json: str, tmp: str, fp: str) -> None:
     ctx = WorkContext.from_json(ctx_json)
     cfg = BuildConfig.from_dict(ctx.config)
     unit = unit_from_dict(json.loads(unit_json))
+    raw = Path(ctx.raw)
 
     def heartbeat(path: str) -> None:
+        # a crash or timeout reject names the file relative to RAW, like every other reject
+        p = Path(path)
+        path = p.relative_to(raw).as_posix() if p.is_relative_to(raw) else path
         conn.send_bytes(json.dumps({"file": path}).encode())
+        kind = _fault_for(fault, path) if fault else None
+        if kind == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        while kind == "hang":
+            time.sleep(3600)
 
     try:
-        summary = process_unit(Path(ctx.raw), unit, cfg, UnitSink(Path(tmp), unit.unit_id, fp, cfg), heartbeat)
+        summary = process_unit(raw, unit, cfg, UnitSink(Path(tmp), unit.unit_id, fp, cfg), heartbeat)
         conn.send_bytes(json.dumps({"done": summary.samples}).encode())
     except BaseException:  # noqa: BLE001 - reported to the parent, which records it as a reject
         conn.send_bytes(json.dumps({"error": traceback.format_exc(limit=8)}).encode())
@@ -189,7 +213,8 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
     tmp = data / WORK / "tmp" / f"{unit.unit_id}.{uuid.uuid4().hex[:8]}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     parent_conn, child_conn = _context().Pipe(duplex=False)
-    proc = _context().Process(target=_child_main, args=(child_conn, ctx.to_json(), unit_json, str(tmp), fp))
+    fault = os.environ.get(FAULT_ENV, "")
+    proc = _context().Process(target=_child_main, args=(child_conn, ctx.to_json(), unit_json, str(tmp), fp, fault))
     proc.start()
     child_conn.close()
     first = unit.input_paths()[0] if unit.input_paths() else unit.unit_id

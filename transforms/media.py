@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -225,6 +225,7 @@ def decode_media(
     at = _AudioTracker(audio_windows, audio_clock, cfg) if audio_windows is not None else None
     end_reason, end_detail = RejectReason.NO_FRAMES_IN_WINDOW, ""
     t_now = -1e18
+    audio_end = -1e18  # stream time the audio decode reached
     try:
         with av.open(str(path)) as c:
             streams = []
@@ -243,17 +244,21 @@ def decode_media(
                     else:
                         if frame.pts is not None:
                             t_now = max(t_now, float(audio_clock.to_session(float(frame.pts * frame.time_base))))
+                            audio_end = float(frame.pts * frame.time_base) + frame.samples / frame.sample_rate
                         for aw in at.push(frame):
                             yield MediaEvent(t_now, audio=aw)
     except av.error.FFmpegError as exc:
         truncated = _top_level_boxes_truncated(path)
         end_reason = RejectReason.TRUNCATED_MEDIA if truncated else RejectReason.DECODE_ERROR
         end_detail = f"decoding stopped: {exc}"
+    if not end_detail and _top_level_boxes_truncated(path):
+        end_reason, end_detail = RejectReason.TRUNCATED_MEDIA, "file is cut off before this window"
     if vt is not None:
-        if not end_detail and _top_level_boxes_truncated(path):
-            end_reason, end_detail = RejectReason.TRUNCATED_MEDIA, "file is cut off before this window"
         for vw in vt.finish(end_reason, end_detail):
             yield MediaEvent(t_now, video=vw)
     if at is not None:
         for aw in at.finish():
+            if end_detail and aw.mel is None and aw.start_s + A.WINDOW_S > audio_end:
+                # audio missing because the file stops early, not because the window lies off the track
+                aw = replace(aw, reject_reason=end_reason, detail=f"{end_detail}: {aw.detail}")
             yield MediaEvent(t_now, audio=aw)
