@@ -22,6 +22,7 @@ env: $(VENV_STAMP)
 demo: env
 	$(UV) run --frozen bindset synth $(DEMO)/raw --sessions 8 --seconds 30 --seed 0
 	$(UV) run --frozen bindset build $(DEMO)/raw $(DEMO)/data --engine beam
+	$(UV) run --frozen bindset report $(DEMO)/data
 
 test: env
 	$(UV) run --frozen pytest -q

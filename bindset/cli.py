@@ -1,6 +1,9 @@
 """The `bindset` command line: thin wrappers over importable functions.
 
 bindset synth RAW/ --sessions 8 --seconds 30 --seed 0
+bindset build RAW/ DATA/ [--engine beam|ray|local] [--no-validate] [runner flags]
+bindset validate DATA/ [--thresholds FILE]
+bindset report DATA/
 bindset schema [--out FILE]
 """
 
@@ -65,6 +68,43 @@ def _cmd_build(args: argparse.Namespace, extra: list[str]) -> int:
 
     result = build(args.raw, args.data, cfg, engine, progress=progress)
     print("\n".join(result.summary_lines(args.data)))
+    if args.no_validate:
+        print("  validation skipped (--no-validate): the dataset is not published")
+        return 0
+    # A build is gated like `bindset validate`: a failing dataset stays on disk, marked unpublished.
+    return _validate_and_print(args.data, args.thresholds)
+
+
+def _load_thresholds(path: Path | None):
+    from schemas.expectations import QualityThresholds
+
+    if path is None:
+        return QualityThresholds()
+    return QualityThresholds.from_file(path)
+
+
+def _validate_and_print(data: Path, thresholds: Path | None) -> int:
+    from pipelines.validate import validate
+
+    outcome = validate(data, _load_thresholds(thresholds))
+    print("\n".join(outcome.summary_lines()))
+    return 0 if outcome.passed else 1
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    return _validate_and_print(args.data, args.thresholds)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.report import write_report
+
+    out = write_report(args.data, gallery=args.gallery, seed=args.seed)
+    manifest = json.loads((Path(args.data) / "manifest.json").read_text())
+    verdict = manifest.get("validation", {}).get("status", "not_run")
+    print(f"report: {out}")
+    print(f"  validation: {verdict} (published: {manifest.get('validation', {}).get('published', False)})")
     return 0
 
 
@@ -111,8 +151,33 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--val-fraction", type=float, default=0.2)
     b.add_argument("--imu-max-gap", type=float, default=0.1, help="seconds; a longer IMU gap voids the IMU part")
     b.add_argument("--decode-timeout", type=float, default=600.0, help="seconds per file before a decoder is killed")
+    b.add_argument("--no-validate", action="store_true", help="skip the quality gate (the dataset stays unpublished)")
+    b.add_argument("--thresholds", type=Path, default=None, help="JSON file of quality thresholds for the gate")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_cmd_build, passthrough=True)
+
+    v = sub.add_parser(
+        "validate",
+        help="run the Great Expectations quality gate over a built dataset",
+        description="Run the data contracts (schemas/expectations.py) as a Great Expectations Checkpoint over "
+        "DATA's index, rejects and shards. Writes DATA/quality/validation.json and GX Data Docs, records the "
+        "verdict in manifest.json (a failing dataset is kept but marked unpublished) and exits 1 on failure.",
+    )
+    v.add_argument("data", type=Path)
+    v.add_argument("--thresholds", type=Path, default=None,
+                   help="JSON object overriding QualityThresholds fields, e.g. {\"max_reject_rate\": 0.1}")  # fmt: skip
+    v.set_defaults(func=_cmd_validate)
+
+    r = sub.add_parser(
+        "report",
+        help="write the self-contained HTML data quality report",
+        description="Write DATA/quality/report.html: headline numbers, rejects by reason, a per-session "
+        "timeline of modalities, quality distributions and a gallery of random samples. No network needed.",
+    )
+    r.add_argument("data", type=Path)
+    r.add_argument("--gallery", type=int, default=12, help="samples shown in the gallery")
+    r.add_argument("--seed", type=int, default=0, help="seed of the gallery's random pick")
+    r.set_defaults(func=_cmd_report)
 
     sc = sub.add_parser("schema", help="export the captures manifest JSON Schema")
     sc.add_argument("--out", help="file to write (default: schemas/manifest.schema.json)")

@@ -145,7 +145,7 @@ def commit(
             "shards": result.shards,
         },
         "rejects_by_reason": result.reasons,
-        "validation": {"status": "not_run"},
+        "validation": {"status": "not_run", "published": False},
     }
     _atomic_bytes(data / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return result

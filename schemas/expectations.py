@@ -148,6 +148,22 @@ class QualityThresholds:
         return asdict(self)
 
     @classmethod
+    def from_file(cls, path: os.PathLike | str) -> QualityThresholds:
+        """A JSON object of overrides; an unknown name is an error (a typo must not pass silently)."""
+        import json
+
+        try:
+            data = json.loads(open(path).read())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read quality thresholds: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: quality thresholds must be a JSON object")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    @classmethod
     def from_dict(cls, data: dict) -> QualityThresholds:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)

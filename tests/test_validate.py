@@ -211,3 +211,42 @@ def test_suites_follow_thresholds():
     assert all(e.meta["rule"] and e.meta["kind"] in ("structure", "quality") for e in index.expectations)
     with pytest.raises(ValueError, match="unknown quality threshold"):
         QualityThresholds.from_dict({"frame_sharpness": 3})
+
+
+def test_cli_validate_exit_codes_and_thresholds_file(clean_copy, tmp_path, capsys):
+    from bindset.cli import main
+
+    assert main(["validate", str(clean_copy)]) == 0
+    assert "validate: PASSED" in capsys.readouterr().out
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"min_samples": 10**9}))
+    assert main(["validate", str(clean_copy), "--thresholds", str(strict)]) == 1
+    out = capsys.readouterr().out
+    assert "validate: FAILED" in out
+    v = json.loads((clean_copy / "manifest.json").read_text())["validation"]
+    assert v["status"] == "failed" and v["published"] is False
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"max_reject_rat": 0.1}))
+    assert main(["validate", str(clean_copy), "--thresholds", str(typo)]) == 2
+    assert "unknown quality threshold(s): max_reject_rat" in capsys.readouterr().err
+
+
+def test_cli_build_validates_by_default_and_report_prints_verdict(raw, tmp_path, capsys):
+    from bindset.cli import main
+
+    one = tmp_path / "raw"
+    one.mkdir()
+    shutil.copytree(raw / SESSIONS[0], one / SESSIONS[0])
+    data = tmp_path / "data"
+    assert main(["build", str(one), str(data), "--engine", "local", "--quiet"]) == 0
+    assert "validate: PASSED" in capsys.readouterr().out
+    assert json.loads((data / "manifest.json").read_text())["validation"]["published"] is True
+    assert main(["report", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert f"report: {data / 'quality' / 'report.html'}" in out and "validation: passed (published: True)" in out
+
+    skipped = tmp_path / "skipped"
+    assert main(["build", str(one), str(skipped), "--engine", "local", "--quiet", "--no-validate"]) == 0
+    assert "validation skipped" in capsys.readouterr().out
+    v = json.loads((skipped / "manifest.json").read_text())["validation"]
+    assert v["status"] == "not_run" and v.get("published", False) is False
