@@ -1,0 +1,191 @@
+"""From decoded samples to model inputs: collation in loader processes, then batched tensor ops on the device.
+
+Loader processes only decode and pad (``collate``). Resizing, cropping, augmentation and normalisation
+run once per batch on the training device (``ModelInputs.prepare``), as tensor ops: one ``roi_align``
+call resizes and crops every frame of a batch to the tower's input (short side to 224, centre crop, or a
+random resized crop and flip when augmenting), which also averages source pixels when shrinking.
+
+Model inputs follow ImageBind: frames with the tower's CLIP normalisation; depth as disparity
+``baseline*fx / clip(depth_m, 0.01, 50)`` (Omnivore's rule) or clipped metric depth, ``1x224x224``;
+thermal scaled to [0, 1] (8-bit by 255, 16-bit by the frame's 1st..99th percentile) then ``(x-0.5)/0.5``;
+the log-mel and IMU as stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import roi_align
+
+from training.config import DataConfig
+
+
+def _pad_stack(arrays: list[np.ndarray | None], dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """HxW or HxWxC arrays (None = absent) -> BxCxHmaxxWmax and Bx2 true sizes (0 where absent)."""
+    present = [a for a in arrays if a is not None]
+    if not present:
+        return torch.zeros(len(arrays), 1, 1, 1, dtype=dtype), torch.zeros(len(arrays), 2, dtype=torch.long)
+    ch = 1 if present[0].ndim == 2 else present[0].shape[2]
+    h = max(a.shape[0] for a in present)
+    w = max(a.shape[1] for a in present)
+    out = torch.zeros(len(arrays), ch, h, w, dtype=dtype)
+    hw = torch.zeros(len(arrays), 2, dtype=torch.long)
+    for i, a in enumerate(arrays):
+        if a is None:
+            continue
+        t = torch.from_numpy(np.ascontiguousarray(a).astype(np.float32 if dtype == torch.float32 else np.uint8))
+        t = t[None] if a.ndim == 2 else t.permute(2, 0, 1)
+        out[i, :, : a.shape[0], : a.shape[1]] = t
+        hw[i] = torch.tensor(a.shape[:2])
+    return out, hw
+
+
+def _fixed(arrays: list[np.ndarray | None], shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.zeros(len(arrays), *shape)
+    mask = torch.zeros(len(arrays), dtype=torch.bool)
+    for i, a in enumerate(arrays):
+        if a is not None and a.shape == shape and np.isfinite(a).all():
+            out[i] = torch.from_numpy(np.asarray(a, np.float32))
+            mask[i] = True
+    return out, mask
+
+
+def collate(samples: list[dict]) -> dict:
+    """Runs in a loader process: numpy samples -> one dict of padded tensors and masks."""
+    get = lambda name: [s.get(name) for s in samples]  # noqa: E731
+    batch: dict = {
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        "loader_worker": torch.tensor([s["loader_worker"] for s in samples], dtype=torch.long),
+    }
+    for name, member in (("frame0", "jpg"), ("frame1", "frame1.jpg")):
+        if any(x is not None for x in get(member)):
+            batch[name], batch[f"{name}_hw"] = _pad_stack(get(member), torch.uint8)
+    batch["mel"], batch["mel_mask"] = _fixed(get("mel.npy"), (1, 128, 204))
+    batch["imu"], batch["imu_mask"] = _fixed(get("imu.npy"), (6, 2000))
+    for name in ("depth", "thermal"):
+        imgs = [a if a is not None and a.ndim == 2 else None for a in get(f"{name}.png")]
+        batch[name], batch[f"{name}_hw"] = _pad_stack(imgs)
+        batch[f"{name}_full_scale"] = torch.tensor(
+            [255.0 if a is not None and a.dtype == np.uint8 else 65535.0 for a in imgs]
+        )
+    meta = get("json")
+    batch["fx"] = torch.tensor([_intrinsic(m, "fx") for m in meta])
+    batch["baseline_m"] = torch.tensor([_intrinsic(m, "baseline_m") for m in meta])
+    if any(x is not None for x in get("image_emb")):
+        emb = get("image_emb")
+        dim = next(e for e in emb if e is not None).shape[0]
+        batch["image_emb"] = torch.stack([torch.from_numpy(e) if e is not None else torch.zeros(dim) for e in emb])
+    return batch
+
+
+def _intrinsic(meta: dict | None, name: str) -> float:
+    value = ((meta or {}).get("depth_intrinsics") or {}).get(name)
+    return float(value) if value is not None else float("nan")
+
+
+def crop_boxes(hw: torch.Tensor, train: bool, scale: tuple[float, float], generator: torch.Generator | None):
+    """Per sample (x1, y1, x2, y2): the centred square of the short side, or a random resized crop.
+
+    A square crop resized to the square output equals "short side to S, centre crop S"."""
+    h, w = hw[:, 0].double(), hw[:, 1].double()
+    side = torch.minimum(h, w)
+    if not train:
+        x1, y1 = (w - side) / 2, (h - side) / 2
+        return torch.stack([x1, y1, x1 + side, y1 + side], 1).float(), torch.zeros(len(hw), dtype=torch.bool)
+    n = len(hw)
+    u = torch.rand(n, 4, generator=generator, dtype=torch.float64)
+    area = (scale[0] + (scale[1] - scale[0]) * u[:, 0]) * h * w
+    log_ratio = np.log(3 / 4) + (np.log(4 / 3) - np.log(3 / 4)) * u[:, 1]
+    cw = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=w)
+    ch = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=h)
+    x1, y1 = (w - cw) * u[:, 2], (h - ch) * u[:, 3]
+    flip = torch.rand(n, generator=generator) < 0.5
+    return torch.stack([x1, y1, x1 + cw, y1 + ch], 1).float(), flip
+
+
+def resize_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """One batched op: crop each sample's box and resize it to size x size (area-averaging when shrinking)."""
+    rois = torch.cat([torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None], boxes.to(x)], 1)
+    out = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    if flip is not None and flip.any():
+        out = torch.where(flip.to(out.device)[:, None, None, None], out.flip(-1), out)
+    return out
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Turns a collated batch into the tower's pixels and each encoder's input, on ``device``."""
+
+    cfg: DataConfig
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    def frames(self, batch: dict, device, train: bool, generator=None) -> dict[str, torch.Tensor]:
+        """{"frame0": Bx3xSxS, "frame1": ...} normalised pixels, and "frame0_mask"/"frame1_mask"."""
+        out = {}
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        for name in ("frame0", "frame1"):
+            if name not in batch:
+                continue
+            hw = batch[f"{name}_hw"]
+            mask = (hw > 0).all(1)
+            boxes, flip = crop_boxes(hw.clamp(min=1), train and self.cfg.augment, self.cfg.crop_scale, generator)
+            px = resize_crop(batch[name].to(device, non_blocking=True).float() / 255.0, boxes, self.image_size, flip)
+            out[name], out[f"{name}_mask"] = (px - mean) / std, mask.to(device)
+        return out
+
+    def depth(self, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+        hw = batch["depth_hw"]
+        mask = (hw > 0).all(1)
+        mm = batch["depth"].to(device, non_blocking=True)
+        valid = mm > 0
+        depth_m = (mm / 1000.0).clamp(0.01, self.cfg.depth_max_m)
+        if self.cfg.depth_mode == "disparity":
+            fx = torch.nan_to_num(batch["fx"], nan=self.cfg.default_fx).to(device).view(-1, 1, 1, 1)
+            base = torch.nan_to_num(batch["baseline_m"], nan=self.cfg.default_baseline_m).to(device).view(-1, 1, 1, 1)
+            x = base * fx / depth_m * self.cfg.disparity_scale
+        else:
+            x = depth_m / self.cfg.depth_max_m
+        x = torch.where(valid, x, torch.zeros_like(x))  # 0 = no measurement, as in the PNG
+        boxes, _ = crop_boxes(hw.clamp(min=1), False, self.cfg.crop_scale, None)
+        return resize_crop(x, boxes, 224), mask.to(device)
+
+    def thermal(self, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+        hw = batch["thermal_hw"]
+        mask = (hw > 0).all(1)
+        raw = batch["thermal"].to(device, non_blocking=True)
+        full = batch["thermal_full_scale"].to(device).view(-1, 1, 1, 1)
+        eight_bit = full == 255.0
+        # percentiles over each frame's true extent (padding masked out with NaN), on a strided subsample:
+        # quantiles sort, and a batch of full-size LLVIP frames would be hundreds of millions of values
+        step = max(1, int(np.sqrt(raw.shape[-2] * raw.shape[-1] / 16384)))
+        sub = raw[..., ::step, ::step]
+        flat = sub.flatten(1)
+        rows = torch.arange(0, raw.shape[-2], step, device=device).view(1, -1, 1)
+        cols = torch.arange(0, raw.shape[-1], step, device=device).view(1, 1, -1)
+        inside = ((rows < hw[:, 0].to(device).view(-1, 1, 1)) & (cols < hw[:, 1].to(device).view(-1, 1, 1))).flatten(1)
+        vals = torch.where(inside, flat, torch.full_like(flat, float("nan")))
+        lo = torch.nanquantile(vals, 0.01, dim=1).view(-1, 1, 1, 1)
+        hi = torch.nanquantile(vals, 0.99, dim=1).view(-1, 1, 1, 1)
+        span = torch.nan_to_num(hi - lo, nan=1.0).clamp(min=1e-6)
+        scaled = torch.where(eight_bit, raw / 255.0, ((raw - torch.nan_to_num(lo)) / span).clamp(0, 1))
+        boxes, _ = crop_boxes(hw.clamp(min=1), False, self.cfg.crop_scale, None)
+        return (resize_crop(scaled, boxes, 224) - 0.5) / 0.5, mask.to(device)
+
+    def encoders(self, batch: dict, device, modalities) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Each encoder's input and a mask of the rows that really carry it."""
+        inputs, masks = {}, {}
+        for m in modalities:
+            if m == "audio":
+                inputs[m], masks[m] = batch["mel"].to(device, non_blocking=True), batch["mel_mask"].to(device)
+            elif m == "imu":
+                inputs[m], masks[m] = batch["imu"].to(device, non_blocking=True), batch["imu_mask"].to(device)
+            elif m == "depth":
+                inputs[m], masks[m] = self.depth(batch, device)
+            elif m == "thermal":
+                inputs[m], masks[m] = self.thermal(batch, device)
+        return inputs, masks

@@ -1,0 +1,259 @@
+"""The training loop, the same with or without Ray.
+
+    bindset train DATA RUN --workers 2                 # Ray Train TorchTrainer (training/ray_trainer.py)
+    bindset train DATA RUN --engine local              # one process, no Ray
+    torchrun --nproc_per_node 8 -m training.torchrun DATA RUN --config cfg.json   # no Ray, many GPUs
+
+Everything distributed comes in through a ``Runtime`` (rank, world size, device, gather, where
+checkpoints go): ``LocalRuntime`` here (a single process, or torchrun's environment), ``RayRuntime`` in
+ray_trainer.py, which holds every ``ray.train.*`` call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from training.checkpoint import CheckpointDir, TrainState, load_checkpoint, write_checkpoint
+from training.config import TrainConfig
+from training.encoders import BindingModel
+from training.image_cache import CachedImages, cache_dir
+from training.inputs import ModelInputs, collate
+from training.loss import BindingLoss, Gather, no_gather, torch_distributed_gather
+from training.shards import PAD, BatchSampler, EpochPlan, SampleReader, SampleTable
+
+#: Fault injection for the recovery test: ``kill:RANK:STEP`` SIGKILLs that rank's process right after that
+#: step, on a run that did not resume from a checkpoint (so the restarted attempt goes on).
+FAULT_ENV = "BINDSET_TRAIN_FAULT"
+EVENTS = "events.jsonl"
+METRICS = "metrics.jsonl"
+
+
+class Runtime(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[Path | None]: ...
+
+    def staging_dir(self) -> Path: ...
+
+    def save(self, metrics: dict, folder: Path | None, step: int) -> None: ...
+
+
+class LocalRuntime:
+    """One process, or one of torchrun's (RANK/WORLD_SIZE/LOCAL_RANK in the environment)."""
+
+    def __init__(self, run: Path, gpu: bool = False, keep: int = 3):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if gpu and not torch.cuda.is_available():
+            raise RuntimeError("--gpu was given but torch sees no CUDA device")
+        self.device = torch.device(f"cuda:{local_rank}" if gpu else "cpu")
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if gpu else "gloo")
+            self.rank = dist.get_rank()
+        else:
+            self.rank = 0
+        self.checkpoints = CheckpointDir(Path(run) / "checkpoints", keep)
+
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        return torch_distributed_gather(t) if self.world_size > 1 else no_gather(t)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        yield self.checkpoints.latest()
+
+    def staging_dir(self) -> Path:
+        return self.checkpoints.staging()
+
+    def save(self, metrics: dict, folder: Path | None, step: int) -> None:
+        if folder is not None:
+            self.checkpoints.commit(folder, step)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    step: int
+    epochs: float
+    resumed_from_step: int
+    last_metrics: dict
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to zero (ImageBind: 2 warm-up epochs)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: BindingModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """One AdamW, a param group per modality with its own lr/wd; no decay on norms, biases, tokens."""
+    groups = []
+    for m, enc in model.encoders.items():
+        o = cfg.optim[m]
+        decay = [p for n, p in enc.named_parameters() if p.ndim >= 2 and n not in ("cls", "pos")]
+        rest = [p for n, p in enc.named_parameters() if not (p.ndim >= 2 and n not in ("cls", "pos"))]
+        groups.append({"params": decay, "lr": o.lr, "base_lr": o.lr, "weight_decay": o.weight_decay, "name": m})
+        groups.append({"params": rest, "lr": o.lr, "base_lr": o.lr, "weight_decay": 0.0, "name": f"{m}.no_decay"})
+    return torch.optim.AdamW(groups, betas=cfg.betas)
+
+
+def members_needed(cfg: TrainConfig, cached: bool) -> frozenset[str]:
+    want = {"json"}
+    if not cached:
+        want |= {"jpg", "frame1.jpg"} if cfg.data.image_frames == "mean" else {"jpg"}
+    want |= {{"audio": "mel.npy", "depth": "depth.png", "thermal": "thermal.png", "imu": "imu.npy"}[m]
+             for m in cfg.modalities}  # fmt: skip
+    return frozenset(want)
+
+
+def _append(path: Path, entry: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(entry, sort_keys=True, default=float) + "\n")
+
+
+def _fault(rank: int, step: int, resumed: bool) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if resumed or not spec.startswith("kill:"):
+        return
+    _, r, s = spec.split(":")
+    if int(r) == rank and int(s) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_loop(data: Path, run: Path, cfg: TrainConfig, rt: Runtime, gather: Gather | None = None) -> LoopResult:
+    data, run = Path(data), Path(run)
+    device = rt.device
+    torch.manual_seed(cfg.seed * 1000 + rt.rank)
+    table = SampleTable.load(data, cfg.data.train_split, cfg.data.pairing, cfg.modalities)
+    plan = EpochPlan(len(table), cfg.batch_size, rt.world_size, cfg.seed)
+
+    cached = cfg.data.cache_image_embeddings
+    towers = None
+    if cached:
+        images = CachedImages(cache_dir(data, cfg), table.keys)
+        embed_dim, inputs = images.dim, ModelInputs(cfg.data)
+    else:
+        from training.towers import FrozenTowers
+
+        images = None
+        towers = FrozenTowers(cfg.tower, device)
+        embed_dim, inputs = towers.embed_dim, ModelInputs(cfg.data, towers.image_size, towers.mean, towers.std)
+
+    model = BindingModel({m: cfg.encoder(m) for m in cfg.modalities}, embed_dim).to(device)
+    optimizer = make_optimizer(model, cfg)
+    start = 0
+    with rt.latest_checkpoint() as ckpt:
+        if ckpt is not None:
+            start = load_checkpoint(ckpt, model, optimizer, device).step
+    net = model
+    if rt.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    steps_per_epoch = plan.steps
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if rt.rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        _append(run / EVENTS, {"event": "start", "resumed_from_step": start, "world_size": rt.world_size,
+                               "steps_per_epoch": steps_per_epoch, "total_steps": total, "pid": os.getpid(),
+                               "time": time.time()})  # fmt: skip
+
+    sampler = BatchSampler(plan, rt.rank)
+    workers = cfg.data.loader_workers
+    loader = torch.utils.data.DataLoader(
+        SampleReader(table, members_needed(cfg, cached), images), batch_sampler=sampler, collate_fn=collate,
+        num_workers=workers, persistent_workers=workers > 0, prefetch_factor=cfg.data.prefetch_factor if workers else None,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    loss_fn = BindingLoss({m: cfg.encoder(m).logit_scale for m in cfg.modalities}, rt.rank, rt.world_size,
+                          gather or rt.gather)  # fmt: skip
+    allowed = {m: torch.from_numpy(table.allowed[m]) for m in cfg.modalities}
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+                else contextlib.nullcontext())  # fmt: skip
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + rt.rank)
+
+    step, metrics = start, {}
+    window = {"wait": 0.0, "time": 0.0, "samples": 0, "loss": 0.0, "n": 0}
+    while step < total:
+        epoch, skip = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch, skip)
+        net.train()
+        t_last = time.perf_counter()
+        for batch in loader:
+            t_got = time.perf_counter()
+            lr_scale = lr_factor(step, warmup, total)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * lr_scale
+            idx = batch["index"]
+            real = idx != PAD
+            with autocast:
+                if cached:
+                    image = batch["image_emb"].to(device)
+                    image_ok = torch.isfinite(image).all(1) & real.to(device)
+                    image = torch.nan_to_num(image)
+                else:
+                    frames = inputs.frames(batch, device, train=True, generator=generator)
+                    image = towers.image_embedding(frames, cfg.data.image_frames)
+                    image_ok = frames["frame0_mask"]
+                enc_in, masks = inputs.encoders(batch, device, cfg.modalities)
+                safe = idx.clamp(min=0)
+                masks = {m: masks[m] & image_ok & (allowed[m][safe] & real).to(device) for m in cfg.modalities}
+                emb = net(enc_in)
+            loss, parts = loss_fn(image.float(), {m: e.float() for m, e in emb.items()}, masks)
+            optimizer.zero_grad(set_to_none=True)
+            (loss * loss_fn.backward_scale).backward()
+            optimizer.step()
+            step += 1
+            now = time.perf_counter()
+            window["wait"] += t_got - t_last
+            window["time"] += now - t_last
+            window["samples"] += int(real.sum())
+            window["loss"] += float(loss.detach())
+            window["n"] += 1
+            t_last = now
+            _fault(rt.rank, step, resumed=start > 0)
+
+            end_of_epoch = step % steps_per_epoch == 0
+            if step % cfg.checkpoint_every == 0 or end_of_epoch or step >= total:
+                metrics = {
+                    "step": step, "epoch": step / steps_per_epoch, "lr_scale": lr_scale,
+                    "loss": window["loss"] / max(1, window["n"]), "loss_parts": parts,
+                    "samples_per_s": window["samples"] / max(window["time"], 1e-9),
+                    "data_wait_frac": window["wait"] / max(window["time"], 1e-9),
+                }  # fmt: skip
+                window = dict.fromkeys(window, 0)
+                folder = None
+                if rt.rank == 0:
+                    _append(run / METRICS, metrics)
+                    state = TrainState(step, step // steps_per_epoch, step % steps_per_epoch, cfg.to_dict(), metrics)
+                    folder = write_checkpoint(rt.staging_dir(), model, optimizer, state)
+                rt.save(metrics, folder, step)
+            if step >= total:
+                break
+    if rt.rank == 0:
+        _append(run / EVENTS, {"event": "done", "step": step, "time": time.time()})
+    return LoopResult(step, step / steps_per_epoch, start, metrics)

@@ -1,0 +1,200 @@
+"""Training reads: the sample table of a split, each rank's share of an epoch, and the members of a sample.
+
+Every rank opens the shards itself and reads only its own samples, by offset: the first pass over a shard
+reads its tar headers (not its data) into a member table. An epoch is a seeded permutation of the split's
+samples dealt round-robin to the ranks, so within an epoch every sample is read by exactly one rank and
+one loader process, and no sample is dropped: the last batch of a rank is padded with masked-out rows
+(index -1) up to the common number of steps, which every rank computes the same way from the table.
+Random access needs seekable storage; DATA is on a local or shared filesystem already (the build writes it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from training.config import MODALITIES
+
+#: tar member -> the modality it carries
+MEMBER_MODALITY = {"mel.npy": "audio", "depth.png": "depth", "thermal.png": "thermal", "imu.npy": "imu"}
+PAD = -1
+
+
+@dataclass(frozen=True)
+class Member:
+    offset: int
+    size: int
+
+
+def member_table(path: Path) -> dict[str, dict[str, Member]]:
+    """key -> member suffix -> where its bytes are. Reads tar headers only."""
+    table: dict[str, dict[str, Member]] = {}
+    with tarfile.open(path, "r:") as tf:
+        for info in tf:
+            if not info.isfile():
+                continue
+            key, _, suffix = info.name.partition(".")
+            table.setdefault(key, {})[suffix] = Member(info.offset_data, info.size)
+    return table
+
+
+@dataclass
+class SampleTable:
+    """The samples of one split, in index order, with what a loader needs to find and label them."""
+
+    data: Path
+    keys: list[str]
+    shards: list[str]
+    sessions: list[str]
+    labels: list[str | None]
+    captions: list[str | None]
+    has: dict[str, np.ndarray]  # modality -> bool per sample
+    allowed: dict[str, np.ndarray]  # modality -> bool per sample: may this sample train that modality?
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def load(cls, data: Path | str, split: str | None, pairing: str = "joint",
+             modalities: tuple[str, ...] = MODALITIES) -> SampleTable:  # fmt: skip
+        data = Path(data)
+        index = pd.read_parquet(data / "index.parquet")
+        if split is not None:
+            index = index[index["split"] == split]
+        if not len(index) and split is not None:
+            raise ValueError(f"{data}: no samples in split {split!r}")
+        index = index.reset_index(drop=True)
+        has = {m: index[f"has_{m}"].to_numpy(bool) for m in MODALITIES}
+        allowed = {m: has[m].copy() for m in MODALITIES}
+        if pairing == "disjoint":
+            allowed = _disjoint(index, has, modalities)
+        return cls(
+            data=data,
+            keys=index["key"].tolist(),
+            shards=index["shard"].tolist(),
+            sessions=index["session"].tolist(),
+            labels=[None if pd.isna(x) else str(x) for x in index["label"]],
+            captions=[None if pd.isna(x) else str(x) for x in index["caption"]],
+            has=has,
+            allowed=allowed,
+        )
+
+
+def _disjoint(index: pd.DataFrame, has: dict[str, np.ndarray], modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Give each session to exactly one modality (among those it carries), balancing sessions per modality.
+
+    ImageBind never sees two non-image modalities of the same clip in training; this reproduces that on a
+    dataset whose captures carry them all, which is what makes cross-modal retrieval *emergent*.
+    """
+    allowed = {m: np.zeros(len(index), bool) for m in MODALITIES}
+    count = dict.fromkeys(modalities, 0)
+    sessions = index["session"].to_numpy()
+    for session in sorted(set(sessions)):
+        rows = sessions == session
+        carried = [m for m in modalities if has[m][rows].any()]
+        if not carried:
+            continue
+        pick = min(carried, key=lambda m: (count[m], modalities.index(m)))
+        count[pick] += 1
+        allowed[pick] = allowed[pick] | (rows & has[pick])
+    return allowed
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which samples a rank reads in an epoch, batch by batch (PAD marks a masked-out row)."""
+
+    n: int
+    batch_size: int
+    world_size: int
+    seed: int
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(math.ceil(self.n / self.world_size) / self.batch_size)
+
+    def rank_batches(self, epoch: int, rank: int, skip: int = 0) -> list[list[int]]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        mine = order[rank :: self.world_size].tolist()
+        mine += [PAD] * (self.steps * self.batch_size - len(mine))
+        b = self.batch_size
+        return [mine[i * b : (i + 1) * b] for i in range(skip, self.steps)]
+
+
+class BatchSampler(torch.utils.data.Sampler):
+    """Yields one rank's batches of an epoch; ``set_epoch`` before each, ``skip`` batches to resume."""
+
+    def __init__(self, plan: EpochPlan, rank: int):
+        self.plan, self.rank, self.epoch, self.skip = plan, rank, 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        return iter(self.plan.rank_batches(self.epoch, self.rank, self.skip))
+
+    def __len__(self) -> int:
+        return self.plan.steps - self.skip
+
+
+class SampleReader(torch.utils.data.Dataset):
+    """Decodes the members of sample ``i`` into numpy arrays (no pickle: ``.npy`` with allow_pickle=False).
+
+    ``want`` names the members to read; frames are skipped entirely when image embeddings are cached.
+    """
+
+    def __init__(self, table: SampleTable, want: frozenset[str], image_cache: np.ndarray | None = None):
+        self.table, self.want, self.image_cache = table, want, image_cache
+        self._members: dict[str, dict[str, dict[str, Member]]] = {}
+        self._files: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _locate(self, shard: str) -> dict[str, dict[str, Member]]:
+        if shard not in self._members:
+            self._members[shard] = member_table(self.table.data / "shards" / shard)
+        return self._members[shard]
+
+    def _read(self, shard: str, m: Member) -> bytes:
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = open(self.table.data / "shards" / shard, "rb")  # noqa: SIM115 - kept open
+        f.seek(m.offset)
+        return f.read(m.size)
+
+    def __getitem__(self, i: int) -> dict:
+        worker = torch.utils.data.get_worker_info()
+        out: dict = {"index": i, "loader_worker": worker.id if worker else 0}
+        if i == PAD:
+            return out
+        t = self.table
+        members = self._locate(t.shards[i]).get(t.keys[i], {})
+        for suffix in self.want:
+            if suffix in members:
+                out[suffix] = _decode(suffix, self._read(t.shards[i], members[suffix]))
+        if self.image_cache is not None:
+            out["image_emb"] = np.asarray(self.image_cache[i], np.float32)
+        return out
+
+
+def _decode(suffix: str, blob: bytes):
+    if suffix.endswith("jpg"):
+        img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+        return None if img is None else img[:, :, ::-1].copy()  # BGR -> RGB
+    if suffix.endswith("png"):
+        return cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_UNCHANGED)
+    if suffix.endswith("npy"):
+        return np.load(io.BytesIO(blob), allow_pickle=False)
+    if suffix == "json":
+        return json.loads(blob)
+    return blob.decode("utf-8")
