@@ -4,6 +4,10 @@ bindset synth RAW/ --sessions 8 --seconds 30 --seed 0
 bindset build RAW/ DATA/ [--engine beam|ray|local] [--no-validate] [runner flags]
 bindset validate DATA/ [--thresholds FILE]
 bindset report DATA/
+bindset train DATA/ RUN/ [--preset tiny|imagebind] [--config FILE] [--workers N] [--gpu]
+bindset embed DATA/ RUN/ EMB/
+bindset search EMB/ --text "..." | --audio x.wav | --image y.jpg [--to depth] [-k 5]
+bindset eval EMB/ [--split val]
 bindset schema [--out FILE]
 """
 
@@ -108,6 +112,70 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bar(desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return lambda total: tqdm(total=total, desc=desc, unit="batch", disable=quiet)
+
+
+def _train_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from training.config import PRESETS, TrainConfig
+
+    cfg = TrainConfig.from_file(args.config) if args.config else PRESETS[args.preset]
+    names = ("epochs", "max_steps", "batch_size", "seed")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.checkpoint_every is not None:
+        overrides["checkpoint_every"] = args.checkpoint_every
+    if args.tower_checkpoint is not None:
+        overrides["tower"] = replace(cfg.tower, checkpoint=args.tower_checkpoint)
+    return replace(cfg, **overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.run import train
+
+    cfg = _train_config(args)
+    result = train(args.data, args.run, cfg, workers=args.workers, gpu=args.gpu, engine=args.engine,
+                   ray_address=args.ray_address, progress=_bar("image cache", args.quiet))  # fmt: skip
+    print("\n".join(result.summary_lines()))
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from training.embed import embed
+
+    result = embed(args.data, args.run, args.emb, batch_size=args.batch_size, gpu=args.gpu,
+                   progress=_bar("embed", args.quiet))  # fmt: skip
+    print("\n".join(result.summary_lines()))
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from training.search import QUERY_KINDS, search
+
+    given = [(k, getattr(args, k)) for k in QUERY_KINDS if getattr(args, k) is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one query: {', '.join('--' + k for k in QUERY_KINDS)}")
+    kind, value = given[0]
+    hits = search(args.emb, kind, value, to=args.to, k=args.k, source=args.source)
+    print(f"search: {kind} {value!r} -> {args.to}, top {len(hits)}")
+    for h in hits:
+        print(f"  {h.rank:>3}  {h.score:+.4f}  {h.key}  [{h.split}]  {h.label or ''}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    report = evaluate(args.emb, args.split, args.out)
+    print(report.markdown())
+    out = Path(args.out) if args.out else Path(args.emb)
+    print(f"eval: wrote {out / 'eval.md'} and {out / 'eval.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bindset", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,6 +246,63 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gallery", type=int, default=12, help="samples shown in the gallery")
     r.add_argument("--seed", type=int, default=0, help="seed of the gallery's random pick")
     r.set_defaults(func=_cmd_report)
+
+    t = sub.add_parser(
+        "train",
+        help="train the modality encoders against the frozen OpenCLIP tower",
+        description="Train audio/depth/thermal/IMU encoders with a symmetric InfoNCE loss against a frozen "
+        "OpenCLIP image tower, on a Ray Train TorchTrainer (or one process without Ray). Checkpoints every N "
+        "steps and each epoch; a rerun resumes from the latest one. The final model goes to RUN/model/.",
+    )
+    t.add_argument("data", type=Path)
+    t.add_argument("run", type=Path)
+    t.add_argument("--preset", default="tiny", choices=("tiny", "imagebind"), help="named config (default tiny)")
+    t.add_argument("--config", type=Path, help="JSON/YAML file of TrainConfig fields (overrides --preset)")
+    t.add_argument("--workers", type=int, default=1, help="training workers (Ray Train)")
+    t.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    t.add_argument("--engine", choices=("ray", "local"), default="ray", help="local: one process, no Ray")
+    t.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--batch-size", type=int, help="per worker")
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    t.add_argument("--tower-checkpoint", help="local OpenCLIP checkpoint file for the frozen towers")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser(
+        "embed",
+        help="materialise embeddings of every sample and modality, with FAISS indexes",
+        description="Run a trained model over every sample of DATA: EMB/<modality>.parquet (key, modality, "
+        "split, vector, run id) and EMB/index/<modality>.faiss.",
+    )
+    e.add_argument("data", type=Path)
+    e.add_argument("run", type=Path)
+    e.add_argument("emb", type=Path)
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--gpu", action="store_true")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_cmd_embed)
+
+    q = sub.add_parser("search", help="cross-modal nearest neighbours from a file, text or a sample key")
+    q.add_argument("emb", type=Path)
+    q.add_argument("--text")
+    q.add_argument("--image", help="an image file (the frozen image tower)")
+    q.add_argument("--audio", help="an audio or video file: its first 2 s")
+    q.add_argument("--depth", help="a 16-bit depth PNG in mm")
+    q.add_argument("--thermal", help="a thermal PNG")
+    q.add_argument("--key", help="a sample key of EMB (with --from)")
+    q.add_argument("--from", dest="source", help="with --key: which of its embeddings to query with")
+    q.add_argument("--to", default="image", help="the modality to search (default image)")
+    q.add_argument("-k", type=int, default=5)
+    q.set_defaults(func=_cmd_search)
+
+    ev = sub.add_parser("eval", help="retrieval, emergent retrieval and zero-shot tables (Markdown + JSON)")
+    ev.add_argument("emb", type=Path)
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--out", type=Path, help="folder for eval.md/eval.json (default EMB)")
+    ev.set_defaults(func=_cmd_eval)
 
     sc = sub.add_parser("schema", help="export the captures manifest JSON Schema")
     sc.add_argument("--out", help="file to write (default: schemas/manifest.schema.json)")

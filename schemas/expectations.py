@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from schemas.reasons import RejectReason
 from schemas.tables import INDEX_SCHEMA, MEMBERS, MODALITIES, REJECTS_SCHEMA, member_column
@@ -153,7 +154,7 @@ class QualityThresholds:
         import json
 
         try:
-            data = json.loads(open(path).read())
+            data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: cannot read quality thresholds: {exc}") from None
         if not isinstance(data, dict):

@@ -75,7 +75,9 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim
         for k, v in flat.items():
             pid, name = k.split(".", 1)
             per_param.setdefault(int(pid), {})[name] = v
-        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+        # JSON has no tuples; AdamW's betas are one
+        groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in state["param_groups"]]
+        optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     return read_state(folder)
 
 

@@ -113,6 +113,9 @@ class DataConfig:
     # seen together in training); "joint": every sample trains every modality it carries
     pairing: Literal["joint", "disjoint"] = "joint"
     cache_image_embeddings: bool = False
+    # negative control: pair every training sample with another sample's image (a fixed random
+    # permutation); needs cached image embeddings. Retrieval must then fall to chance.
+    shuffle_pairs: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,8 @@ class TrainConfig:
             raise ValueError("batch_size must be at least 2 (a contrastive loss needs negatives)")
         if self.checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
+        if self.data.shuffle_pairs and not self.data.cache_image_embeddings:
+            raise ValueError("data.shuffle_pairs (the negative control) needs data.cache_image_embeddings")
 
     def encoder(self, modality: str) -> EncoderConfig:
         return ENCODER_PRESETS[self.encoders][modality]

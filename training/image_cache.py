@@ -42,13 +42,15 @@ def cache_dir(data: Path, cfg: TrainConfig) -> Path:
 class CachedImages:
     """Row ``i`` of a SampleTable -> its cached vector (memory-mapped: the matrix may exceed RAM)."""
 
-    def __init__(self, folder: Path, keys: list[str]):
+    def __init__(self, folder: Path, keys: list[str], shuffle_seed: int | None = None):
         self.matrix = np.load(folder / "emb.npy", mmap_mode="r", allow_pickle=False)
         position = {k: i for i, k in enumerate(json.loads((folder / "keys.json").read_text()))}
         missing = [k for k in keys if k not in position]
         if missing:
             raise ValueError(f"{folder}: image cache lacks {len(missing)} sample(s), e.g. {missing[0]}")
         self.rows = np.array([position[k] for k in keys], np.int64)
+        if shuffle_seed is not None:  # the negative control: every sample gets some other sample's image
+            self.rows = self.rows[np.random.default_rng(shuffle_seed).permutation(len(self.rows))]
 
     @property
     def dim(self) -> int:

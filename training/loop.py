@@ -152,7 +152,8 @@ def train_loop(data: Path, run: Path, cfg: TrainConfig, rt: Runtime, gather: Gat
     cached = cfg.data.cache_image_embeddings
     towers = None
     if cached:
-        images = CachedImages(cache_dir(data, cfg), table.keys)
+        shuffle = cfg.seed + 1 if cfg.data.shuffle_pairs else None
+        images = CachedImages(cache_dir(data, cfg), table.keys, shuffle)
         embed_dim, inputs = images.dim, ModelInputs(cfg.data)
     else:
         from training.towers import FrozenTowers
@@ -186,8 +187,8 @@ def train_loop(data: Path, run: Path, cfg: TrainConfig, rt: Runtime, gather: Gat
     workers = cfg.data.loader_workers
     loader = torch.utils.data.DataLoader(
         SampleReader(table, members_needed(cfg, cached), images), batch_sampler=sampler, collate_fn=collate,
-        num_workers=workers, persistent_workers=workers > 0, prefetch_factor=cfg.data.prefetch_factor if workers else None,
-        pin_memory=device.type == "cuda",
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+        prefetch_factor=cfg.data.prefetch_factor if workers else None,
     )  # fmt: skip
     loss_fn = BindingLoss({m: cfg.encoder(m).logit_scale for m in cfg.modalities}, rt.rank, rt.world_size,
                           gather or rt.gather)  # fmt: skip

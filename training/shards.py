@@ -54,6 +54,7 @@ class SampleTable:
     data: Path
     keys: list[str]
     shards: list[str]
+    splits: list[str]
     sessions: list[str]
     labels: list[str | None]
     captions: list[str | None]
@@ -81,6 +82,7 @@ class SampleTable:
             data=data,
             keys=index["key"].tolist(),
             shards=index["shard"].tolist(),
+            splits=index["split"].tolist(),
             sessions=index["session"].tolist(),
             labels=[None if pd.isna(x) else str(x) for x in index["label"]],
             captions=[None if pd.isna(x) else str(x) for x in index["caption"]],

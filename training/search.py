@@ -1,0 +1,108 @@
+"""`bindset search`: cross-modal nearest neighbours over materialised embeddings.
+
+    bindset search EMB --text "birds singing" --to audio -k 5
+    bindset search EMB --audio clip.wav --to depth
+    bindset search EMB --image photo.jpg            # --to image by default
+    bindset search EMB --key s000_003_000004000 --from audio --to depth
+
+The query is embedded with the run that made EMB (its path is in EMB/meta.json): text by the frozen text
+tower, an image by the frozen image tower, an audio file's first 2 s by the audio encoder (ImageBind's
+log-mel), a depth or thermal PNG by its encoder; ``--key`` reuses a stored vector.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.embed import META, load_run, read_vectors
+
+QUERY_KINDS = ("text", "image", "audio", "depth", "thermal", "key")
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    key: str
+    score: float
+    split: str
+    label: str | None
+
+
+def _audio_mel(path: Path) -> np.ndarray:
+    import torchaudio
+
+    from transforms.audio import TARGET_SR, WINDOW_SAMPLES, iter_audio_chunks, log_mel
+
+    chunks = list(iter_audio_chunks(path))
+    if not chunks:
+        raise ValueError(f"{path}: no audio samples")
+    wave = torch.from_numpy(np.concatenate([c.samples for c in chunks], axis=1))
+    wave = torchaudio.functional.resample(wave, chunks[0].sample_rate, TARGET_SR)[:, :WINDOW_SAMPLES]
+    if wave.shape[1] < WINDOW_SAMPLES:  # a short query is zero-padded, as a track edge is in the build
+        wave = torch.nn.functional.pad(wave, (0, WINDOW_SAMPLES - wave.shape[1]))
+    return log_mel(wave.numpy())
+
+
+def _read_image(path: Path, flags: int) -> np.ndarray:
+    import cv2
+
+    img = cv2.imdecode(np.fromfile(path, np.uint8), flags)
+    if img is None:
+        raise ValueError(f"{path}: not a readable image")
+    return img
+
+
+def query_vector(emb: Path, kind: str, value: str, source: str | None = None) -> np.ndarray:
+    import cv2
+
+    from training.inputs import collate
+
+    emb = Path(emb)
+    if kind == "key":
+        if not source:
+            raise ValueError("--key needs --from MODALITY (which of the sample's embeddings to query with)")
+        rows, vectors = read_vectors(emb, source)
+        hit = [i for i, k in enumerate(rows.column("key").to_pylist()) if k == value]
+        if not hit:
+            raise ValueError(f"no {source} embedding for key {value!r} in {emb}")
+        return vectors[hit[0]]
+    meta = json.loads((emb / META).read_text())
+    lr = load_run(meta["run"])
+    with torch.no_grad():
+        if kind == "text":
+            return lr.towers.encode_text([value], lr.device)[0].cpu().numpy()
+        path = Path(value)
+        if kind == "image":
+            sample = {"index": 0, "loader_worker": 0, "jpg": _read_image(path, cv2.IMREAD_COLOR)[:, :, ::-1].copy()}
+            frames = lr.inputs.frames(collate([sample]), lr.device, train=False)
+            return lr.towers.image_embedding(frames, "first")[0].cpu().numpy()
+        if kind not in lr.cfg.modalities:
+            raise ValueError(f"run {meta['run_id']} has no {kind} encoder (it trained {', '.join(lr.cfg.modalities)})")
+        if kind == "audio":
+            sample = {"index": 0, "loader_worker": 0, "mel.npy": _audio_mel(path)}
+        else:
+            sample = {"index": 0, "loader_worker": 0, f"{kind}.png": _read_image(path, cv2.IMREAD_UNCHANGED)}
+        enc_in, _ = lr.inputs.encoders(collate([sample]), lr.device, (kind,))
+        return lr.model(enc_in)[kind][0].cpu().numpy()
+
+
+def search(emb: Path | str, kind: str, value: str, *, to: str = "image", k: int = 5,
+           source: str | None = None) -> list[Hit]:  # fmt: skip
+    import faiss
+
+    emb = Path(emb)
+    index_path = emb / "index" / f"{to}.faiss"
+    if not index_path.exists():
+        raise FileNotFoundError(f"{index_path}: no {to} index (was it embedded?)")
+    q = query_vector(emb, kind, value, source).astype(np.float32)[None]
+    index = faiss.read_index(str(index_path))
+    scores, ids = index.search(q / np.linalg.norm(q), k)
+    rows, _ = read_vectors(emb, to)
+    keys, splits, labels = (rows.column(c).to_pylist() for c in ("key", "split", "label"))
+    return [Hit(r + 1, keys[i], float(s), splits[i], labels[i])
+            for r, (s, i) in enumerate(zip(scores[0], ids[0], strict=True)) if i >= 0]  # fmt: skip
