@@ -397,3 +397,29 @@ def test_train_config_file_errors_are_readable(tmp_path):
     good.write_text("encoders: tiny\nmodalities: [audio, depth]\noptim: {audio: {lr: 0.01, weight_decay: 0}}\n")
     cfg = TrainConfig.from_file(good)
     assert cfg.modalities == ("audio", "depth") and cfg.optim["audio"].lr == 0.01 and cfg.optim["depth"].lr == 1.6e-3
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+@pytest.mark.slow
+def test_ray_train_recovers_from_a_killed_worker(data, tmp_path, monkeypatch):
+    """Two Ray Train workers; rank 1 is SIGKILLed after step 5. FailureConfig restarts the group from the
+    checkpoint of step 4 and the run finishes every step."""
+    from training.loop import FAULT_ENV
+    from training.run import train
+
+    monkeypatch.setenv(FAULT_ENV, "kill:1:5:4")
+    cfg = _tiny_cfg(epochs=3, checkpoint_every=2, batch_size=4, modalities=("audio", "imu"), max_failures=2)
+    run = tmp_path / "run"
+    result = train(data, run, cfg, workers=2, engine="ray")
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "start"]
+    total = starts[0]["total_steps"]
+    assert [e["resumed_from_step"] for e in starts] == [0, 4], events
+    assert all(e["world_size"] == 2 for e in starts)
+    assert len({e["pid"] for e in starts}) == 2  # a new process group, not the same one going on
+    assert events[-1] == {**events[-1], "event": "done", "step": total}
+    assert result.step == total and (result.model / "model.safetensors").exists()
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == total and {2, 4} <= set(steps) and 5 not in steps

@@ -32,8 +32,10 @@ from training.inputs import ModelInputs, collate
 from training.loss import BindingLoss, Gather, no_gather, torch_distributed_gather
 from training.shards import PAD, BatchSampler, EpochPlan, SampleReader, SampleTable
 
-#: Fault injection for the recovery test: ``kill:RANK:STEP`` SIGKILLs that rank's process right after that
-#: step, on a run that did not resume from a checkpoint (so the restarted attempt goes on).
+#: Fault injection for the recovery test: ``kill:RANK:STEP[:DELAY_S]`` SIGKILLs that rank's process DELAY_S
+#: seconds after that step, on a run that did not resume from a checkpoint (so the restarted attempt goes
+#: on). The delay lets Ray's controller collect the checkpoint reported just before: it drops reports it
+#: had not yet polled when a worker dies.
 FAULT_ENV = "BINDSET_TRAIN_FAULT"
 EVENTS = "events.jsonl"
 METRICS = "metrics.jsonl"
@@ -137,8 +139,9 @@ def _fault(rank: int, step: int, resumed: bool) -> None:
     spec = os.environ.get(FAULT_ENV, "")
     if resumed or not spec.startswith("kill:"):
         return
-    _, r, s = spec.split(":")
+    _, r, s, *delay = spec.split(":")
     if int(r) == rank and int(s) == step:
+        time.sleep(float(delay[0]) if delay else 0.0)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -9,6 +9,7 @@ dies; the loop resumes at the step inside the epoch where that checkpoint was ta
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,10 +72,14 @@ def fit_with_ray(data: Path, run: Path, cfg: TrainConfig, workers: int, gpu: boo
     except ImportError as exc:  # pragma: no cover - the locked environment has Ray
         raise RuntimeError("training on Ray needs ray[train]; use --engine local or torchrun without it") from exc
 
+    from training.loop import FAULT_ENV
+
     started = False
     if not ray.is_initialized():
         kwargs = {"address": address} if address else {"num_cpus": max(workers, 1) + 1, "include_dashboard": False}
-        ray.init(log_to_driver=True, configure_logging=False, **kwargs)
+        # fault injection (tests of recovery) must reach the workers, which do not inherit our environment
+        env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
+        ray.init(log_to_driver=True, configure_logging=False, runtime_env={"env_vars": env}, **kwargs)
         started = True
     try:
         trainer = TorchTrainer(
