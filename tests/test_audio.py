@@ -441,3 +441,28 @@ def test_audio_quality() -> None:
     assert audio_quality(np.zeros((2, 32000), np.float32)).rms_dbfs == -120.0
     hot = np.clip(2 * np.sin(2 * np.pi * 440 * t), -1, 1)[None].astype(np.float32)
     assert 0.5 < audio_quality(hot).clipped_frac < 1.0
+
+
+# --------------------------------------------------------------------------- log-mel internals
+
+
+@pytest.mark.parametrize("channels", ["first", "mean"])
+def test_log_mel_is_bit_identical_to_kaldi_fbank(channels: str) -> None:
+    """log_mel builds fbank's constant parts once; the numbers must stay exactly fbank's."""
+    rng = np.random.default_rng(7)
+    cases = [rng.normal(0, s, (2, 32000)).astype(np.float32) for s in (1e-4, 0.05, 0.5)]
+    cases += [np.zeros((2, 32000), np.float32), _synthetic(16000, 1, 2.0), rng.uniform(-1, 1, (1, 20000))]
+    for x in cases:
+        w = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if channels == "mean":
+            w = w.mean(dim=0, keepdim=True)
+        w = w - w.mean()
+        fbank = torchaudio.compliance.kaldi.fbank(
+            w, htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
+            num_mel_bins=128, dither=0.0, frame_length=25, frame_shift=10,
+        ).T  # fmt: skip
+        fbank = torch.nn.functional.pad(fbank, (0, max(0, 204 - fbank.shape[1])), value=0.0)[:, :204]
+        ref = ((fbank - (-4.268)) / 9.138)[None].numpy()
+        got = log_mel(x, channels)
+        assert got.dtype == np.float32 and got.shape == (1, 128, 204)
+        np.testing.assert_array_equal(got, ref)

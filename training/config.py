@@ -101,6 +101,7 @@ class DataConfig:
     train_split: str = "train"
     loader_workers: int = 2  # DataLoader processes per training worker
     prefetch_factor: int = 4
+    pin_memory: bool = True  # on a GPU: batches copied to page-locked memory by the loader's pin thread
     augment: bool = True  # random resized crop + flip of the paired frames (off when embeddings are cached)
     crop_scale: tuple[float, float] = (0.5, 1.0)
     image_frames: Literal["first", "mean"] = "mean"  # embed frame 0, or average frames 0 and 1
@@ -130,7 +131,8 @@ class TrainConfig:
     epochs: int = 4
     max_steps: int | None = None  # stop early (counted over all epochs)
     warmup_epochs: float = 2.0
-    checkpoint_every: int = 100  # steps; also at the end of every epoch
+    checkpoint_every: int = 100  # steps
+    checkpoint_at_epoch_end: bool = True
     keep_checkpoints: int = 3
     max_failures: int = 3  # Ray Train FailureConfig
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -31,7 +31,7 @@ from training.checkpoint import MODEL, STATE
 from training.config import TrainConfig
 from training.encoders import BindingModel
 from training.inputs import ModelInputs, collate
-from training.shards import SampleReader, SampleTable
+from training.shards import SampleReader, SampleTable, loader_context
 
 ALL = ("image", "text", "audio", "depth", "thermal", "imu")
 EXACT_MAX = 200_000  # rows up to which an exact flat index is used
@@ -105,8 +105,9 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
     table = SampleTable.load(data, None)
     want = frozenset({"jpg", "frame1.jpg", "mel.npy", "depth.png", "thermal.png", "imu.npy", "json"})
     batches = [list(range(i, min(i + batch_size, len(table)))) for i in range(0, len(table), batch_size)]
+    workers = lr.cfg.data.loader_workers
     loader = torch.utils.data.DataLoader(SampleReader(table, want), batch_sampler=batches, collate_fn=collate,
-                                         num_workers=lr.cfg.data.loader_workers)  # fmt: skip
+                                         num_workers=workers, multiprocessing_context=loader_context(workers))
     rows: dict[str, list[int]] = {m: [] for m in ALL}
     vecs: dict[str, list[np.ndarray]] = {m: [] for m in ALL}
     bar = progress(len(batches)) if progress else None

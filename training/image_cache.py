@@ -63,7 +63,7 @@ class CachedImages:
 def build_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progress=None) -> Path:
     """Compute the cache unless it exists; returns its folder."""
     from training.inputs import ModelInputs, collate
-    from training.shards import SampleReader, SampleTable
+    from training.shards import SampleReader, SampleTable, loader_context
     from training.towers import FrozenTowers
 
     folder = cache_dir(data, cfg)
@@ -75,7 +75,8 @@ def build_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progres
     reader = SampleReader(table, frozenset({"jpg", "frame1.jpg"}))
     batches = [list(range(i, min(i + 64, len(table)))) for i in range(0, len(table), 64)]
     loader = torch.utils.data.DataLoader(reader, batch_sampler=batches, collate_fn=collate,
-                                         num_workers=cfg.data.loader_workers)  # fmt: skip
+                                         num_workers=cfg.data.loader_workers,
+                                         multiprocessing_context=loader_context(cfg.data.loader_workers))  # fmt: skip
     out = np.full((len(table), towers.embed_dim), np.nan, np.float32)
     bar = progress(len(batches)) if progress else None
     for batch in loader:
@@ -95,4 +96,16 @@ def build_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progres
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
+    return folder
+
+
+def wait_for_image_cache(data: Path, cfg: TrainConfig, timeout_s: float = 24 * 3600) -> Path:
+    import time
+
+    folder = cache_dir(data, cfg)
+    deadline = time.monotonic() + timeout_s
+    while not ((folder / "emb.npy").exists() and (folder / "keys.json").exists()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{folder}: the image cache did not appear within {timeout_s:.0f} s")
+        time.sleep(2)
     return folder

@@ -42,14 +42,37 @@ def _pad_stack(arrays: list[np.ndarray | None], dtype=torch.float32) -> tuple[to
     return out, hw
 
 
-def _fixed(arrays: list[np.ndarray | None], shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.zeros(len(arrays), *shape)
-    mask = torch.zeros(len(arrays), dtype=torch.bool)
+def _fixed(arrays: list[np.ndarray | None], shape: tuple[int, ...]):
+    """Same-shape arrays -> BxSHAPE float32 and a mask of the finite, present rows."""
+    out = np.zeros((len(arrays), *shape), np.float32)
+    mask = np.zeros(len(arrays), bool)
     for i, a in enumerate(arrays):
-        if a is not None and a.shape == shape and np.isfinite(a).all():
-            out[i] = torch.from_numpy(np.asarray(a, np.float32))
+        if a is not None and a.shape == shape:
+            out[i] = a
             mask[i] = True
-    return out, mask
+    mask &= np.isfinite(out.reshape(len(arrays), -1)).all(1)
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def _pad_u16(arrays: list[np.ndarray | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-channel 8- or 16-bit images -> Bx1xHmaxxWmax int16 holding the uint16 bits, and Bx2 sizes.
+
+    Depth and thermal travel from loader processes at 2 bytes a pixel, not 4; ``unpack_u16`` restores the
+    values on the device."""
+    present = [a for a in arrays if a is not None]
+    h = max((a.shape[0] for a in present), default=1)
+    w = max((a.shape[1] for a in present), default=1)
+    out = np.zeros((len(arrays), 1, h, w), np.uint16)
+    hw = np.zeros((len(arrays), 2), np.int64)
+    for i, a in enumerate(arrays):
+        if a is not None:
+            out[i, 0, : a.shape[0], : a.shape[1]] = a
+            hw[i] = a.shape[:2]
+    return torch.from_numpy(out.view(np.int16)), torch.from_numpy(hw)
+
+
+def unpack_u16(x: torch.Tensor) -> torch.Tensor:
+    return (x.to(torch.int32) & 0xFFFF).float()
 
 
 def collate(samples: list[dict]) -> dict:
@@ -66,7 +89,7 @@ def collate(samples: list[dict]) -> dict:
     batch["imu"], batch["imu_mask"] = _fixed(get("imu.npy"), (6, 2000))
     for name in ("depth", "thermal"):
         imgs = [a if a is not None and a.ndim == 2 else None for a in get(f"{name}.png")]
-        batch[name], batch[f"{name}_hw"] = _pad_stack(imgs)
+        batch[name], batch[f"{name}_hw"] = _pad_u16(imgs)
         batch[f"{name}_full_scale"] = torch.tensor(
             [255.0 if a is not None and a.dtype == np.uint8 else 65535.0 for a in imgs]
         )
@@ -76,8 +99,11 @@ def collate(samples: list[dict]) -> dict:
     if any(x is not None for x in get("image_emb")):
         emb = get("image_emb")
         dim = next(e for e in emb if e is not None).shape[0]
-        batch["image_emb"] = torch.stack([torch.from_numpy(e) if e is not None else torch.zeros(dim) for e in emb])
+        batch["image_emb"] = torch.from_numpy(np.stack([e if e is not None else np.zeros(dim, np.float32)
+                                                        for e in emb]))  # fmt: skip
     return batch
+
+
 
 
 def _intrinsic(meta: dict | None, name: str) -> float:
@@ -141,7 +167,7 @@ class ModelInputs:
     def depth(self, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
         hw = batch["depth_hw"]
         mask = (hw > 0).all(1)
-        mm = batch["depth"].to(device, non_blocking=True)
+        mm = unpack_u16(batch["depth"].to(device, non_blocking=True))
         valid = mm > 0
         depth_m = (mm / 1000.0).clamp(0.01, self.cfg.depth_max_m)
         if self.cfg.depth_mode == "disparity":
@@ -157,7 +183,7 @@ class ModelInputs:
     def thermal(self, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
         hw = batch["thermal_hw"]
         mask = (hw > 0).all(1)
-        raw = batch["thermal"].to(device, non_blocking=True)
+        raw = unpack_u16(batch["thermal"].to(device, non_blocking=True))
         full = batch["thermal_full_scale"].to(device).view(-1, 1, 1, 1)
         eight_bit = full == 255.0
         # percentiles over each frame's true extent (padding masked out with NaN), on a strided subsample:
@@ -181,9 +207,9 @@ class ModelInputs:
         inputs, masks = {}, {}
         for m in modalities:
             if m == "audio":
-                inputs[m], masks[m] = batch["mel"].to(device, non_blocking=True), batch["mel_mask"].to(device)
+                inputs[m], masks[m] = batch["mel"].to(device, non_blocking=True).float(), batch["mel_mask"].to(device)
             elif m == "imu":
-                inputs[m], masks[m] = batch["imu"].to(device, non_blocking=True), batch["imu_mask"].to(device)
+                inputs[m], masks[m] = batch["imu"].to(device, non_blocking=True).float(), batch["imu_mask"].to(device)
             elif m == "depth":
                 inputs[m], masks[m] = self.depth(batch, device)
             elif m == "thermal":

@@ -15,9 +15,11 @@ import contextlib
 import json
 import math
 import os
+import queue
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,7 +32,15 @@ from training.encoders import BindingModel
 from training.image_cache import CachedImages, cache_dir
 from training.inputs import ModelInputs, collate
 from training.loss import BindingLoss, Gather, no_gather, torch_distributed_gather
-from training.shards import PAD, BatchSampler, EpochPlan, SampleReader, SampleTable
+from training.shards import (
+    PAD,
+    BatchSampler,
+    EpochPlan,
+    SampleReader,
+    SampleTable,
+    loader_context,
+    loader_worker_init,
+)
 
 #: Fault injection for the recovery test: ``kill:RANK:STEP[:DELAY_S]`` SIGKILLs that rank's process DELAY_S
 #: seconds after that step, on a run that did not resume from a checkpoint (so the restarted attempt goes
@@ -145,11 +155,78 @@ def _fault(rank: int, step: int, resumed: bool) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train_loop(data: Path, run: Path, cfg: TrainConfig, rt: Runtime, gather: Gather | None = None) -> LoopResult:
+class Prefetch:
+    """Pulls batches from a loader iterator on a thread, a few steps ahead.
+
+    Receiving a batch from loader processes (unpickling, mapping shared memory, pinning) costs the
+    training thread time in which it launches no GPU work; on a thread it overlaps with the GPU running
+    the previous steps, whose waits release the GIL. The iterator is made by the caller, on the training
+    thread: creating it may fork loader processes, and a fork from a second thread while the first runs
+    torch ops can copy a held lock into the child and deadlock it. Exceptions reach the training thread;
+    ``close`` (or leaving the ``with`` block) stops the thread even mid-epoch."""
+
+    _END = object()
+
+    def __init__(self, iterator, depth: int = 3):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iterator,), daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, iterator) -> None:
+        try:
+            for batch in iterator:
+                if not self._put(batch):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread, which raises it
+            self._put(exc)
+
+    def __iter__(self):
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    step: int
+    wait_s: float  # waiting for the loader
+    step_s: float  # from the end of the previous step to the end of this one (wait included)
+    samples: int  # real (not padding) rows
+
+
+def train_loop(data: Path, run: Path, cfg: TrainConfig, rt: Runtime, gather: Gather | None = None, *,
+               table: SampleTable | None = None, on_step: Callable[[StepTiming], None] | None = None) -> LoopResult:
+    """``table`` replaces the split's sample table (benchmarks tile it); ``on_step`` sees every step's timing."""
     data, run = Path(data), Path(run)
     device = rt.device
     torch.manual_seed(cfg.seed * 1000 + rt.rank)
-    table = SampleTable.load(data, cfg.data.train_split, cfg.data.pairing, cfg.modalities)
+    if table is None:
+        table = SampleTable.load(data, cfg.data.train_split, cfg.data.pairing, cfg.modalities)
     plan = EpochPlan(len(table), cfg.batch_size, rt.world_size, cfg.seed)
 
     cached = cfg.data.cache_image_embeddings
@@ -190,7 +267,8 @@ def train_loop(data: Path, run: Path, cfg: TrainConfig, rt: Runtime, gather: Gat
     workers = cfg.data.loader_workers
     loader = torch.utils.data.DataLoader(
         SampleReader(table, members_needed(cfg, cached), images), batch_sampler=sampler, collate_fn=collate,
-        num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+        num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda" and cfg.data.pin_memory,
+        worker_init_fn=loader_worker_init, multiprocessing_context=loader_context(workers),
         prefetch_factor=cfg.data.prefetch_factor if workers else None,
     )  # fmt: skip
     loss_fn = BindingLoss({m: cfg.encoder(m).logit_scale for m in cfg.modalities}, rt.rank, rt.world_size,
@@ -207,57 +285,64 @@ def train_loop(data: Path, run: Path, cfg: TrainConfig, rt: Runtime, gather: Gat
         sampler.set_epoch(epoch, skip)
         net.train()
         t_last = time.perf_counter()
-        for batch in loader:
-            t_got = time.perf_counter()
-            lr_scale = lr_factor(step, warmup, total)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * lr_scale
-            idx = batch["index"]
-            real = idx != PAD
-            with autocast:
-                if cached:
-                    image = batch["image_emb"].to(device)
-                    image_ok = torch.isfinite(image).all(1) & real.to(device)
-                    image = torch.nan_to_num(image)
-                else:
-                    frames = inputs.frames(batch, device, train=True, generator=generator)
-                    image = towers.image_embedding(frames, cfg.data.image_frames)
-                    image_ok = frames["frame0_mask"]
-                enc_in, masks = inputs.encoders(batch, device, cfg.modalities)
-                safe = idx.clamp(min=0)
-                masks = {m: masks[m] & image_ok & (allowed[m][safe] & real).to(device) for m in cfg.modalities}
-                emb = net(enc_in)
-            loss, parts = loss_fn(image.float(), {m: e.float() for m, e in emb.items()}, masks)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * loss_fn.backward_scale).backward()
-            optimizer.step()
-            step += 1
-            now = time.perf_counter()
-            window["wait"] += t_got - t_last
-            window["time"] += now - t_last
-            window["samples"] += int(real.sum())
-            window["loss"] += float(loss.detach())
-            window["n"] += 1
-            t_last = now
-            _fault(rt.rank, step, resumed=start > 0)
+        with Prefetch(iter(loader)) as batches:
+            for batch in batches:
+                t_got = time.perf_counter()
+                lr_scale = lr_factor(step, warmup, total)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * lr_scale
+                idx = batch["index"]
+                real = idx != PAD
+                with autocast:
+                    if cached:
+                        image = batch["image_emb"].to(device)
+                        image_ok = torch.isfinite(image).all(1) & real.to(device)
+                        image = torch.nan_to_num(image)
+                    else:
+                        frames = inputs.frames(batch, device, train=True, generator=generator)
+                        image = towers.image_embedding(frames, cfg.data.image_frames)
+                        image_ok = frames["frame0_mask"]
+                    enc_in, masks = inputs.encoders(batch, device, cfg.modalities)
+                    safe = idx.clamp(min=0)
+                    masks = {m: masks[m] & image_ok & (allowed[m][safe] & real).to(device)
+                             for m in cfg.modalities}  # fmt: skip
+                    emb = net(enc_in)
+                loss, parts = loss_fn(image.float(), {m: e.float() for m, e in emb.items()}, masks)
+                optimizer.zero_grad(set_to_none=True)
+                (loss * loss_fn.backward_scale).backward()
+                optimizer.step()
+                step += 1
+                now = time.perf_counter()
+                window["wait"] += t_got - t_last
+                window["time"] += now - t_last
+                window["samples"] += int(real.sum())
+                window["loss"] = window["loss"] + loss.detach()  # stays on the device: no sync per step
+                window["n"] += 1
+                if on_step is not None:
+                    on_step(StepTiming(step, t_got - t_last, now - t_last, int(real.sum())))
+                t_last = now
+                _fault(rt.rank, step, resumed=start > 0)
 
-            end_of_epoch = step % steps_per_epoch == 0
-            if step % cfg.checkpoint_every == 0 or end_of_epoch or step >= total:
-                metrics = {
-                    "step": step, "epoch": step / steps_per_epoch, "lr_scale": lr_scale,
-                    "loss": window["loss"] / max(1, window["n"]), "loss_parts": parts,
-                    "samples_per_s": window["samples"] / max(window["time"], 1e-9),
-                    "data_wait_frac": window["wait"] / max(window["time"], 1e-9),
-                }  # fmt: skip
-                window = dict.fromkeys(window, 0)
-                folder = None
-                if rt.rank == 0:
-                    _append(run / METRICS, metrics)
-                    state = TrainState(step, step // steps_per_epoch, step % steps_per_epoch, cfg.to_dict(), metrics)
-                    folder = write_checkpoint(rt.staging_dir(), model, optimizer, state)
-                rt.save(metrics, folder, step)
-            if step >= total:
-                break
+                end_of_epoch = cfg.checkpoint_at_epoch_end and step % steps_per_epoch == 0
+                if step % cfg.checkpoint_every == 0 or end_of_epoch or step >= total:
+                    metrics = {
+                        "step": step, "epoch": step / steps_per_epoch, "lr_scale": lr_scale,
+                        "loss": float(window["loss"]) / max(1, window["n"]),
+                        "loss_parts": {m: float(v) for m, v in parts.items()},
+                        "samples_per_s": window["samples"] / max(window["time"], 1e-9),
+                        "data_wait_frac": window["wait"] / max(window["time"], 1e-9),
+                    }  # fmt: skip
+                    window = dict.fromkeys(window, 0)
+                    folder = None
+                    if rt.rank == 0:
+                        _append(run / METRICS, metrics)
+                        epochs_done, in_epoch = divmod(step, steps_per_epoch)
+                        state = TrainState(step, epochs_done, in_epoch, cfg.to_dict(), metrics)
+                        folder = write_checkpoint(rt.staging_dir(), model, optimizer, state)
+                    rt.save(metrics, folder, step)
+                    t_last = time.perf_counter()  # saving is not waiting for data
+                if step >= total:
+                    break
     if rt.rank == 0:
         _append(run / EVENTS, {"event": "done", "step": step, "time": time.time()})
     return LoopResult(step, step / steps_per_epoch, start, metrics)

@@ -38,6 +38,20 @@ def info_nce(image: torch.Tensor, other: torch.Tensor, scale: float) -> torch.Te
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
+def masked_info_nce(image: torch.Tensor, other: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
+    """``info_nce(image[valid], other[valid])`` without data-dependent shapes, so without a host sync:
+    invalid rows are ignored targets and invalid columns get a logit far below any real one. Fewer than
+    two valid rows give 0 (no negatives to contrast)."""
+    logits = scale * image @ other.t()
+    keep = valid[None, :] & valid[:, None] | torch.eye(len(valid), dtype=torch.bool, device=valid.device)
+    logits = logits.masked_fill(~keep, -1e4)  # finite: an all -inf row would turn gradients into NaN
+    target = torch.where(valid, torch.arange(len(valid), device=valid.device), -100)
+    n = valid.sum()
+    per_dir = [F.cross_entropy(x, target, ignore_index=-100, reduction="sum") for x in (logits, logits.t())]
+    loss = (per_dir[0] + per_dir[1]) / 2 / n.clamp(min=1)
+    return torch.where(n >= 2, loss, loss * 0.0)
+
+
 class BindingLoss:
     def __init__(self, scales: dict[str, float], rank: int = 0, world_size: int = 1, gather: Gather = no_gather):
         self.scales, self.rank, self.world_size, self.gather = scales, rank, world_size, gather
@@ -55,18 +69,15 @@ class BindingLoss:
 
     def __call__(
         self, image: torch.Tensor, embeddings: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``image`` BxD, ``embeddings[m]`` BxD, ``masks[m]`` B bool. Returns the summed loss and its parts."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``image`` BxD, ``embeddings[m]`` BxD, ``masks[m]`` B bool. Returns the summed loss and its parts
+        (detached tensors: reading them syncs with the device, so the caller does that only when it logs)."""
         img = self._global(image)
         total = image.new_zeros(())
-        parts: dict[str, float] = {}
+        parts: dict[str, torch.Tensor] = {}
         for m, emb in embeddings.items():
             mask = self._global(masks[m].to(torch.uint8)).bool()
-            e = self._global(emb)
-            if int(mask.sum()) < 2:  # no negatives: nothing to contrast (still part of the graph)
-                total = total + 0.0 * emb.sum()
-                continue
-            loss = info_nce(img[mask], e[mask], self.scales[m])
-            parts[m] = float(loss.detach())
+            loss = masked_info_nce(img, self._global(emb), mask, self.scales[m])
+            parts[m] = loss.detach()
             total = total + loss
         return total, parts

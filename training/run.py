@@ -61,9 +61,12 @@ def train(data: Path | str, run: Path | str, cfg: TrainConfig, *, workers: int =
     run.mkdir(parents=True, exist_ok=True)
     (run / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n")
     if cfg.data.cache_image_embeddings:
-        from training.image_cache import build_image_cache
+        from training.image_cache import build_image_cache, wait_for_image_cache
 
-        build_image_cache(data, cfg, "cuda" if gpu else "cpu", progress)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 computes and the others wait
+            build_image_cache(data, cfg, "cuda" if gpu else "cpu", progress)
+        else:
+            wait_for_image_cache(data, cfg)
 
     if engine == "ray":
         from training.ray_trainer import fit_with_ray

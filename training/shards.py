@@ -19,7 +19,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from training.config import MODALITIES
@@ -68,38 +69,31 @@ class SampleTable:
     def load(cls, data: Path | str, split: str | None, pairing: str = "joint",
              modalities: tuple[str, ...] = MODALITIES) -> SampleTable:  # fmt: skip
         data = Path(data)
-        index = pd.read_parquet(data / "index.parquet")
+        # pyarrow, not pandas: the loop also runs on machines that have only torch, numpy and pyarrow
+        columns = ["key", "shard", "split", "session", "label", "caption", *(f"has_{m}" for m in MODALITIES)]
+        index = pq.read_table(data / "index.parquet", columns=columns)
         if split is not None:
-            index = index[index["split"] == split]
-        if not len(index) and split is not None:
-            raise ValueError(f"{data}: no samples in split {split!r}")
-        index = index.reset_index(drop=True)
-        has = {m: index[f"has_{m}"].to_numpy(bool) for m in MODALITIES}
+            index = index.filter(pc.equal(index.column("split"), split))
+            if not index.num_rows:
+                raise ValueError(f"{data}: no samples in split {split!r}")
+        col = lambda name: index.column(name).to_pylist()  # noqa: E731
+        has = {m: np.array(col(f"has_{m}"), bool) for m in MODALITIES}
+        sessions = col("session")
         allowed = {m: has[m].copy() for m in MODALITIES}
         if pairing == "disjoint":
-            allowed = _disjoint(index, has, modalities)
-        return cls(
-            data=data,
-            keys=index["key"].tolist(),
-            shards=index["shard"].tolist(),
-            splits=index["split"].tolist(),
-            sessions=index["session"].tolist(),
-            labels=[None if pd.isna(x) else str(x) for x in index["label"]],
-            captions=[None if pd.isna(x) else str(x) for x in index["caption"]],
-            has=has,
-            allowed=allowed,
-        )
+            allowed = _disjoint(np.array(sessions, object), has, modalities)
+        return cls(data=data, keys=col("key"), shards=col("shard"), splits=col("split"), sessions=sessions,
+                   labels=col("label"), captions=col("caption"), has=has, allowed=allowed)  # fmt: skip
 
 
-def _disjoint(index: pd.DataFrame, has: dict[str, np.ndarray], modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _disjoint(sessions: np.ndarray, has: dict[str, np.ndarray], modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Give each session to exactly one modality (among those it carries), balancing sessions per modality.
 
     ImageBind never sees two non-image modalities of the same clip in training; this reproduces that on a
     dataset whose captures carry them all, which is what makes cross-modal retrieval *emergent*.
     """
-    allowed = {m: np.zeros(len(index), bool) for m in MODALITIES}
+    allowed = {m: np.zeros(len(sessions), bool) for m in MODALITIES}
     count = dict.fromkeys(modalities, 0)
-    sessions = index["session"].to_numpy()
     for session in sorted(set(sessions)):
         rows = sessions == session
         carried = [m for m in modalities if has[m][rows].any()]
@@ -200,3 +194,19 @@ def _decode(suffix: str, blob: bytes):
     if suffix == "json":
         return json.loads(blob)
     return blob.decode("utf-8")
+
+
+def loader_worker_init(_worker_id: int) -> None:
+    """Loader processes decode one sample at a time: one thread each, or N workers x all-cores threads
+    oversubscribe the host (OpenCV and torch would each start a pool per process)."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def loader_context(workers: int):
+    """Loader processes start from a forkserver, not a fork of the training process: that process runs
+    threads (the prefetcher, torch's pools, Ray's), and a fork can copy a lock one of them holds into the
+    child, which then deadlocks."""
+    import multiprocessing
+
+    return multiprocessing.get_context("forkserver") if workers > 0 else None

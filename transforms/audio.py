@@ -12,6 +12,7 @@ Times are seconds on the audio stream's own clock: sample ``i`` of the decoded t
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Hashable, Iterable, Iterator, Sequence
@@ -22,7 +23,7 @@ from typing import Literal
 import av
 import numpy as np
 import torch
-import torchaudio
+from torchaudio.compliance import kaldi
 from torchaudio.functional.functional import _get_sinc_resample_kernel
 
 from schemas.reasons import RejectReason
@@ -378,6 +379,53 @@ class WindowCutter:
 # 4. Log-mel (ImageBind waveform2melspec) and 5. quality
 
 
+# torchaudio.compliance.kaldi.fbank with the arguments below (ImageBind's), taken apart so that what
+# does not depend on the waveform - the window function and the mel filterbank, which fbank rebuilds
+# on every call - is built once. The per-window arithmetic is the same torch ops on the same operands
+# in the same order, so the result is bit-identical (tests/test_audio.py checks it against fbank);
+# fbank's raw log-energy column is left out because use_energy=False drops it anyway.
+_FBANK_ARGS = dict(
+    htk_compat=True,
+    sample_frequency=TARGET_SR,
+    use_energy=False,
+    window_type="hanning",
+    num_mel_bins=MEL_BINS,
+    dither=0.0,
+    frame_length=25,
+    frame_shift=10,
+)
+_FRAME_SHIFT = int(TARGET_SR * 10 * 0.001)  # 160 samples, as fbank derives it
+_FRAME_LENGTH = int(TARGET_SR * 25 * 0.001)  # 400
+_FFT_LENGTH = 512  # round_to_power_of_two
+_PREEMPHASIS = 0.97  # fbank's default preemphasis_coefficient
+
+
+@functools.cache
+def _fbank_constants() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cpu, f32 = torch.device("cpu"), torch.float32
+    window = kaldi._feature_window_function("hanning", _FRAME_LENGTH, 0.42, cpu, f32).unsqueeze(0)
+    # fbank's defaults: low_freq 20, high_freq 0 (Nyquist), vtln_low 100, vtln_high -500, vtln_warp 1
+    banks, _ = kaldi.get_mel_banks(MEL_BINS, _FFT_LENGTH, TARGET_SR, 20.0, 0.0, 100.0, -500.0, 1.0)
+    banks = torch.nn.functional.pad(banks.to(device=cpu, dtype=f32), (0, 1), mode="constant", value=0)
+    return window, banks, kaldi._get_epsilon(cpu, f32)
+
+
+def _fbank(waveform: torch.Tensor) -> torch.Tensor:
+    """``kaldi.fbank(waveform, **_FBANK_ARGS)`` for a (C, n >= 400) float32 waveform: (frames, 128)."""
+    if waveform.shape[-1] < _FRAME_LENGTH:  # shorter than one frame: let fbank itself refuse it
+        return kaldi.fbank(waveform, **_FBANK_ARGS)
+    window, banks, eps = _fbank_constants()
+    frames = kaldi._get_strided(waveform[0, :], _FRAME_LENGTH, _FRAME_SHIFT, True)  # snip_edges
+    frames = frames - torch.mean(frames, dim=1).unsqueeze(1)  # remove_dc_offset
+    # preemphasis: x[j] -= 0.97 * x[max(0, j - 1)], the previous sample taken as fbank's replicate pad does
+    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
+    frames = frames - _PREEMPHASIS * previous
+    frames = frames * window
+    frames = torch.nn.functional.pad(frames.unsqueeze(0), (0, _FFT_LENGTH - _FRAME_LENGTH), mode="constant", value=0)
+    spectrum = torch.fft.rfft(frames.squeeze(0)).abs().pow(2.0)
+    return torch.max(torch.mm(spectrum, banks.T), eps).log()
+
+
 def log_mel(window: np.ndarray, channels: ChannelMode = "first") -> np.ndarray:
     """(C, 32000) 16 kHz waveform -> normalised log-mel, float32 (1, 128, 204), per SPEC §3."""
     w = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
@@ -387,17 +435,7 @@ def log_mel(window: np.ndarray, channels: ChannelMode = "first") -> np.ndarray:
         raise ValueError(f"channels must be 'first' or 'mean', got {channels!r}")
     w = w - w.mean()
     # fbank reads channel 0 only; that is ImageBind's behaviour for "first".
-    fbank = torchaudio.compliance.kaldi.fbank(
-        w,
-        htk_compat=True,
-        sample_frequency=TARGET_SR,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=MEL_BINS,
-        dither=0.0,
-        frame_length=25,
-        frame_shift=10,
-    ).T
+    fbank = _fbank(w).T
     # Padding happens in the log-mel domain with 0.0, before normalisation, as ImageBind does.
     frames = fbank.shape[1]
     if frames < MEL_FRAMES:

@@ -8,7 +8,9 @@ problems get an input reject (key null). Engines only map ``process_unit`` over 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +31,14 @@ from transforms.images import (
     thermal_quality,
 )
 from transforms.layouts import ClockSpec, MediaUnit, StillUnit
-from transforms.media import MediaEvent, MediaInputError, decode_media, probe
+from transforms.media import MediaEvent, MediaInputError, decode_media, helper_thread, probe
 from transforms.plan import Window, plan_windows, sample_key, split_for
 from transforms.records import Reject, UnitSink, UnitSummary, json_bytes, npy_bytes
 
 Heartbeat = Callable[[str], None]
+
+# Samples handed to the writing thread and not yet written, before the decoding thread waits for it.
+_MAX_PENDING_SAMPLES = 8
 
 
 def _none(_: str) -> None:
@@ -190,24 +195,43 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
     video_res: dict[int, object] = {}
     audio_res: dict[int, object] = {}
     nxt = 0
-    for ev in _merge(streams):
-        if ev.video is not None:
-            video_res[ev.video.index] = ev.video
-        if ev.audio is not None:
-            audio_res[ev.audio.id] = ev.audio
-        while nxt < len(windows) and nxt in video_res and (not want_audio or nxt in audio_res):
-            _emit(root, unit, windows[nxt], video_res.pop(nxt), audio_res.pop(nxt, None), audio_fail,
-                  sides, split, cfg, sink)  # fmt: skip
-            nxt += 1
-    while nxt < len(windows):  # cannot happen unless a decoder reported fewer windows than asked
-        vw = video_res.pop(nxt, None)
-        if vw is None:
-            w = windows[nxt]
-            sink.reject(Reject(unit.video, RejectReason.INTERNAL_ERROR, "window never reported by the decoder",
-                               session, w.key(session), w.start_s, w.end_s))  # fmt: skip
-        else:
-            _emit(root, unit, windows[nxt], vw, audio_res.pop(nxt, None), audio_fail, sides, split, cfg, sink)
-        nxt += 1
+    # Writing a sample (depth/thermal PNGs, IMU resampling, tar members, hashes) runs on a thread of its
+    # own, in window order, so that this thread goes back to feeding the decoders at once; the sink is
+    # only touched from there until it has caught up.
+    with helper_thread("bindset-emit") as emitter:
+        pending: deque[Future] = deque()
+
+        def submit(fn, *args) -> None:
+            pending.append(emitter.submit(fn, *args))
+            while pending and (len(pending) > _MAX_PENDING_SAMPLES or pending[0].done()):
+                pending.popleft().result()  # re-raises what the job raised
+
+        try:
+            for ev in _merge(streams):
+                if ev.video is not None:
+                    video_res[ev.video.index] = ev.video
+                if ev.audio is not None:
+                    audio_res[ev.audio.id] = ev.audio
+                while nxt < len(windows) and nxt in video_res and (not want_audio or nxt in audio_res):
+                    submit(_emit, root, unit, windows[nxt], video_res.pop(nxt), audio_res.pop(nxt, None),
+                           audio_fail, sides, split, cfg, sink)  # fmt: skip
+                    nxt += 1
+            while nxt < len(windows):  # cannot happen unless a decoder reported fewer windows than asked
+                vw = video_res.pop(nxt, None)
+                if vw is None:
+                    w = windows[nxt]
+                    submit(sink.reject, Reject(unit.video, RejectReason.INTERNAL_ERROR,
+                                               "window never reported by the decoder", session, w.key(session),
+                                               w.start_s, w.end_s))  # fmt: skip
+                else:
+                    submit(_emit, root, unit, windows[nxt], vw, audio_res.pop(nxt, None), audio_fail, sides,
+                           split, cfg, sink)  # fmt: skip
+                nxt += 1
+            while pending:
+                pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides, split, cfg: BuildConfig, sink: UnitSink):
