@@ -35,6 +35,7 @@ from transforms.images import (
     nearest_frame,
     read_png16,
     read_rgb,
+    store_png16,
     sunrgbd_depth_mm,
     thermal_quality,
 )
@@ -66,6 +67,37 @@ def test_jpeg_resize_keeps_aspect_and_never_upscales(shape, expected):
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape[:2] == expected
     assert image_size(data) == ImageSize(expected[1], expected[0], "jpeg")
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 720), (720, 1280), (320, 240)])
+def test_stored_video_frame_is_area_shrunk_and_never_upscaled(width, height):
+    """transforms.media shrinks picked frames inside swscale (YUV -> RGB with area averaging): the result
+    stays close to a float reference (BT.601 limited range -> RGB, then cv2.INTER_AREA)."""
+    import av
+
+    from transforms.config import BuildConfig
+    from transforms.media import _VideoTracker
+
+    rgb = cv2.GaussianBlur(noise_rgb(height, width, seed=5), (0, 0), 2)  # detail at every scale, no moire
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    tracker = _VideoTracker([], None, BuildConfig(), None)
+    got = tracker._rgb(frame)
+    size = fit_short_side(width, height, 320)
+    assert got.shape == (size.height, size.width, 3) and got.dtype == np.uint8
+    if (size.width, size.height) == (width, height):
+        np.testing.assert_array_equal(got, frame.to_ndarray(format="rgb24"))
+        return
+    planes = [np.frombuffer(p, np.uint8).reshape(-1, p.line_size) for p in frame.planes]
+    y = planes[0][:height, :width].astype(np.float64)
+    u, v = (cv2.resize(p[: height // 2, : width // 2].astype(np.float64), (width, height)) - 128 for p in planes[1:])
+    y = 1.164383 * (y - 16)
+    ref = np.clip(np.stack([y + 1.596027 * v, y - 0.391762 * u - 0.812968 * v, y + 2.017232 * u], -1), 0, 255)
+    ref = cv2.resize(ref, (size.width, size.height), interpolation=cv2.INTER_AREA)
+    assert np.abs(got - ref).mean() < 0.75
+    assert abs(float((got - ref).mean())) < 0.25
+    # the former route (full-size rgb24, then cv2.INTER_AREA) is further off: ~1.2 levels, biased dark
+    former = cv2.resize(frame.to_ndarray(format="rgb24"), (size.width, size.height), interpolation=cv2.INTER_AREA)
+    assert np.abs(got - ref).mean() < np.abs(former - ref).mean()
 
 
 def test_fit_short_side():
@@ -104,6 +136,27 @@ def test_png16_round_trip_and_determinism(tmp_path):
     np.testing.assert_array_equal(out, arr)
     gray8 = np.arange(256, dtype=np.uint8).reshape(16, 16)
     assert read_png16(encode_png16(gray8)).dtype == np.uint8
+
+
+def test_store_png16_keeps_a_plain_source_and_re_encodes_anything_else():
+    arr = np.random.default_rng(3).integers(0, 65536, (40, 56), dtype=np.uint16)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 9])  # plain, other compression
+    plain = buf.tobytes()
+    assert plain != encode_png16(arr)
+    assert store_png16(arr, plain) == plain
+    np.testing.assert_array_equal(read_png16(store_png16(arr, plain)), arr)
+    assert store_png16(arr) == encode_png16(arr)
+    iend = plain.rindex(b"IEND") - 4
+    with_text = plain[:iend] + png_chunk(b"tEXt", b"Comment\0hello") + plain[iend:]
+    gray8 = (arr >> 8).astype(np.uint8)
+    for source, pixels in (
+        (with_text, arr),  # metadata: not carried over
+        (plain + b"trailing", arr),  # bytes after IEND
+        (plain, gray8),  # not the pixels (bit depth) the caller holds
+        (plain, arr[:, :-1]),  # nor their size
+    ):
+        assert store_png16(pixels, source) == encode_png16(pixels)
+    assert store_png16(gray8, encode_png16(gray8)) == encode_png16(gray8)
 
 
 def test_png_corrupt_and_truncated():

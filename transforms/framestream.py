@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.reasons import RejectReason
-from transforms.images import ImageInputError, encode_png16, nearest_frame, read_png16, sunrgbd_depth_mm
+from transforms.images import ImageInputError, load_png16, nearest_frame, read_png16, store_png16, sunrgbd_depth_mm
 from transforms.layouts import FrameStreamSpec
 
 
@@ -102,12 +102,12 @@ def pick_frame(
         return FramePickResult(None, None, None, None, None, missing, f"{gap} (tolerance {tol * 1000:.1f} ms)")
     source = table.files[match.index]
     try:
-        arr = read_png16(root / source, max_side=max_side)
+        arr, data = load_png16(root / source, max_side=max_side)
     except FileNotFoundError:
         return FramePickResult(None, source, None, None, None, RejectReason.FILE_MISSING, f"{source}: not found")
     except ImageInputError as exc:
         return FramePickResult(None, source, None, None, None, exc.reason, str(exc))
-    return FramePickResult(encode_png16(arr), source, float(table.t[match.index]), match.delta_s * 1000.0, arr)
+    return FramePickResult(store_png16(arr, data), source, float(table.t[match.index]), match.delta_s * 1000.0, arr)
 
 
 def read_still_partner(root: Path, rel: str, kind: str, max_side: int) -> np.ndarray:

@@ -3,7 +3,8 @@
 Untrusted image files are checked at the header before any pixel is decoded: a PNG or JPEG that
 declares 100000×100000 pixels is refused from its first few hundred bytes instead of allocating
 tens of gigabytes. Encoders (OpenCV's libjpeg/libpng with fixed parameters) give the same bytes for
-the same pixels on every run, which byte-identical shards rely on.
+the same pixels on every run, which byte-identical shards rely on; a depth/thermal PNG that already is
+a plain grayscale PNG is stored as it is (``store_png16``), which depends on the input only as well.
 
 Frame picks follow SPEC §3: times are presentation times on the session timeline, sorted.
 """
@@ -158,6 +159,11 @@ def _png_complete(data: bytes) -> bool:
 
 def read_png16(source: ImageSource, *, max_side: int = MAX_SIDE) -> np.ndarray:
     """A single-channel PNG (16-bit depth/thermal, or 8-bit) as (H, W) uint16 or uint8."""
+    return load_png16(source, max_side=max_side)[0]
+
+
+def load_png16(source: ImageSource, *, max_side: int = MAX_SIDE) -> tuple[np.ndarray, bytes]:
+    """``read_png16``, also handing back the file's bytes."""
     data, name = _load(source)
     if not data.startswith(PNG_SIGNATURE):
         raise CorruptImage(f"{name}: not a PNG file" if data else f"{name}: empty file")
@@ -169,7 +175,43 @@ def read_png16(source: ImageSource, *, max_side: int = MAX_SIDE) -> np.ndarray:
         raise CorruptImage(f"{name}: PNG data cannot be decoded")
     if arr.ndim != 2:
         raise CorruptImage(f"{name}: expected a single-channel PNG, got {arr.shape[2]} channels")
-    return arr
+    return arr, data
+
+
+def _plain_gray_png(data: bytes, arr: np.ndarray) -> bool:
+    """True when ``data`` is a PNG that holds ``arr`` (decoded from it) and nothing else: grayscale of
+    ``arr``'s bit depth, not interlaced, only IHDR, IDAT and IEND chunks, no bytes after IEND."""
+    depth = {np.dtype(np.uint16): 16, np.dtype(np.uint8): 8}.get(arr.dtype)
+    if depth is None or len(data) < 33 or data[12:16] != b"IHDR":
+        return False
+    width, height, bits, color, compression, filtering, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if (width, height) != (arr.shape[1], arr.shape[0]) or (bits, color, compression, filtering, interlace) != (
+        depth,
+        0,
+        0,
+        0,
+        0,
+    ):
+        return False
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind not in (b"IHDR", b"IDAT", b"IEND"):
+            return False
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos == len(data)
+    return False
+
+
+def store_png16(arr: np.ndarray, source: bytes | None = None) -> bytes:
+    """The PNG stored for a single-channel frame: ``source`` itself (the file ``arr`` was read from)
+    when it is a plain grayscale PNG of exactly these pixels - re-encoding it would only spend time on
+    different compressed bytes of the same image - else ``encode_png16(arr)``. Either way the bytes
+    depend on the input only."""
+    if source is not None and _plain_gray_png(source, arr):
+        return source
+    return encode_png16(arr)
 
 
 def read_rgb(source: ImageSource, *, max_side: int = MAX_SIDE) -> np.ndarray:
@@ -282,14 +324,19 @@ class FrameQuality:
     sharpness: float  # variance of the Laplacian of luma; low = blurred or flat
 
 
-def _gray(rgb: np.ndarray) -> np.ndarray:
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """8-bit luma (OpenCV's RGB -> gray) that the quality figures and frame differences are taken on."""
     if rgb.ndim == 2:
         return rgb
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
 
 
 def frame_quality(rgb: np.ndarray) -> FrameQuality:
-    gray = _gray(rgb)
+    return luma_quality(luma(rgb))
+
+
+def luma_quality(gray: np.ndarray) -> FrameQuality:
+    """frame_quality of a frame whose luma is already at hand."""
     return FrameQuality(
         brightness=float(gray.mean()),
         sharpness=float(cv2.Laplacian(gray, cv2.CV_64F).var()),
@@ -300,7 +347,14 @@ def frame_diff(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute luma difference, 0..255; ~0 between a window's two frames means frozen video."""
     if a.shape != b.shape:
         raise ValueError(f"frames differ in shape: {a.shape} vs {b.shape}")
-    return float(cv2.absdiff(_gray(a), _gray(b)).mean())
+    return luma_diff(luma(a), luma(b))
+
+
+def luma_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """frame_diff of two frames' lumas."""
+    if a.shape != b.shape:
+        raise ValueError(f"frames differ in shape: {a.shape} vs {b.shape}")
+    return float(cv2.absdiff(a, b).mean())
 
 
 # ---------------------------------------------------------------------------------------------

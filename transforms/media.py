@@ -1,9 +1,11 @@
 """One pass over a media file: video frames picked per clip window, audio cut into log-mel windows.
 
 Each file is demuxed once, sequentially, with no seeking; video and audio packets of the same container
-are dispatched to their decoders as they come. Memory stays bounded: per open window we keep at most
-the first frame's pixels and a reference to the latest frame, and the audio side keeps one window plus
-a chunk (see transforms/audio.py).
+are dispatched to their decoders as they come. The decoding thread only does that and the bookkeeping;
+turning picked frames into JPEGs and audio into log-mels runs on one helper thread per file, in order, so
+results never depend on timing. Memory stays bounded: per open window we keep at most the first frame's
+pick and a reference to the latest frame, the audio side keeps one window plus a block (see
+transforms/audio.py), and at most a few windows' results are in flight between the two threads.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from schemas.reasons import RejectReason
 from transforms import audio as A
 from transforms.config import BuildConfig
-from transforms.images import encode_frame_jpeg, fit_short_side, frame_diff, frame_quality
+from transforms.images import encode_frame_jpeg, fit_short_side, luma, luma_diff, luma_quality
 from transforms.layouts import ClockSpec
 from transforms.plan import Window
 
@@ -49,8 +51,8 @@ class MediaInfo:
 class FramePick:
     t_s: float  # session time
     jpg: bytes
-    brightness: float
-    sharpness: float
+    brightness: float | None  # None for a window's last frame: only the first frame's are reported
+    sharpness: float | None
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ class _VideoTracker:
     def __init__(self, windows: list[Window], clock: ClockSpec, cfg: BuildConfig, worker: ThreadPoolExecutor):
         self.windows, self.clock, self.cfg, self.worker = windows, clock, cfg, worker
         self.lo = 0  # first window not yet finished
-        self.first: dict[int, Future] = {}  # window index -> Future of (FramePick, rgb)
+        self.first: dict[int, Future] = {}  # window index -> Future of (FramePick, luma)
         self.latest: dict[int, tuple[float, av.VideoFrame]] = {}
         self.reformatter = VideoReformatter()  # used on the worker only
 
@@ -185,13 +187,17 @@ class _VideoTracker:
         )
         return small.to_ndarray()  # (H, W, 3) RGB, contiguous
 
-    def _pick(self, t: float, frame: av.VideoFrame) -> tuple[FramePick, np.ndarray]:
-        # Quality figures describe the stored (shrunk) frame; on 720p+ sources this is also what keeps
-        # per-window work far below the cost of decoding every frame.
+    def _pick(self, t: float, frame: av.VideoFrame, *, quality: bool = True) -> tuple[FramePick, np.ndarray]:
+        """The stored JPEG and the luma of a picked frame; quality figures only where asked for.
+
+        Quality figures describe the stored (shrunk) frame; on 720p+ sources this is also what keeps
+        per-window work far below the cost of decoding every frame.
+        """
         rgb = self._rgb(frame)
-        q = frame_quality(rgb)
+        gray = luma(rgb)
+        q = luma_quality(gray) if quality else None
         jpg = encode_frame_jpeg(rgb, max_short_side=self.cfg.max_short_side, quality=self.cfg.jpeg_quality)
-        return FramePick(t, jpg, q.brightness, q.sharpness), rgb
+        return FramePick(t, jpg, q and q.brightness, q and q.sharpness), gray
 
     def push(self, frame: av.VideoFrame, t: float) -> list[Future]:
         """``t``: the frame's session time. Runs for every decoded frame, so it stays lean."""
@@ -221,12 +227,13 @@ class _VideoTracker:
         return self.worker.submit(self._finish_window, w.index, first, latest)
 
     def _finish_window(self, index: int, first: Future, latest: tuple[float, av.VideoFrame]) -> VideoWindow:
-        pick, rgb = first.result()  # submitted earlier to this same single thread: already done
+        pick, gray = first.result()  # submitted earlier to this same single thread: already done
         if latest[0] == pick.t_s:
             last, diff = pick, 0.0
         else:
-            last, last_rgb = self._pick(*latest)
-            diff = frame_diff(rgb, last_rgb)
+            # the index reports the first frame's quality figures only
+            last, last_gray = self._pick(*latest, quality=False)
+            diff = luma_diff(gray, last_gray)
         return VideoWindow(index, pick, last, diff)
 
     def finish(self, reason: RejectReason, why: str) -> list[Future]:

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from schemas.manifest import ImuUnits
@@ -48,11 +49,19 @@ def _none(_: str) -> None:
 def process_unit(
     root: Path, unit: MediaUnit | StillUnit, cfg: BuildConfig, sink: UnitSink, heartbeat: Heartbeat = _none
 ) -> UnitSummary:
-    if isinstance(unit, StillUnit):
-        _process_stills(root, unit, cfg, sink, heartbeat)
-    else:
-        _process_media(root, unit, cfg, sink, heartbeat)
-    return sink.close()
+    # OpenCV's own thread pool splits even a 320p colour conversion across cores and then spin-waits
+    # for more (tens of thousands of sched_yield calls per minute of video), taking CPU from the
+    # decoder for no gain on frames this small. Results do not depend on it either way.
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        if isinstance(unit, StillUnit):
+            _process_stills(root, unit, cfg, sink, heartbeat)
+        else:
+            _process_media(root, unit, cfg, sink, heartbeat)
+        return sink.close()
+    finally:
+        cv2.setNumThreads(cv2_threads)
 
 
 # --------------------------------------------------------------------------------------- side streams
@@ -189,8 +198,6 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
                      audio_clock=unit.audio_clock, cfg=cfg, heartbeat=heartbeat),
     )  # fmt: skip
 
-    sides = [s for s in (_load_frames(root, unit, "depth", sink), _load_frames(root, unit, "thermal", sink),
-                         _load_imu(root, unit, sink)) if s is not None]  # fmt: skip
     split = split_for(session, cfg)
     video_res: dict[int, object] = {}
     audio_res: dict[int, object] = {}
@@ -199,7 +206,9 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
     # own, in window order, so that this thread goes back to feeding the decoders at once; the sink is
     # only touched from there until it has caught up.
     with helper_thread("bindset-emit") as emitter:
-        pending: deque[Future] = deque()
+        # depth/thermal tables and the IMU track load there too, first, while decoding starts here
+        sides = emitter.submit(_load_sides, root, unit, sink)
+        pending: deque[Future] = deque([sides])
 
         def submit(fn, *args) -> None:
             pending.append(emitter.submit(fn, *args))
@@ -234,8 +243,17 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
                 f.cancel()
 
 
-def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides, split, cfg: BuildConfig, sink: UnitSink):
+def _load_sides(root: Path, unit: MediaUnit, sink: UnitSink) -> list[_Side]:
+    sides = (_load_frames(root, unit, "depth", sink), _load_frames(root, unit, "thermal", sink),
+             _load_imu(root, unit, sink))  # fmt: skip
+    return [s for s in sides if s is not None]
+
+
+def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Future, split, cfg: BuildConfig,
+          sink: UnitSink):  # fmt: skip
+    """One window's sample or reject; runs on the writing thread, after ``_load_sides`` there."""
     session = unit.session
+    sides: list[_Side] = sides_future.result()
     key = w.key(session)
 
     def modality_reject(source, reason, detail, modality):
