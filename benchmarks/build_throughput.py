@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.output import emit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -146,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         r = _run_child(["--child", "engine", str(raw), str(data), engine])
         r["clips_per_s_per_core"] = r["samples"] / r["seconds"] / (os.cpu_count() or 1)
         results[f"engine_{engine}"] = r
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(results, args.out)
     return 0
 
 

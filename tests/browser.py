@@ -7,7 +7,7 @@ It talks the Chrome DevTools Protocol over ``--remote-debugging-pipe`` (file des
 separated by NUL), so it needs no Python package and opens no port. Console errors are console.error /
 console.assert calls, uncaught exceptions and the browser's own error log (a resource that failed to load, a
 Content-Security-Policy violation). ``chromium()`` installs the Debian package when it is missing and we are
-root; otherwise it returns None and the caller skips.
+root; otherwise it returns None and the caller fails the check.
 """
 
 from __future__ import annotations

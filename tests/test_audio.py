@@ -224,13 +224,14 @@ def test_mel_parity_with_whole_track_imagebind(tmp_path: Path, src: Source, chan
     assert worst <= MEL_TOL
 
 
-def test_mel_parity_overall_worst_reported() -> None:
-    # Runs after the parametrized cases (file order); summarises what they measured.
-    if not WORST_MEL_DIFF:
-        pytest.skip("parity cases not run in this session")
-    case, worst = max(WORST_MEL_DIFF.items(), key=lambda kv: kv[1])
-    print(f"\n[mel parity] worst over {len(WORST_MEL_DIFF)} cases: {worst:.3e} ({case})")
-    assert worst <= MEL_TOL
+@pytest.fixture(scope="module", autouse=True)
+def _report_worst_mel_difference():
+    """After the module: print the worst parity difference over the cases that ran (``pytest -s``).
+    Each case asserts its own bound; this only summarises, so it cannot pass or fail on its own."""
+    yield
+    if WORST_MEL_DIFF:
+        case, worst = max(WORST_MEL_DIFF.items(), key=lambda kv: kv[1])
+        print(f"\n[mel parity] worst over {len(WORST_MEL_DIFF)} cases: {worst:.3e} ({case})")
 
 
 # --------------------------------------------------------------------------- streaming resample

@@ -10,7 +10,7 @@ Named encoder configs are ImageBind's real sizes (``imagebind``) and a small one
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -197,9 +197,6 @@ class TrainConfig:
             return cls.from_dict(data or {})
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path}: invalid train config: {exc}") from None
-
-    def with_overrides(self, **kw) -> TrainConfig:
-        return replace(self, **kw)
 
 
 def _check_names(cls, data: dict, what: str) -> None:

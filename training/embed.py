@@ -110,6 +110,7 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
                                          num_workers=workers, multiprocessing_context=loader_context(workers))
     rows: dict[str, list[int]] = {m: [] for m in ALL}
     vecs: dict[str, list[np.ndarray]] = {m: [] for m in ALL}
+    text_cache: dict[str, torch.Tensor] = {}
     bar = progress(len(batches)) if progress else None
     with torch.no_grad():
         for batch in loader:
@@ -122,10 +123,14 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
             for m, e in lr.model(enc_in).items():
                 out[m] = (e, masks[m])
             captions = [table.captions[i] for i in idx]
+            # captions repeat (one per label, per file): the text tower sees each distinct one once
+            new = sorted({c for c in captions if c and c not in text_cache})
+            if new:
+                text_cache.update(zip(new, lr.towers.encode_text(new, lr.device).cpu(), strict=True))
             have = [i for i, c in enumerate(captions) if c]
             if have:
                 text = torch.zeros(len(idx), lr.towers.embed_dim)
-                text[have] = lr.towers.encode_text([captions[i] for i in have], lr.device).cpu()
+                text[have] = torch.stack([text_cache[captions[i]] for i in have])
                 mask = torch.zeros(len(idx), dtype=torch.bool)
                 mask[have] = True
                 out["text"] = (text, mask)

@@ -11,23 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath  # stochastic depth per sample (ImageBind: audio 0.1, IMU 0.7)
 from torch import nn
 
 from training.config import EncoderConfig
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (ImageBind: audio 0.1, IMU 0.7, linearly increasing over blocks)."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = torch.rand(x.shape[0], *([1] * (x.ndim - 1)), device=x.device, dtype=x.dtype) >= self.p
-        return x * keep / (1 - self.p)
 
 
 class Block(nn.Module):

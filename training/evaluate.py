@@ -113,8 +113,8 @@ def retrieval(query: str, target: str, q, t) -> Retrieval | None:
     return Retrieval(query, target, len(shared), recall, class_acc, chance)
 
 
-def zero_shot(emb: Path, modality: str, data, class_names: list[str], lr) -> ZeroShot | None:
-    keys, labels, v = data
+def zero_shot(modality: str, data, class_names: list[str], lr) -> ZeroShot | None:
+    _, labels, v = data
     keep = [i for i, x in enumerate(labels) if x is not None]
     if not keep or len(class_names) < 2:
         return None
@@ -155,7 +155,7 @@ def evaluate(emb: Path | str, split: str = "val", out: Path | str | None = None)
     if class_names:
         lr = load_run(meta["run"])
         for m in ("image", *trained):
-            z = zero_shot(emb, m, sets[m], class_names, lr)
+            z = zero_shot(m, sets[m], class_names, lr)
             if z:
                 report.zero_shot.append(z)
     out = Path(out) if out else emb

@@ -22,24 +22,18 @@ from torchvision.ops import roi_align
 from training.config import DataConfig
 
 
-def _pad_stack(arrays: list[np.ndarray | None], dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """HxW or HxWxC arrays (None = absent) -> BxCxHmaxxWmax and Bx2 true sizes (0 where absent)."""
+def _pad_stack(arrays: list[np.ndarray | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """HxWx3 uint8 frames (None = absent) -> Bx3xHmaxxWmax uint8 and Bx2 true sizes (0 where absent)."""
     present = [a for a in arrays if a is not None]
-    if not present:
-        return torch.zeros(len(arrays), 1, 1, 1, dtype=dtype), torch.zeros(len(arrays), 2, dtype=torch.long)
-    ch = 1 if present[0].ndim == 2 else present[0].shape[2]
     h = max(a.shape[0] for a in present)
     w = max(a.shape[1] for a in present)
-    out = torch.zeros(len(arrays), ch, h, w, dtype=dtype)
-    hw = torch.zeros(len(arrays), 2, dtype=torch.long)
+    out = np.zeros((len(arrays), h, w, 3), np.uint8)
+    hw = np.zeros((len(arrays), 2), np.int64)
     for i, a in enumerate(arrays):
-        if a is None:
-            continue
-        t = torch.from_numpy(np.ascontiguousarray(a).astype(np.float32 if dtype == torch.float32 else np.uint8))
-        t = t[None] if a.ndim == 2 else t.permute(2, 0, 1)
-        out[i, :, : a.shape[0], : a.shape[1]] = t
-        hw[i] = torch.tensor(a.shape[:2])
-    return out, hw
+        if a is not None:
+            out[i, : a.shape[0], : a.shape[1]] = a
+            hw[i] = a.shape[:2]
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(hw)
 
 
 def _fixed(arrays: list[np.ndarray | None], shape: tuple[int, ...]):
@@ -84,7 +78,7 @@ def collate(samples: list[dict]) -> dict:
     }
     for name, member in (("frame0", "jpg"), ("frame1", "frame1.jpg")):
         if any(x is not None for x in get(member)):
-            batch[name], batch[f"{name}_hw"] = _pad_stack(get(member), torch.uint8)
+            batch[name], batch[f"{name}_hw"] = _pad_stack(get(member))
     batch["mel"], batch["mel_mask"] = _fixed(get("mel.npy"), (1, 128, 204))
     batch["imu"], batch["imu_mask"] = _fixed(get("imu.npy"), (6, 2000))
     for name in ("depth", "thermal"):

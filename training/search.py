@@ -34,18 +34,14 @@ class Hit:
 
 
 def _audio_mel(path: Path) -> np.ndarray:
-    import torchaudio
+    """The first 2 s window through the build's own audio path (decode, 16 kHz resample, cut, log-mel).
+    A query shorter than 2 s is zero-padded, as a track edge is in the build."""
+    from transforms.audio import WINDOW_S, WindowRequest, decode_windows
 
-    from transforms.audio import TARGET_SR, WINDOW_SAMPLES, iter_audio_chunks, log_mel
-
-    chunks = list(iter_audio_chunks(path))
-    if not chunks:
-        raise ValueError(f"{path}: no audio samples")
-    wave = torch.from_numpy(np.concatenate([c.samples for c in chunks], axis=1))
-    wave = torchaudio.functional.resample(wave, chunks[0].sample_rate, TARGET_SR)[:, :WINDOW_SAMPLES]
-    if wave.shape[1] < WINDOW_SAMPLES:  # a short query is zero-padded, as a track edge is in the build
-        wave = torch.nn.functional.pad(wave, (0, WINDOW_SAMPLES - wave.shape[1]))
-    return log_mel(wave.numpy())
+    (result,) = decode_windows(path, [WindowRequest("query", 0.0)], tolerance_s=WINDOW_S)
+    if result.mel is None:
+        raise ValueError(f"{path}: no usable audio ({result.detail})")
+    return result.mel
 
 
 def _read_image(path: Path, flags: int) -> np.ndarray:

@@ -25,8 +25,6 @@ import torch
 
 from training.config import MODALITIES
 
-#: tar member -> the modality it carries
-MEMBER_MODALITY = {"mel.npy": "audio", "depth.png": "depth", "thermal.png": "thermal", "imu.npy": "imu"}
 PAD = -1
 
 
