@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pipelines.ray_start import init_ray
 from pipelines.work import WorkContext, run_unit_json
 
 
@@ -25,11 +26,8 @@ def run_ray(
     except ImportError as exc:  # pragma: no cover - the locked environment has Ray
         raise RuntimeError("the ray engine needs ray installed") from exc
 
-    started = False
-    if not ray.is_initialized():
-        kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
-        ray.init(log_to_driver=False, configure_logging=False, **kwargs)
-        started = True
+    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    started = init_ray(log_to_driver=False, configure_logging=False, **kwargs)
     try:
         task = ray.remote(num_cpus=1, max_retries=2)(run_unit_json)
         ctx_json = ctx.to_json()

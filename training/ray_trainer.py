@@ -72,15 +72,13 @@ def fit_with_ray(data: Path, run: Path, cfg: TrainConfig, workers: int, gpu: boo
     except ImportError as exc:  # pragma: no cover - the locked environment has Ray
         raise RuntimeError("training on Ray needs ray[train]; use --engine local or torchrun without it") from exc
 
+    from pipelines.ray_start import init_ray
     from training.loop import FAULT_ENV
 
-    started = False
-    if not ray.is_initialized():
-        kwargs = {"address": address} if address else {"num_cpus": max(workers, 1) + 1, "include_dashboard": False}
-        # fault injection (tests of recovery) must reach the workers, which do not inherit our environment
-        env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
-        ray.init(log_to_driver=True, configure_logging=False, runtime_env={"env_vars": env}, **kwargs)
-        started = True
+    kwargs = {"address": address} if address else {"num_cpus": max(workers, 1) + 1, "include_dashboard": False}
+    # fault injection (tests of recovery) must reach the workers, which do not inherit our environment
+    env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
+    started = init_ray(log_to_driver=True, configure_logging=False, runtime_env={"env_vars": env}, **kwargs)
     try:
         trainer = TorchTrainer(
             train_loop_per_worker,

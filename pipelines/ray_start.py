@@ -1,0 +1,28 @@
+"""One way to start (or attach to) Ray for both the build and training engines.
+
+Ray >= 2.45 notices a driver launched by `uv run` and starts every worker through `uv run` as well, in a
+copy of the working directory that leaves `.venv` out: on a fresh machine that means a re-sync per worker
+(no network at run time) and workers that never start. Our workers run in the very interpreter and
+environment of the driver, so that hook is switched off unless the user set it themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+UV_HOOK_ENV = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+
+
+def init_ray(**kwargs: Any) -> bool:
+    """ray.init(**kwargs) unless Ray is already up; returns True when this call started it (caller shuts down)."""
+    os.environ.setdefault(UV_HOOK_ENV, "0")
+    import ray
+    from ray._private import ray_constants
+
+    if ray.is_initialized():
+        return False
+    # the constant is read once, when ray is first imported; honour the environment as it is now
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ[UV_HOOK_ENV].lower() in ("1", "true")
+    ray.init(**kwargs)
+    return True
