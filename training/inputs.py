@@ -100,6 +100,17 @@ def collate(samples: list[dict]) -> dict:
 
 
 
+def take_rows(batch: dict, rows: torch.Tensor) -> dict:
+    """The collated batch restricted to ``rows`` (a CPU index tensor), before anything reaches the device."""
+    return {k: v.index_select(0, rows) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def scatter_rows(part: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """``part`` (len(rows) x D) placed back at ``rows`` of an n x D zero tensor, keeping the gradient path."""
+    out = part.new_zeros((n, *part.shape[1:]))
+    return out.index_copy(0, rows.to(part.device, non_blocking=True), part)
+
+
 def _intrinsic(meta: dict | None, name: str) -> float:
     value = ((meta or {}).get("depth_intrinsics") or {}).get(name)
     return float(value) if value is not None else float("nan")

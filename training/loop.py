@@ -30,7 +30,7 @@ from training.checkpoint import CheckpointDir, TrainState, load_checkpoint, writ
 from training.config import TrainConfig
 from training.encoders import BindingModel
 from training.image_cache import CachedImages, cache_dir
-from training.inputs import ModelInputs, collate
+from training.inputs import ModelInputs, collate, scatter_rows, take_rows
 from training.loss import BindingLoss, Gather, no_gather, torch_distributed_gather
 from training.shards import (
     PAD,
@@ -138,6 +138,32 @@ def members_needed(cfg: TrainConfig, cached: bool) -> frozenset[str]:
     want |= {{"audio": "mel.npy", "depth": "depth.png", "thermal": "thermal.png", "imu": "imu.npy"}[m]
              for m in cfg.modalities}  # fmt: skip
     return frozenset(want)
+
+
+Rows = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def encoder_rows(batch: dict, allowed: dict[str, torch.Tensor], modalities) -> Rows:
+    """Per modality, the batch rows its encoder must see: real (not padding), allowed by the pairing and
+    carrying the modality, and whether each counts in the loss. All of it is on the host, so choosing
+    rows costs no device sync.
+
+    Under disjoint pairing a sample trains one modality, so running every encoder on every row would
+    do 4x the work for rows whose loss is masked out anyway. An encoder always gets at least one row
+    (masked out in the loss) so that every parameter stays in the graph, as DDP requires."""
+    idx = batch["index"]
+    real = idx != PAD
+    safe = idx.clamp(min=0)
+    present = {"audio": batch["mel_mask"], "imu": batch["imu_mask"],
+               "depth": (batch["depth_hw"] > 0).all(1), "thermal": (batch["thermal_hw"] > 0).all(1)}  # fmt: skip
+    out = {}
+    for m in modalities:
+        rows = (allowed[m][safe] & real & present[m]).nonzero().squeeze(1)
+        if len(rows):
+            out[m] = rows, torch.ones(len(rows), dtype=torch.bool)
+        else:
+            out[m] = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.bool)
+    return out
 
 
 def _append(path: Path, entry: dict) -> None:
@@ -302,11 +328,15 @@ def train_loop(data: Path, run: Path, cfg: TrainConfig, rt: Runtime, gather: Gat
                         frames = inputs.frames(batch, device, train=True, generator=generator)
                         image = towers.image_embedding(frames, cfg.data.image_frames)
                         image_ok = frames["frame0_mask"]
-                    enc_in, masks = inputs.encoders(batch, device, cfg.modalities)
-                    safe = idx.clamp(min=0)
-                    masks = {m: masks[m] & image_ok & (allowed[m][safe] & real).to(device)
-                             for m in cfg.modalities}  # fmt: skip
-                    emb = net(enc_in)
+                    rows = encoder_rows(batch, allowed, cfg.modalities)
+                    enc_in, masks = {}, {}
+                    for m, (r, keep) in rows.items():
+                        x, present = inputs.encoders(take_rows(batch, r), device, (m,))
+                        enc_in[m] = x[m]
+                        # a usable image is only known on the device (a cached embedding may be missing)
+                        ok = present[m] & keep.to(device, non_blocking=True) & image_ok[r.to(device, non_blocking=True)]
+                        masks[m] = scatter_rows(ok, r, len(idx))
+                    emb = {m: scatter_rows(e, rows[m][0], len(idx)) for m, e in net(enc_in).items()}
                 loss, parts = loss_fn(image.float(), {m: e.float() for m, e in emb.items()}, masks)
                 optimizer.zero_grad(set_to_none=True)
                 (loss * loss_fn.backward_scale).backward()
