@@ -24,7 +24,7 @@ from pathlib import Path
 from schemas.reasons import RejectReason
 from transforms.config import BuildConfig
 from transforms.layouts import MediaUnit, StillUnit, unit_from_dict, unit_to_dict
-from transforms.records import SUMMARY, Reject, UnitSink, UnitSummary
+from transforms.records import SUMMARY, Reject, UnitSink, UnitSummary, replace_dir
 
 WORK = "_work"
 _CODE_DIRS = ("transforms", "schemas", "pipelines")
@@ -227,24 +227,8 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
         sink.reject(Reject(failure.source, failure.reason, failure.detail, getattr(unit, "session", None)))
         sink.summary.failed = True
         sink.close()
-    _commit_unit_dir(tmp, units_dir(data) / unit.unit_id)
+    replace_dir(tmp, units_dir(data) / unit.unit_id)
     return {"unit_id": unit.unit_id, "processed": True}
-
-
-def _commit_unit_dir(tmp: Path, final: Path) -> None:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old.{uuid.uuid4().hex[:8]}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run_unit_json(ctx_json: str, unit_json: str) -> dict:

@@ -10,6 +10,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +44,29 @@ def fsync_write(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (POSIX: fsync the folder itself)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put the finished folder ``tmp`` at ``final``, replacing an older one; readers see old or new, never a mix."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        # rename(2) cannot replace a non-empty folder: move the old one aside first, then delete it
+        trash = final.with_name(f".{final.name}.old.{uuid.uuid4().hex[:8]}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:

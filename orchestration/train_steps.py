@@ -1,0 +1,173 @@
+"""The steps of `bindset_train`, as plain functions of TrainSettings (the DAG only wires them).
+
+    RUN_ROOT/runs/<run-name>/          bindset train's RUN folder (model/, checkpoints, events, metrics)
+                            emb/       bindset embed's output (per-modality Parquet + FAISS)
+                            eval/      eval.md, eval.json
+                            report/    eval.md, eval.json, summary.json: the published run report
+    RUN_ROOT/current -> runs/<run-name>
+    RUN_ROOT/publish_log.jsonl
+
+The run name defaults to ``<dataset version>_<config hash>``: a retried or re-triggered run of the same data
+and config finds its checkpoints and resumes instead of starting over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestration.publish import CURRENT, PUBLISH_LOG, VERSION_JSON, read_pointer, switch_pointer, version_path
+from orchestration.settings import TrainSettings
+from transforms.records import replace_dir
+
+log = logging.getLogger(__name__)
+
+RUNS = "runs"
+REPORT = "report"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    version_id: str
+    path: str  # DATA_ROOT/versions/<id>: immutable, so a later publication never changes what this run reads
+    source: str  # param | asset event | current
+
+
+def latest_event_extra(events: Iterable[Any]) -> Mapping[str, Any] | None:
+    """The ``extra`` of the newest Asset event (objects with ``timestamp`` and ``extra``), or None."""
+    newest = max(events, key=lambda e: e.timestamp, default=None)
+    return None if newest is None else dict(newest.extra or {})
+
+
+def resolve_dataset(s: TrainSettings, event_extra: Mapping[str, Any] | None) -> DatasetRef:
+    """The dataset to train on: the param, else the triggering Asset event, else what ``current`` points at."""
+    if s.dataset_version:
+        return DatasetRef(s.dataset_version, str(version_path(s.data_root, s.dataset_version)), "param")
+    if event_extra and event_extra.get("version_id"):
+        vid = str(event_extra["version_id"])
+        path = Path(str(event_extra.get("path") or version_path(s.data_root, vid)))
+        if not (path / VERSION_JSON).is_file():
+            raise FileNotFoundError(f"the Asset event names dataset {vid} at {path}, which is not a published version")
+        return DatasetRef(vid, str(path), "asset event")
+    vid = read_pointer(s.data_root / CURRENT)
+    if vid is None:
+        raise ValueError(f"no dataset version: pass the param dataset_version, trigger from the bindset_dataset "
+                         f"Asset, or publish one under {s.data_root} first")  # fmt: skip
+    return DatasetRef(vid, str(version_path(s.data_root, vid)), "current")
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    dataset: DatasetRef
+    run_name: str
+    run: str
+    step: int
+    metrics: dict
+    engine: str
+    workers: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainOutcome:
+        return cls(**{**d, "dataset": DatasetRef(**d["dataset"])})
+
+
+def run_dir(s: TrainSettings, ds: DatasetRef) -> tuple[str, Path]:
+    name = s.run_name or f"{ds.version_id}_{s.config_hash()}"
+    return name, s.run_root / RUNS / name
+
+
+def _read_final_state(run: Path) -> dict:
+    return json.loads((run / "model" / "state.json").read_text())
+
+
+def run_train(s: TrainSettings, ds: DatasetRef, airflow_run_id: str = "manual", try_number: int = 1) -> TrainOutcome:
+    name, run = run_dir(s, ds)
+    run.mkdir(parents=True, exist_ok=True)
+    config_file = run / "requested_config.json"
+    config_file.write_text(json.dumps(s.train_config.to_dict(), indent=1, sort_keys=True) + "\n")
+    (run / "dataset.json").write_text(json.dumps(asdict(ds), indent=1, sort_keys=True) + "\n")
+    if s.ray_jobs:
+        from orchestration.ray_jobs import job_spec, run_ray_job, train_argv
+
+        assert s.ray is not None
+        argv = train_argv(Path(ds.path), run, config_file, s.workers, s.gpu)
+        run_ray_job(s.ray, job_spec("train", argv, s.ray, airflow_run_id, try_number))
+        state = _read_final_state(run)
+        return TrainOutcome(ds, name, str(run), state["step"], state.get("metrics", {}), "ray (job)", s.workers)
+    from training.run import train
+
+    result = train(ds.path, run, s.train_config, workers=s.workers, gpu=s.gpu, engine=s.engine)
+    for line in result.summary_lines():
+        log.info(line)
+    return TrainOutcome(ds, name, str(run), result.step, dict(result.metrics), s.engine, s.workers)
+
+
+def run_embed(s: TrainSettings, t: TrainOutcome, airflow_run_id: str = "manual", try_number: int = 1) -> dict:
+    emb = Path(t.run) / "emb"
+    if s.ray_jobs:
+        from orchestration.ray_jobs import embed_argv, job_spec, run_ray_job
+
+        assert s.ray is not None
+        run_ray_job(s.ray, job_spec("embed", embed_argv(Path(t.dataset.path), Path(t.run), emb, s.gpu), s.ray,
+                                    airflow_run_id, try_number))  # fmt: skip
+    else:
+        from training.embed import embed
+
+        embed(t.dataset.path, t.run, emb, gpu=s.gpu)
+    meta = json.loads((emb / "meta.json").read_text())
+    return {"emb": str(emb), "counts": meta["counts"], "model_id": meta["run_id"]}
+
+
+def run_eval(s: TrainSettings, t: TrainOutcome, emb: str, airflow_run_id: str = "manual", try_number: int = 1) -> dict:
+    out = Path(t.run) / "eval"
+    if s.ray_jobs:
+        from orchestration.ray_jobs import eval_argv, job_spec, run_ray_job
+
+        assert s.ray is not None
+        run_ray_job(s.ray, job_spec("eval", eval_argv(Path(emb), s.eval_split, out), s.ray, airflow_run_id, try_number))
+    else:
+        from training.evaluate import evaluate
+
+        evaluate(emb, s.eval_split, out)
+    report = json.loads((out / "eval.json").read_text())
+    headline = {f"{r['query']}->{r['target']} R@1": r["recall"]["R@1"] for r in report.get("image_modality", [])}
+    return {"eval": str(out), "split": s.eval_split, "headline": headline}
+
+
+def publish_run_report(s: TrainSettings, t: TrainOutcome, embedded: Mapping[str, Any], evaluated: Mapping[str, Any],
+                       airflow: Mapping[str, str] | None = None) -> dict:  # fmt: skip
+    """RUN/report/ (eval tables + summary.json), then RUN_ROOT/current -> runs/<name>, atomically."""
+    run = Path(t.run)
+    summary = {
+        "run_name": t.run_name,
+        "dataset": asdict(t.dataset),
+        "train": {"step": t.step, "metrics": t.metrics, "engine": t.engine, "workers": t.workers,
+                  "preset": s.preset, "config": s.train_config.to_dict()},
+        "embeddings": dict(embedded),
+        "eval": dict(evaluated),
+        "airflow": dict(airflow or {}),
+        "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    tmp = run / f".{REPORT}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    for name in ("eval.md", "eval.json"):
+        shutil.copy2(Path(evaluated["eval"]) / name, tmp / name)
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    replace_dir(tmp, run / REPORT)
+    previous = read_pointer(s.run_root / CURRENT)
+    switch_pointer(s.run_root / CURRENT, Path(RUNS) / t.run_name)
+    entry = {"at": summary["published_at"], "run_name": t.run_name, "previous": previous,
+             "dataset_version": t.dataset.version_id}  # fmt: skip
+    with open(s.run_root / PUBLISH_LOG, "a") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+    return {"report": str(run / REPORT), "run_name": t.run_name, "previous": previous}
