@@ -127,7 +127,7 @@ def run_ray_job(ray: RaySettings, spec: RayJobSpec, *, client=None, sleep: Calla
     if client is None:
         from ray.job_submission import JobSubmissionClient
 
-        client = JobSubmissionClient(ray.address)
+        client = JobSubmissionClient(ray.address, headers=ray.headers())
     job_id = _active_earlier_try(client, spec)
     if job_id is not None:
         log.info("Ray job %s of an earlier try is still running at %s: waiting for it", job_id, ray.address)

@@ -22,7 +22,8 @@ Variables (all optional except where a path is needed; JSON where the value is s
 
 The Connection (default id ``bindset_ray``) is the Ray cluster's dashboard / Jobs API address, e.g.
 ``AIRFLOW_CONN_BINDSET_RAY='http://ray-head:8265'``; its extra may hold ``runtime_env`` (a Ray runtime
-environment for the jobs), ``address`` (a full URL that overrides host and port) and ``poll_seconds``.
+environment for the jobs), ``address`` (a full URL that overrides host and port) and ``poll_seconds``; its
+password is the cluster's authentication token (`ray get-auth-token`), which Ray >= 2.52 requires by default.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class ConnectionInfo:
     port: int | None = None
     schema: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    password: str | None = field(default=None, repr=False)  # a secret: never in a repr or a log line
 
 
 class SettingsSource(Protocol):
@@ -97,7 +99,8 @@ class AirflowSource:
             conn = Connection.get(conn_id)
         except AirflowNotFoundException:
             return None
-        return ConnectionInfo(conn_id, conn.conn_type, conn.host, conn.port, conn.schema, dict(conn.extra_dejson))
+        extra = dict(conn.extra_dejson)
+        return ConnectionInfo(conn_id, conn.conn_type, conn.host, conn.port, conn.schema, extra, conn.password)
 
 
 # ------------------------------------------------------------------------------------------- Ray
@@ -105,12 +108,17 @@ class AirflowSource:
 
 @dataclass(frozen=True)
 class RaySettings:
-    """Where Ray Jobs go: the Jobs API address (the dashboard URL) and the jobs' runtime environment."""
+    """Where Ray Jobs go: the Jobs API address (the dashboard URL), its token and the jobs' runtime environment."""
 
     address: str
     conn_id: str = DEFAULT_RAY_CONN_ID
     runtime_env: Mapping[str, Any] | None = None
     poll_s: float = 10.0
+    # Ray >= 2.52 clusters enable token authentication by default; the token is the Connection's password
+    token: str | None = field(default=None, repr=False)
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else None
 
     @classmethod
     def from_connection(cls, conn: ConnectionInfo) -> RaySettings:
@@ -130,7 +138,7 @@ class RaySettings:
         runtime_env = extra.get("runtime_env")
         if runtime_env is not None and not isinstance(runtime_env, dict):
             raise ValueError(f"Connection {conn.conn_id!r}: extra.runtime_env must be a JSON object")
-        return cls(address, conn.conn_id, runtime_env, float(extra.get("poll_seconds", 10.0)))
+        return cls(address, conn.conn_id, runtime_env, float(extra.get("poll_seconds", 10.0)), conn.password or None)
 
 
 # ------------------------------------------------------------------------------------------ resolving

@@ -26,7 +26,8 @@ def run_ray(
     except ImportError as exc:  # pragma: no cover - the locked environment has Ray
         raise RuntimeError("the ray engine needs ray installed") from exc
 
-    kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
+    # "local": a fresh instance even where `ray start` left a cluster running (None would attach to it)
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
     started = init_ray(log_to_driver=False, configure_logging=False, **kwargs)
     try:
         task = ray.remote(num_cpus=1, max_retries=2)(run_unit_json)

@@ -156,6 +156,9 @@ def test_a_ray_connection_sends_builds_and_training_to_ray_jobs(tmp_path):
              (None, "x", None, None, {"address": "http://y:1"})]  # fmt: skip
     urls = [RaySettings.from_connection(ConnectionInfo("c", t, h, p, s, e)).address for t, h, p, s, e in forms]
     assert urls == ["https://h:1234", "https://h:8265", "http://h:8265", "http://y:1"]
+    secret = RaySettings.from_connection(ConnectionInfo("c", "http", "h", password="s3cret"))
+    assert secret.headers() == {"Authorization": "Bearer s3cret"} and "s3cret" not in repr(secret)
+    assert RaySettings.from_connection(conn).headers() is None  # a cluster without token authentication
     with pytest.raises(ValueError, match="unknown train config field\\(s\\): epoch"):
         resolve_train_settings({"train_config": {"epoch": 1}}, source)
 
@@ -515,3 +518,80 @@ def test_train_dag_trains_embeds_evaluates_and_publishes_the_run(airflow, first_
     assert summary["dataset"]["version_id"] == vid and summary["train"]["step"] == 2
     assert summary["airflow"] == {"dag_id": TRAIN_DAG, "run_id": dr.run_id}
     assert summary["embeddings"]["counts"]["image"] == 6
+
+
+# ------------------------------------------------------------------------------ a real Ray Jobs server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A real single-node Ray cluster (`ray start --head`, dashboard = the Jobs API) with token authentication,
+    as Ray 2.60 clusters have by default; bindset is installed on it (its PATH has this venv's scripts)."""
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from ray.job_submission import JobSubmissionClient
+
+    token, venv_bin = secrets.token_hex(32), Path(sys.executable).parent
+    temp = tempfile.mkdtemp(prefix="bsray", dir="/tmp")  # Ray's AF_UNIX socket paths must stay short
+    dashboard = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    argv = [str(venv_bin / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
+            f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
+            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+            "--include-dashboard=true", "--disable-usage-stats"]  # fmt: skip
+    log = tmp_path_factory.mktemp("ray_cluster") / "ray.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    address, deadline = f"http://127.0.0.1:{dashboard}", time.monotonic() + 120
+    try:
+        while True:
+            try:
+                JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Ray head did not come up:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield {"host": "127.0.0.1", "port": dashboard, "token": token, "address": address}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the head and every process it started, nothing else
+        proc.wait(60)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_build_dag_on_a_ray_cluster_through_the_jobs_api(airflow, world, first_build, ray_cluster, tmp_path,
+                                                         monkeypatch):  # fmt: skip
+    from orchestration.ray_jobs import job_spec, run_ray_job
+
+    conn = {"conn_type": "http", "host": ray_cluster["host"], "port": ray_cluster["port"],
+            "password": ray_cluster["token"], "extra": {"poll_seconds": 1}}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_BINDSET_RAY", json.dumps(conn))
+    root = tmp_path / "data"
+    state, tis, dr = _run(airflow, BUILD_DAG, 5, {"landing_path": str(world / "landing"), "data_root": str(root)})
+    assert state == "success" and tis == dict.fromkeys(BUILD_TASKS, "success")
+    built = _xcom(dr, "build")
+    assert (built["engine"], built["processed"], built["samples"]) == ("ray (job)", 2, 6)
+    assert [(b["engine"], b["processed"]) for b in _builds(root)] == [("ray", 2)]  # written by the job's driver
+    # the same landing path built by the Beam DirectRunner in this process and by Ray on the cluster: the same
+    # bytes, so the same content id
+    assert read_pointer(root / CURRENT) == read_pointer(first_build["data_root"] / CURRENT)
+
+    # without the cluster's token the Jobs API refuses, and the task's error says so
+    ray = RaySettings(ray_cluster["address"], poll_s=0)
+    with pytest.raises(Exception, match="(?i)authentication"):
+        run_ray_job(ray, job_spec("eval", ["bindset", "eval", "x"], ray, "no-token", 1))

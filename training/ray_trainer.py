@@ -75,7 +75,12 @@ def fit_with_ray(data: Path, run: Path, cfg: TrainConfig, workers: int, gpu: boo
     from pipelines.ray_start import init_ray
     from training.loop import FAULT_ENV
 
-    kwargs = {"address": address} if address else {"num_cpus": max(workers, 1) + 1, "include_dashboard": False}
+    # "local": a fresh instance even where `ray start` left a cluster running (None would attach to it)
+    kwargs = (
+        {"address": address}
+        if address
+        else {"address": "local", "num_cpus": max(workers, 1) + 1, "include_dashboard": False}
+    )
     # fault injection (tests of recovery) must reach the workers, which do not inherit our environment
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
     started = init_ray(log_to_driver=True, configure_logging=False, runtime_env={"env_vars": env}, **kwargs)
