@@ -19,10 +19,16 @@ $(VENV_STAMP): pyproject.toml uv.lock | $(if $(shell command -v uv 2>/dev/null),
 
 env: $(VENV_STAMP)
 
+# The demo's world is the emergent-alignment proof's (tests/test_emergent_proof.py): 48 short sessions, so
+# that each of the four training pairs gets sessions of every class under disjoint pairing.
 demo: env
-	$(UV) run --frozen bindset synth $(DEMO)/raw --sessions 8 --seconds 30 --seed 0
-	$(UV) run --frozen bindset build $(DEMO)/raw $(DEMO)/data --engine beam
+	$(UV) run --frozen bindset synth $(DEMO)/raw --sessions 48 --seconds 12 --seed 0 --width 160 --height 120 \
+		--depth-size 112 84 --thermal-size 80 60
+	$(UV) run --frozen bindset build $(DEMO)/raw $(DEMO)/data --engine beam --stride 1 --val-fraction 0.25
 	$(UV) run --frozen bindset report $(DEMO)/data
+	$(UV) run --frozen bindset train $(DEMO)/data $(DEMO)/run --preset proof --engine local
+	$(UV) run --frozen bindset embed $(DEMO)/data $(DEMO)/run $(DEMO)/emb
+	$(UV) run --frozen bindset eval $(DEMO)/emb --split val
 
 test: env
 	$(UV) run --frozen pytest -q

@@ -4,7 +4,7 @@ bindset synth RAW/ --sessions 8 --seconds 30 --seed 0
 bindset build RAW/ DATA/ [--engine beam|ray|local] [--no-validate] [runner flags]
 bindset validate DATA/ [--thresholds FILE]
 bindset report DATA/
-bindset train DATA/ RUN/ [--preset tiny|imagebind] [--config FILE] [--workers N] [--gpu]
+bindset train DATA/ RUN/ [--preset tiny|proof|imagebind] [--config FILE] [--workers N] [--gpu]
 bindset embed DATA/ RUN/ EMB/
 bindset search EMB/ --text "..." | --audio x.wav | --image y.jpg [--to depth] [-k 5]
 bindset eval EMB/ [--split val]
@@ -32,6 +32,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         layout=args.layout,
         width=args.width,
         height=args.height,
+        depth_size=tuple(args.depth_size),
+        thermal_size=tuple(args.thermal_size),
         workers=args.workers or SynthConfig().workers,
     )
     t0 = time.perf_counter()
@@ -193,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layout", choices=LAYOUTS, default="captures")
     s.add_argument("--width", type=int, default=320)
     s.add_argument("--height", type=int, default=240)
+    s.add_argument("--depth-size", type=int, nargs=2, metavar=("W", "H"), default=SynthConfig().depth_size)
+    s.add_argument("--thermal-size", type=int, nargs=2, metavar=("W", "H"), default=SynthConfig().thermal_size)
     s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_synth)
@@ -256,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("data", type=Path)
     t.add_argument("run", type=Path)
-    t.add_argument("--preset", default="tiny", choices=("tiny", "imagebind"), help="named config (default tiny)")
+    t.add_argument("--preset", default="tiny", choices=("tiny", "proof", "imagebind"), help="named config")
     t.add_argument("--config", type=Path, help="JSON/YAML file of TrainConfig fields (overrides --preset)")
     t.add_argument("--workers", type=int, default=1, help="training workers (Ray Train)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker")

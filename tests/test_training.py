@@ -245,9 +245,7 @@ def test_checkpoint_round_trip_is_exact_and_never_pickles(tmp_path):
     from training.loop import make_optimizer
 
     opt = make_optimizer(model, cfg)
-    model(
-        {"audio": torch.randn(2, 1, 128, 204), "imu": torch.randn(2, 6, 2000)}
-    )["audio"].sum().backward()
+    model({"audio": torch.randn(2, 1, 128, 204), "imu": torch.randn(2, 6, 2000)})["audio"].sum().backward()
     opt.step()
     folder = write_checkpoint(tmp_path / "c", model, opt, TrainState(5, 1, 2, cfg.to_dict(), {"loss": 1.0}))
     assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "optimizer.safetensors", "state.json"]

@@ -66,6 +66,14 @@ ENCODER_PRESETS: dict[str, dict[str, EncoderConfig]] = {
         "thermal": EncoderConfig("thermal", 64, 2, 2),
         "imu": EncoderConfig("imu", 64, 2, 2),
     },
+    # tiny widths over coarser token grids (audio 8x12, depth and thermal 7x7, IMU 50 chunks of 40 steps):
+    # 4x fewer tokens, for CPU runs that must train to convergence in minutes (tests/test_emergent_proof.py)
+    "coarse": {
+        "audio": EncoderConfig("audio", 64, 2, 2, stride=16, input_hw=(128, 204)),
+        "depth": EncoderConfig("depth", 64, 2, 2, patch=32, stride=32),
+        "thermal": EncoderConfig("thermal", 64, 2, 2, patch=32, stride=32),
+        "imu": EncoderConfig("imu", 64, 2, 2, imu_kernel=40),
+    },
 }
 
 
@@ -108,6 +116,13 @@ class DataConfig:
     depth_mode: Literal["disparity", "metric"] = "disparity"
     depth_max_m: float = 50.0
     disparity_scale: float = 0.1  # divides baseline*fx/depth to bring it near [0, 1]
+    # the depth input is then (x - mean) / std. (0, 1) is Omnivore's (ImageBind's depth recipe: Normalize
+    # with mean 0, std 1 on the depth channel). The encoders' stem (a bias-free patch conv, then LayerNorm)
+    # makes each token blind to its patch's overall scale, so on uncentred input a patch of even depth looks
+    # the same at every distance and only edges say how far things are; centring on the data's mean keeps
+    # the distance. "auto": the mean and std of the training split's depth inputs, fitted by `train` before
+    # the run and written into its config (so embed and resumes use the same numbers).
+    depth_norm: tuple[float, float] | Literal["auto"] = (0.0, 1.0)
     default_fx: float = 518.857  # used when a sample has no intrinsics (Kinect v1, SUN RGB-D)
     default_baseline_m: float = 0.075
     # "disjoint": each training session feeds exactly one modality pair (ImageBind's setting: pairs never
@@ -117,6 +132,11 @@ class DataConfig:
     # negative control: pair every training sample with another sample's image (a fixed random
     # permutation); needs cached image embeddings. Retrieval must then fall to chance.
     shuffle_pairs: bool = False
+
+    def __post_init__(self):
+        norm = self.depth_norm
+        if norm != "auto" and not (isinstance(norm, tuple | list) and len(norm) == 2 and float(norm[1]) > 0):
+            raise ValueError(f"data.depth_norm must be 'auto' or [mean, std] with std > 0, got {norm!r}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +191,8 @@ class TrainConfig:
             d = dict(data["data"])
             if "crop_scale" in d:
                 d["crop_scale"] = tuple(d["crop_scale"])
+            if isinstance(d.get("depth_norm"), list):
+                d["depth_norm"] = tuple(d["depth_norm"])
             data["data"] = DataConfig(**d)
         if "optim" in data:
             optim = dict(PAPER_OPTIM)
@@ -213,10 +235,18 @@ def tiny_tower() -> TowerConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # tests and `make demo`: tiny encoders, tiny random-init tower, cached image embeddings
+    # tests: tiny encoders, tiny random-init tower, cached image embeddings
     "tiny": TrainConfig(encoders="tiny", tower=tiny_tower(), batch_size=32, epochs=30, warmup_epochs=1.0,
                         checkpoint_every=50, optim={m: OptimConfig(1e-3, 0.05) for m in MODALITIES},
-                        data=DataConfig(loader_workers=1, cache_image_embeddings=True, augment=False)),
+                        data=DataConfig(loader_workers=1, cache_image_embeddings=True, augment=False,
+                                        depth_norm="auto")),
+    # the emergent-alignment proof (tests/test_emergent_proof.py) and `make demo`: coarse tiny encoders trained
+    # to convergence in ~2 min on 2 cores, ImageBind's setting of every training session feeding one pair only
+    "proof": TrainConfig(encoders="coarse", tower=tiny_tower(), batch_size=128, epochs=10**6, max_steps=700,
+                         warmup_epochs=10.0, checkpoint_every=10**6, checkpoint_at_epoch_end=False,
+                         optim={m: OptimConfig(2e-3, 0.05) for m in MODALITIES},
+                         data=DataConfig(loader_workers=0, cache_image_embeddings=True, augment=False,
+                                         depth_norm="auto", pairing="disjoint")),
     # ImageBind's sizes against OpenCLIP ViT-H-14 (pass tower.checkpoint: a local open_clip checkpoint file)
     "imagebind": TrainConfig(encoders="imagebind", batch_size=512, epochs=16, precision="bf16",
                              data=DataConfig(loader_workers=8)),

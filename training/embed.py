@@ -106,8 +106,13 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
     want = frozenset({"jpg", "frame1.jpg", "mel.npy", "depth.png", "thermal.png", "imu.npy", "json"})
     batches = [list(range(i, min(i + batch_size, len(table)))) for i in range(0, len(table), batch_size)]
     workers = lr.cfg.data.loader_workers
-    loader = torch.utils.data.DataLoader(SampleReader(table, want), batch_sampler=batches, collate_fn=collate,
-                                         num_workers=workers, multiprocessing_context=loader_context(workers))
+    loader = torch.utils.data.DataLoader(
+        SampleReader(table, want),
+        batch_sampler=batches,
+        collate_fn=collate,
+        num_workers=workers,
+        multiprocessing_context=loader_context(workers),
+    )
     rows: dict[str, list[int]] = {m: [] for m in ALL}
     vecs: dict[str, list[np.ndarray]] = {m: [] for m in ALL}
     text_cache: dict[str, torch.Tensor] = {}

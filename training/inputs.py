@@ -6,20 +6,23 @@ call resizes and crops every frame of a batch to the tower's input (short side t
 random resized crop and flip when augmenting), which also averages source pixels when shrinking.
 
 Model inputs follow ImageBind: frames with the tower's CLIP normalisation; depth as disparity
-``baseline*fx / clip(depth_m, 0.01, 50)`` (Omnivore's rule) or clipped metric depth, ``1x224x224``;
+``baseline*fx / clip(depth_m, 0.01, 50)`` (Omnivore's rule) or clipped metric depth, ``1x224x224``, then
+``(x - mean) / std`` (``data.depth_norm``; Omnivore's is (0, 1));
 thermal scaled to [0, 1] (8-bit by 255, 16-bit by the frame's 1st..99th percentile) then ``(x-0.5)/0.5``;
 the log-mel and IMU as stored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from training.config import DataConfig
+from training.config import DataConfig, TrainConfig
 
 
 def _pad_stack(arrays: list[np.ndarray | None]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,8 +101,6 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-
-
 def take_rows(batch: dict, rows: torch.Tensor) -> dict:
     """The collated batch restricted to ``rows`` (a CPU index tensor), before anything reaches the device."""
     return {k: v.index_select(0, rows) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -137,9 +138,23 @@ def crop_boxes(hw: torch.Tensor, train: bool, scale: tuple[float, float], genera
 
 
 def resize_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None) -> torch.Tensor:
-    """One batched op: crop each sample's box and resize it to size x size (area-averaging when shrinking)."""
-    rois = torch.cat([torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None], boxes.to(x)], 1)
-    out = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    """One batched op: crop each sample's box and resize it to size x size (area-averaging when shrinking).
+
+    ``roi_align`` (``sampling_ratio=-1``) averages ceil(box side / size) bilinear samples per output pixel
+    and direction. When no box is larger than the output (upsampling: depth, thermal, small frames) that is
+    one sample at each output pixel's centre, which ``grid_sample`` computes the same (within float
+    rounding, ~1e-5 of the value range) and about 3x faster on a CPU."""
+    span = boxes[:, 2:] - boxes[:, :2]
+    if bool((span <= size).all()):
+        t = (torch.arange(size, dtype=boxes.dtype, device=boxes.device) + 0.5) / size
+        gx = (boxes[:, 0:1] + t * span[:, 0:1]) / x.shape[-1] * 2 - 1  # align_corners=False coordinates
+        gy = (boxes[:, 1:2] + t * span[:, 1:2]) / x.shape[-2] * 2 - 1
+        grid = torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], -1)
+        # "border": roi_align also clamps samples within a pixel of the edge to the edge
+        out = F.grid_sample(x, grid.to(x), mode="bilinear", padding_mode="border", align_corners=False)
+    else:
+        rois = torch.cat([torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None], boxes.to(x)], 1)
+        out = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
     if flip is not None and flip.any():
         out = torch.where(flip.to(out.device)[:, None, None, None], out.flip(-1), out)
     return out
@@ -170,6 +185,8 @@ class ModelInputs:
         return out
 
     def depth(self, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.depth_norm == "auto":
+            raise ValueError("data.depth_norm 'auto' must be fitted first (training.inputs.resolve_depth_norm)")
         hw = batch["depth_hw"]
         mask = (hw > 0).all(1)
         mm = unpack_u16(batch["depth"].to(device, non_blocking=True))
@@ -183,7 +200,8 @@ class ModelInputs:
             x = depth_m / self.cfg.depth_max_m
         x = torch.where(valid, x, torch.zeros_like(x))  # 0 = no measurement, as in the PNG
         boxes, _ = crop_boxes(hw.clamp(min=1), False, self.cfg.crop_scale, None)
-        return resize_crop(x, boxes, 224), mask.to(device)
+        mean, std = self.cfg.depth_norm  # invalid pixels end at -mean/std: zero disparity, infinitely far
+        return (resize_crop(x, boxes, 224) - mean) / std, mask.to(device)
 
     def thermal(self, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
         hw = batch["thermal_hw"]
@@ -220,3 +238,34 @@ class ModelInputs:
             elif m == "thermal":
                 inputs[m], masks[m] = self.thermal(batch, device)
         return inputs, masks
+
+
+def fit_depth_norm(data: Path | str, cfg: TrainConfig, max_samples: int = 512) -> tuple[float, float]:
+    """The mean and std of the depth model inputs (before normalisation) over up to ``max_samples`` evenly
+    spaced training samples that carry depth. Deterministic: every rank and every resume fits the same."""
+    from training.shards import SampleReader, SampleTable
+
+    table = SampleTable.load(data, cfg.data.train_split)
+    rows = np.flatnonzero(table.has["depth"])
+    rows = rows[np.linspace(0, len(rows) - 1, min(max_samples, len(rows))).round().astype(int)]
+    reader = SampleReader(table, frozenset({"depth.png", "json"}))
+    inputs = ModelInputs(replace(cfg.data, depth_norm=(0.0, 1.0)))
+    total = total_sq = count = 0.0
+    with torch.no_grad():
+        for i in range(0, len(rows), 64):
+            x, ok = inputs.depth(collate([reader[int(r)] for r in rows[i : i + 64]]), "cpu")
+            x = x[ok].double()
+            total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
+    if not count:
+        return (0.0, 1.0)
+    mean = total / count
+    std = max(total_sq / count - mean * mean, 0.0) ** 0.5
+    return (round(mean, 6), round(std, 6) if std > 1e-6 else 1.0)
+
+
+def resolve_depth_norm(data: Path | str, cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``data.depth_norm: auto`` replaced by the numbers fitted on ``data`` (unchanged otherwise)."""
+    if cfg.data.depth_norm != "auto":
+        return cfg
+    norm = fit_depth_norm(data, cfg) if "depth" in cfg.modalities else (0.0, 1.0)
+    return replace(cfg, data=replace(cfg.data, depth_norm=norm))

@@ -30,9 +30,10 @@ from training.checkpoint import CheckpointDir, TrainState, load_checkpoint, writ
 from training.config import TrainConfig
 from training.encoders import BindingModel
 from training.image_cache import CachedImages, cache_dir
-from training.inputs import ModelInputs, collate, scatter_rows, take_rows
+from training.inputs import ModelInputs, collate, resolve_depth_norm, scatter_rows, take_rows
 from training.loss import BindingLoss, Gather, no_gather, torch_distributed_gather
 from training.shards import (
+    MODALITY_MEMBER,
     PAD,
     BatchSampler,
     EpochPlan,
@@ -135,8 +136,7 @@ def members_needed(cfg: TrainConfig, cached: bool) -> frozenset[str]:
     want = {"json"}
     if not cached:
         want |= {"jpg", "frame1.jpg"} if cfg.data.image_frames == "mean" else {"jpg"}
-    want |= {{"audio": "mel.npy", "depth": "depth.png", "thermal": "thermal.png", "imu": "imu.npy"}[m]
-             for m in cfg.modalities}  # fmt: skip
+    want |= {MODALITY_MEMBER[m] for m in cfg.modalities}
     return frozenset(want)
 
 
@@ -245,10 +245,19 @@ class StepTiming:
     samples: int  # real (not padding) rows
 
 
-def train_loop(data: Path, run: Path, cfg: TrainConfig, rt: Runtime, gather: Gather | None = None, *,
-               table: SampleTable | None = None, on_step: Callable[[StepTiming], None] | None = None) -> LoopResult:
+def train_loop(
+    data: Path,
+    run: Path,
+    cfg: TrainConfig,
+    rt: Runtime,
+    gather: Gather | None = None,
+    *,
+    table: SampleTable | None = None,
+    on_step: Callable[[StepTiming], None] | None = None,
+) -> LoopResult:
     """``table`` replaces the split's sample table (benchmarks tile it); ``on_step`` sees every step's timing."""
     data, run = Path(data), Path(run)
+    cfg = resolve_depth_norm(data, cfg)  # `train` has done it already; benchmarks and tests may call this directly
     device = rt.device
     torch.manual_seed(cfg.seed * 1000 + rt.rank)
     if table is None:
@@ -291,8 +300,9 @@ def train_loop(data: Path, run: Path, cfg: TrainConfig, rt: Runtime, gather: Gat
 
     sampler = BatchSampler(plan, rt.rank)
     workers = cfg.data.loader_workers
+    reader = SampleReader(table, members_needed(cfg, cached), images, only_allowed=True)
     loader = torch.utils.data.DataLoader(
-        SampleReader(table, members_needed(cfg, cached), images), batch_sampler=sampler, collate_fn=collate,
+        reader, batch_sampler=sampler, collate_fn=collate,
         num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda" and cfg.data.pin_memory,
         worker_init_fn=loader_worker_init, multiprocessing_context=loader_context(workers),
         prefetch_factor=cfg.data.prefetch_factor if workers else None,

@@ -59,6 +59,9 @@ def train(data: Path | str, run: Path | str, cfg: TrainConfig, *, workers: int =
     if engine not in ("ray", "local"):
         raise ValueError(f"unknown training engine {engine!r}; choose ray or local")
     run.mkdir(parents=True, exist_ok=True)
+    from training.inputs import resolve_depth_norm
+
+    cfg = resolve_depth_norm(data, cfg)  # "auto" becomes numbers before the config is written anywhere
     (run / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n")
     if cfg.data.cache_image_embeddings:
         from training.image_cache import build_image_cache, wait_for_image_cache

@@ -140,14 +140,22 @@ class BatchSampler(torch.utils.data.Sampler):
         return self.plan.steps - self.skip
 
 
+#: the member that carries each trainable modality
+MODALITY_MEMBER = {"audio": "mel.npy", "depth": "depth.png", "thermal": "thermal.png", "imu": "imu.npy"}
+
+
 class SampleReader(torch.utils.data.Dataset):
     """Decodes the members of sample ``i`` into numpy arrays (no pickle: ``.npy`` with allow_pickle=False).
 
     ``want`` names the members to read; frames are skipped entirely when image embeddings are cached.
+    ``only_allowed``: a modality's member is read only where the table allows the sample to train that
+    modality (under disjoint pairing a sample trains one, so the other three are never decoded).
     """
 
-    def __init__(self, table: SampleTable, want: frozenset[str], image_cache: np.ndarray | None = None):
+    def __init__(self, table: SampleTable, want: frozenset[str], image_cache: np.ndarray | None = None,
+                 only_allowed: bool = False):  # fmt: skip
         self.table, self.want, self.image_cache = table, want, image_cache
+        self.skip = {member: ~table.allowed[m] for m, member in MODALITY_MEMBER.items()} if only_allowed else {}
         self._members: dict[str, dict[str, dict[str, Member]]] = {}
         self._files: dict[str, object] = {}
 
@@ -174,7 +182,7 @@ class SampleReader(torch.utils.data.Dataset):
         t = self.table
         members = self._locate(t.shards[i]).get(t.keys[i], {})
         for suffix in self.want:
-            if suffix in members:
+            if suffix in members and not (suffix in self.skip and self.skip[suffix][i]):
                 out[suffix] = _decode(suffix, self._read(t.shards[i], members[suffix]))
         if self.image_cache is not None:
             out["image_emb"] = np.asarray(self.image_cache[i], np.float32)
