@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.errors import UserError
+
 MANIFEST_NAMES = ("manifest.json", "manifest.yaml", "manifest.yml")
 SCHEMA_VERSION = 1
 
@@ -186,7 +188,7 @@ class SessionManifest(_Strict):
     labels: list[Label] = Field(default_factory=list)
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest that cannot be used, with a message naming the file, the field and the problem."""
 
     def __init__(self, path: Path | str, problems: list[tuple[str, str]]):

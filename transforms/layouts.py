@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schemas.errors import UserError
 from schemas.manifest import ManifestError, SessionManifest, find_manifest, load_manifest
 from schemas.reasons import RejectReason
 
@@ -21,7 +22,7 @@ AUDIO_SUFFIXES = (".m4a", ".wav", ".mp3", ".flac", ".ogg", ".aac")
 STILLS_PER_UNIT = 500
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """RAW cannot be read as the requested (or any) layout; the message names the offending path."""
 
 
