@@ -30,7 +30,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.tables import MEMBERS, MODALITIES
+from schemas.modalities import MEMBERS
+from schemas.modalities import NAMES as MODALITIES
 from transforms.records import fsync_write
 
 HIST_MAX_ROWS = 200_000  # index rows sampled for the histograms

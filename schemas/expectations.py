@@ -25,8 +25,10 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from schemas import modalities
+from schemas.modalities import MEMBERS
 from schemas.reasons import RejectReason
-from schemas.tables import INDEX_SCHEMA, MEMBERS, MODALITIES, REJECTS_SCHEMA, member_column
+from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA, member_column
 
 # GX reads this when a context is created; set before the import so no usage statistics are ever sent.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -76,15 +78,8 @@ KEY_REGEX = r"^[^.]+_[0-9]{9}$"  # {session}_{start_ms:09d}, no dots (a dot star
 SHARD_REGEX = r"^(?:train|val)-[0-9]{6}\.tar$"
 
 #: has_<modality> -> the members that must be in the tar exactly when it is true (frame1.jpg: recordings only).
-MODALITY_MEMBERS = {
-    "video": ("jpg",),
-    "audio": ("mel.npy",),
-    "depth": ("depth.png",),
-    "thermal": ("thermal.png",),
-    "imu": ("imu.npy",),
-    "text": ("txt",),
-}
-SYNC_STREAMS = ("video", "audio", "depth", "thermal", "imu")
+MODALITY_MEMBERS = {m.name: (m.member,) for m in modalities.REGISTRY}
+SYNC_STREAMS = tuple(m.name for m in modalities.REGISTRY if m.has_sync)
 
 # Defaults for the pairing tolerances, from the stream rates they are meant for. A paired frame is the
 # nearest one, so it lies within half a frame period; 1 ms on top covers capture-time jitter.
@@ -212,8 +207,8 @@ def index_suite(t: QualityThresholds) -> gx.ExpectationSuite:
         _exact(E.ExpectColumnValuesToMatchRegex, "shards are named {split}-NNNNNN.tar", column="shard",
                regex=SHARD_REGEX),
         _exact(E.ExpectColumnValuesToBeInSet, "split is train or val", column="split", value_set=list(SPLITS)),
-        _exact(E.ExpectColumnValuesToBeInSet, "every sample has its paired image", column="has_video",
-               value_set=[True]),
+        _exact(E.ExpectColumnValuesToBeInSet, "every sample has its paired image",
+               column=modalities.PAIRED_IMAGE.has_column, value_set=[True]),
     ]  # fmt: skip
     for col in ("key", "shard", "split", "session", "layout", "clip_start_s", "clip_end_s", "sha256_json"):
         ex.append(_exact(E.ExpectColumnValuesToNotBeNull, f"{col} is set on every sample", column=col))
@@ -226,7 +221,7 @@ def index_suite(t: QualityThresholds) -> gx.ExpectationSuite:
                              column=col, row_condition=_is(f"has_{modality}", False)))  # fmt: skip
     # a recording's clip has a first and a last frame; a still pair has one image
     recording, still = Column("layout").is_not_in(STILL_LAYOUTS), Column("layout").is_in(STILL_LAYOUTS)
-    last = member_column("frame1.jpg")
+    last = member_column(modalities.VIDEO.extra_members[0])
     ex += [
         _exact(E.ExpectColumnValuesToNotBeNull, "a recording's sample has its clip's last frame", column=last,
                row_condition=recording),
@@ -297,7 +292,7 @@ def rejects_suite(t: QualityThresholds) -> gx.ExpectationSuite:
         _exact(E.ExpectColumnValuesToBeInSet, "reasons are codes of schemas/reasons.py",
                column="reason", value_set=sorted(r.value for r in RejectReason)),
         _exact(E.ExpectColumnValuesToBeInSet, "a modality reject names a known modality",
-               column="modality", value_set=list(MODALITIES)),
+               column="modality", value_set=list(modalities.NAMES)),
         _exact(E.ExpectColumnValuesToNotBeNull, "a modality reject names its sample",
                column="key", row_condition=Column("modality").is_not_null()),
         _exact(E.ExpectColumnValuesToMatchRegex, "reject keys are sample keys", column="key", regex=KEY_REGEX),

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from schemas.modalities import MEMBERS, REGISTRY
 from schemas.reasons import RejectReason
 
-#: Sample members in the order they are written into a tar.
-MEMBERS = ("jpg", "frame1.jpg", "mel.npy", "depth.png", "thermal.png", "imu.npy", "txt", "json")
-MODALITIES = ("video", "audio", "depth", "thermal", "imu", "text")
+__all__ = ["INDEX_SCHEMA", "MEMBERS", "REASON_VALUES", "REJECTS_SCHEMA", "member_column"]
 
 
 def member_column(member: str) -> str:
@@ -32,8 +31,8 @@ INDEX_SCHEMA = pa.schema(
         pa.field("clip_start_s", pa.float64(), nullable=False),
         pa.field("clip_end_s", pa.float64(), nullable=False),
         # where each modality came from (relative to the input root); null when absent
-        *[pa.field(f"source_{m}", pa.string(), nullable=True) for m in MODALITIES[:5]],
-        *[pa.field(f"has_{m}", pa.bool_(), nullable=False) for m in MODALITIES],
+        *[pa.field(m.source_column, pa.string(), nullable=True) for m in REGISTRY if m.has_source],
+        *[pa.field(m.has_column, pa.bool_(), nullable=False) for m in REGISTRY],
         # frame times on the session timeline
         _f64("frame0_t_s"),
         _f64("frame1_t_s"),
@@ -49,7 +48,7 @@ INDEX_SCHEMA = pa.schema(
         _f64("imu_rate_hz"),
         _f64("imu_max_gap_ms"),
         # distance between the frame a modality was paired with and the first video frame
-        *[_f64(f"sync_err_{m}_ms") for m in ("video", "audio", "depth", "thermal", "imu")],
+        *[_f64(m.sync_column) for m in REGISTRY if m.has_sync],
         pa.field("label", pa.string(), nullable=True),
         pa.field("caption", pa.string(), nullable=True),
         pa.field("label_change", pa.bool_(), nullable=False),

@@ -20,7 +20,9 @@ import pytest
 from bindset.synth.generate import SynthConfig, synth
 from pipelines.build import EngineConfig, build
 from pipelines.report import SECTIONS, hist_svg, timeline_svg, write_report
-from schemas.tables import INDEX_SCHEMA, MEMBERS, MODALITIES, REJECTS_SCHEMA, member_column
+from schemas.modalities import MEMBERS
+from schemas.modalities import NAMES as MODALITIES
+from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA, member_column
 from tests.browser import chromium, load_page
 from transforms.config import BuildConfig
 

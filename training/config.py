@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-MODALITIES = ("audio", "depth", "thermal", "imu")
+from schemas.modalities import TRAINABLE
+
+#: the modalities a run can train (schemas/modalities.py is their one home)
+MODALITIES = TRAINABLE
 #: ImageBind's fixed logit scales (1/temperature), models/imagebind_model.py postprocessors
 LOGIT_SCALES = {"audio": 20.0, "depth": 5.0, "thermal": 10.0, "imu": 5.0}
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from schemas import modalities as M
 from training.checkpoint import MODEL, STATE
 from training.config import TrainConfig
 from training.encoders import BindingModel
@@ -103,7 +104,7 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
     data, emb = Path(data).resolve(), Path(emb).resolve()
     lr = load_run(run, "cuda" if gpu else "cpu")
     table = SampleTable.load(data, None)
-    want = frozenset({"jpg", "frame1.jpg", "mel.npy", "depth.png", "thermal.png", "imu.npy", "json"})
+    want = frozenset(M.MEMBERS) - {M.TEXT.member}
     batches = [list(range(i, min(i + batch_size, len(table)))) for i in range(0, len(table), batch_size)]
     workers = lr.cfg.data.loader_workers
     loader = torch.utils.data.DataLoader(

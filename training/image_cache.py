@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from schemas import modalities as M
 from training.config import TrainConfig
 
 CACHE = "_cache"
@@ -72,7 +73,7 @@ def build_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progres
     table = SampleTable.load(data, None)
     towers = FrozenTowers(cfg.tower, device)
     inputs = ModelInputs(cfg.data, towers.image_size, towers.mean, towers.std)
-    reader = SampleReader(table, frozenset({"jpg", "frame1.jpg"}))
+    reader = SampleReader(table, frozenset(M.VIDEO.members))
     batches = [list(range(i, min(i + 64, len(table)))) for i in range(0, len(table), 64)]
     loader = torch.utils.data.DataLoader(reader, batch_sampler=batches, collate_fn=collate,
                                          num_workers=cfg.data.loader_workers,

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from schemas import modalities as M
 from training.config import DataConfig, TrainConfig
 
 
@@ -79,18 +80,18 @@ def collate(samples: list[dict]) -> dict:
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
         "loader_worker": torch.tensor([s["loader_worker"] for s in samples], dtype=torch.long),
     }
-    for name, member in (("frame0", "jpg"), ("frame1", "frame1.jpg")):
+    for name, member in zip(("frame0", "frame1"), M.VIDEO.members, strict=True):
         if any(x is not None for x in get(member)):
             batch[name], batch[f"{name}_hw"] = _pad_stack(get(member))
-    batch["mel"], batch["mel_mask"] = _fixed(get("mel.npy"), (1, 128, 204))
-    batch["imu"], batch["imu_mask"] = _fixed(get("imu.npy"), (6, 2000))
+    batch["mel"], batch["mel_mask"] = _fixed(get(M.AUDIO.member), (1, 128, 204))
+    batch["imu"], batch["imu_mask"] = _fixed(get(M.IMU.member), (6, 2000))
     for name in ("depth", "thermal"):
-        imgs = [a if a is not None and a.ndim == 2 else None for a in get(f"{name}.png")]
+        imgs = [a if a is not None and a.ndim == 2 else None for a in get(M.BY_NAME[name].member)]
         batch[name], batch[f"{name}_hw"] = _pad_u16(imgs)
         batch[f"{name}_full_scale"] = torch.tensor(
             [255.0 if a is not None and a.dtype == np.uint8 else 65535.0 for a in imgs]
         )
-    meta = get("json")
+    meta = get(M.META_MEMBER)
     batch["fx"] = torch.tensor([_intrinsic(m, "fx") for m in meta])
     batch["baseline_m"] = torch.tensor([_intrinsic(m, "baseline_m") for m in meta])
     if any(x is not None for x in get("image_emb")):
@@ -248,7 +249,7 @@ def fit_depth_norm(data: Path | str, cfg: TrainConfig, max_samples: int = 512) -
     table = SampleTable.load(data, cfg.data.train_split)
     rows = np.flatnonzero(table.has["depth"])
     rows = rows[np.linspace(0, len(rows) - 1, min(max_samples, len(rows))).round().astype(int)]
-    reader = SampleReader(table, frozenset({"depth.png", "json"}))
+    reader = SampleReader(table, frozenset({M.DEPTH.member, M.META_MEMBER}))
     inputs = ModelInputs(replace(cfg.data, depth_norm=(0.0, 1.0)))
     total = total_sq = count = 0.0
     with torch.no_grad():

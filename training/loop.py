@@ -26,6 +26,7 @@ from typing import Protocol
 
 import torch
 
+from schemas import modalities as M
 from training.checkpoint import CheckpointDir, TrainState, load_checkpoint, write_checkpoint
 from training.config import TrainConfig
 from training.encoders import BindingModel
@@ -133,9 +134,9 @@ def make_optimizer(model: BindingModel, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def members_needed(cfg: TrainConfig, cached: bool) -> frozenset[str]:
-    want = {"json"}
+    want = {M.META_MEMBER}
     if not cached:
-        want |= {"jpg", "frame1.jpg"} if cfg.data.image_frames == "mean" else {"jpg"}
+        want |= set(M.VIDEO.members) if cfg.data.image_frames == "mean" else {M.VIDEO.member}
     want |= {MODALITY_MEMBER[m] for m in cfg.modalities}
     return frozenset(want)
 

@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from training.config import MODALITIES
+from schemas import modalities
+from schemas.modalities import TRAINABLE, TRAINABLE_MEMBER
 
 PAD = -1
 
@@ -65,21 +66,22 @@ class SampleTable:
 
     @classmethod
     def load(cls, data: Path | str, split: str | None, pairing: str = "joint",
-             modalities: tuple[str, ...] = MODALITIES) -> SampleTable:  # fmt: skip
+             trained: tuple[str, ...] = TRAINABLE) -> SampleTable:  # fmt: skip
         data = Path(data)
         # pyarrow, not pandas: the loop also runs on machines that have only torch, numpy and pyarrow
-        columns = ["key", "shard", "split", "session", "label", "caption", *(f"has_{m}" for m in MODALITIES)]
+        has_columns = {m: modalities.BY_NAME[m].has_column for m in TRAINABLE}
+        columns = ["key", "shard", "split", "session", "label", "caption", *has_columns.values()]
         index = pq.read_table(data / "index.parquet", columns=columns)
         if split is not None:
             index = index.filter(pc.equal(index.column("split"), split))
             if not index.num_rows:
                 raise ValueError(f"{data}: no samples in split {split!r}")
         col = lambda name: index.column(name).to_pylist()  # noqa: E731
-        has = {m: np.array(col(f"has_{m}"), bool) for m in MODALITIES}
+        has = {m: np.array(col(c), bool) for m, c in has_columns.items()}
         sessions = col("session")
-        allowed = {m: has[m].copy() for m in MODALITIES}
+        allowed = {m: has[m].copy() for m in TRAINABLE}
         if pairing == "disjoint":
-            allowed = _disjoint(np.array(sessions, object), has, modalities)
+            allowed = _disjoint(np.array(sessions, object), has, trained)
         return cls(data=data, keys=col("key"), shards=col("shard"), splits=col("split"), sessions=sessions,
                    labels=col("label"), captions=col("caption"), has=has, allowed=allowed)  # fmt: skip
 
@@ -90,7 +92,7 @@ def _disjoint(sessions: np.ndarray, has: dict[str, np.ndarray], modalities: tupl
     ImageBind never sees two non-image modalities of the same clip in training; this reproduces that on a
     dataset whose captures carry them all, which is what makes cross-modal retrieval *emergent*.
     """
-    allowed = {m: np.zeros(len(sessions), bool) for m in MODALITIES}
+    allowed = {m: np.zeros(len(sessions), bool) for m in TRAINABLE}
     count = dict.fromkeys(modalities, 0)
     for session in sorted(set(sessions)):
         rows = sessions == session
@@ -141,7 +143,7 @@ class BatchSampler(torch.utils.data.Sampler):
 
 
 #: the member that carries each trainable modality
-MODALITY_MEMBER = {"audio": "mel.npy", "depth": "depth.png", "thermal": "thermal.png", "imu": "imu.npy"}
+MODALITY_MEMBER = TRAINABLE_MEMBER
 
 
 class SampleReader(torch.utils.data.Dataset):

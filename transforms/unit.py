@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from schemas import modalities
 from schemas.manifest import ImuUnits
 from schemas.reasons import RejectReason
 from transforms import imu as I
@@ -298,13 +299,13 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
         if side.name == "imu":
             _imu_part(side, w, cfg, row, members, meta, modality_reject)
             continue
-        missing = RejectReason.DEPTH_MISSING if side.name == "depth" else RejectReason.THERMAL_MISSING
+        missing = modalities.BY_NAME[side.name].missing_reason
         tol = cfg.depth_tolerance_s if side.name == "depth" else cfg.thermal_tolerance_s
         pick = pick_frame(root, side.table, vw.first.t_s, tol, missing, cfg.max_image_side)
         if pick.png is None:
             modality_reject(pick.source or side.source, pick.reason, pick.detail, side.name)
             continue
-        members[f"{side.name}.png"] = pick.png
+        members[modalities.BY_NAME[side.name].member] = pick.png
         row[f"source_{side.name}"] = pick.source
         row[f"sync_err_{side.name}_ms"] = pick.delta_ms
         meta[f"{side.name}_t_s"] = pick.t_s
@@ -345,16 +346,9 @@ def _imu_part(side: _Side, w: Window, cfg: BuildConfig, row, members, meta, moda
 
 
 def _finish_sample(sink, split, key, members, row, meta, session, layout, start_s, end_s) -> None:
-    present = {
-        "video": "jpg" in members,
-        "audio": "mel.npy" in members,
-        "depth": "depth.png" in members,
-        "thermal": "thermal.png" in members,
-        "imu": "imu.npy" in members,
-        "text": "txt" in members,
-    }
+    present = modalities.present(members)
     for m, ok in present.items():
-        row[f"has_{m}"] = ok
+        row[modalities.BY_NAME[m].has_column] = ok
     meta.update(
         key=key, session=session, layout=layout, split=split, clip=[start_s, end_s],
         present=sorted(m for m, ok in present.items() if ok),
