@@ -12,7 +12,7 @@ bytes; the index carries a sha256 of every tar member, so the id pins the shards
 content therefore always gets the same id, whatever the run, and republishing it changes nothing.
 
 Readers open ``current`` (or a version folder they were handed); the pointer is a relative symlink replaced
-with one ``os.replace``, so a reader sees the old version or the new one, never a mix.
+with one atomic rename (pipelines/storage.py), so a reader sees the old version or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from transforms.records import fsync_dir
+from pipelines import storage
 
 BUILD = "build"
 VERSIONS = "versions"
@@ -94,33 +94,13 @@ def read_pointer(link: Path | str) -> str | None:
 
 
 def switch_pointer(link: Path | str, target: Path | str) -> None:
-    """Point ``link`` at ``target`` (relative to the link's folder) atomically: a new symlink, then os.replace."""
+    """Point ``link`` at ``target`` (relative to the link's folder) atomically: a new symlink renamed over the old one."""
     link = Path(link)
     if link.exists() and not link.is_symlink():
         raise ValueError(f"{link} exists but is not a symlink; move it away so it can be a version pointer")
     if not (link.parent / target).is_dir():
         raise FileNotFoundError(f"{link.parent / target}: pointer target does not exist")
-    tmp = link.with_name(f".{link.name}.tmp-{uuid.uuid4().hex[:8]}")
-    os.symlink(target, tmp)
-    try:
-        os.replace(tmp, link)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(link.parent)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another filesystem, or one without hard links
-        shutil.copy2(src, dst)
-
-
-def _copy_synced(src: Path, dst: Path) -> None:
-    shutil.copy2(src, dst)
-    with open(dst, "rb+") as f:
-        os.fsync(f.fileno())
+    storage.replace_symlink(link, target)
 
 
 def _materialize(build: Path, final: Path, vid: str, manifest: dict) -> bool:
@@ -129,9 +109,9 @@ def _materialize(build: Path, final: Path, vid: str, manifest: dict) -> bool:
     (tmp / "shards").mkdir(parents=True)
     try:
         for tar in sorted((build / "shards").glob("*.tar")):
-            _link_or_copy(tar, tmp / "shards" / tar.name)
+            storage.link_or_copy(tar, tmp / "shards" / tar.name)
         for name in COPIED_FILES:
-            _copy_synced(build / name, tmp / name)
+            storage.copy_synced(build / name, tmp / name)
         if (build / "quality").is_dir():
             shutil.copytree(build / "quality", tmp / "quality", symlinks=True)
         record = {
@@ -141,21 +121,14 @@ def _materialize(build: Path, final: Path, vid: str, manifest: dict) -> bool:
             "published_from": str(build),
             "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        (tmp / VERSION_JSON).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        storage.write_synced(tmp / VERSION_JSON, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
         if version_id(tmp) != vid:  # the build folder changed under us: never publish a mix
             raise RuntimeError(f"{build} changed while it was being published; rerun the publication")
-        fsync_dir(tmp)
-        os.rename(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if final.is_dir() and (final / VERSION_JSON).is_file():
-            return False  # a concurrent publisher of the same content won the rename
-        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(final.parent)
-    return True
+    # False: a concurrent publisher of the same content won the rename (its folder records the version)
+    return storage.commit_new_dir(tmp, final)
 
 
 def _check_existing(final: Path, vid: str) -> None:

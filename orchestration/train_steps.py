@@ -25,7 +25,7 @@ from typing import Any
 
 from orchestration.publish import CURRENT, PUBLISH_LOG, VERSION_JSON, read_pointer, switch_pointer, version_path
 from orchestration.settings import TrainSettings
-from transforms.records import replace_dir
+from pipelines.storage import replace_dir
 
 log = logging.getLogger(__name__)
 

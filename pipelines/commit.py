@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines import storage
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 from transforms.config import BuildConfig
 from transforms.layouts import Discovery
-from transforms.records import Reject, UnitSummary, fsync_write, write_parquet
+from transforms.records import Reject, UnitSummary
 
 SPLITS = ("train", "val")
 
@@ -36,30 +35,6 @@ class CommitResult:
     shards: dict[str, int]
     reasons: dict[str, int]
     version: str
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fsync_write(tmp, data)
-    os.replace(tmp, path)
-
-
-def _atomic_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_parquet(table, tmp)
-    os.replace(tmp, path)
-
-
-def _place(src: Path, dst: Path) -> None:
-    if dst.exists() and os.path.samefile(src, dst):
-        return
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # another filesystem: copy instead
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def commit(
@@ -87,7 +62,7 @@ def commit(
                 counters[split] += 1
                 rename[(unit_id, part["file"])] = name
                 sizes[name] = part["samples"]
-                _place(folder / part["file"], shards_dir / name)
+                storage.place_file(folder / part["file"], shards_dir / name)
     for stale in shards_dir.glob("*.tar"):
         if stale.name not in sizes:
             stale.unlink()
@@ -110,9 +85,9 @@ def commit(
         order = pc.sort_indices(index, sort_keys=[("shard", "ascending")])
         index = index.take(order)
 
-    _atomic_parquet(data / "index.parquet", index.combine_chunks())
-    _atomic_parquet(data / "rejects.parquet", rejects.combine_chunks())
-    _atomic_bytes(shards_dir / "sizes.json", (json.dumps(sizes, indent=1, sort_keys=True) + "\n").encode())
+    storage.atomic_write_parquet(data / "index.parquet", index.combine_chunks())
+    storage.atomic_write_parquet(data / "rejects.parquet", rejects.combine_chunks())
+    storage.atomic_write_bytes(shards_dir / "sizes.json", (json.dumps(sizes, indent=1, sort_keys=True) + "\n").encode())
 
     reasons = Counter(rejects.column("reason").to_pylist())
     summaries = [s for _, _, s in units]
@@ -147,5 +122,5 @@ def commit(
         "rejects_by_reason": result.reasons,
         "validation": {"status": "not_run", "published": False},
     }
-    _atomic_bytes(data / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    storage.atomic_write_bytes(data / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return result

@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,9 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import storage
 from schemas.modalities import MEMBERS
 from schemas.modalities import NAMES as MODALITIES
-from transforms.records import fsync_write
 
 HIST_MAX_ROWS = 200_000  # index rows sampled for the histograms
 TIMELINE_MAX_SESSIONS = 30
@@ -76,10 +75,7 @@ def write_report(data: Path, *, gallery: int = 12, seed: int = 0) -> Path:
     )
     page = _page(f"bindset quality · {ds.manifest.get('version', '?')}", body)
     out = data / "quality" / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fsync_write(tmp, page.encode())
-    os.replace(tmp, out)
+    storage.atomic_write_text(out, page)
     return out
 
 
@@ -968,11 +964,10 @@ def _read_members(root: Path, picks: pd.DataFrame) -> dict[str, dict[str, bytes]
         path = root / "shards" / str(shard)
         if not path.exists():
             continue  # the cards say "not found in <shard>"
-        with tarfile.open(path) as tf:
-            for member in tf:
-                key, _, ext = member.name.partition(".")
-                if key in wanted and member.isfile():
-                    out[key][ext] = tf.extractfile(member).read()
+        with storage.TarReader(path) as tar:
+            for m in tar.members():
+                if m.key in wanted:
+                    out[m.key][m.suffix] = tar.read(m)
     return out
 
 

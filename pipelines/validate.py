@@ -18,10 +18,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import sys
-import tarfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines import storage
 from schemas.expectations import (
     BUILD,
     BUILD_COLUMNS,
@@ -51,7 +50,6 @@ from schemas.expectations import (
     build_suites,
 )
 from schemas.tables import MEMBERS, member_column
-from transforms.records import fsync_write
 
 QUALITY = "quality"
 GX_DIR = "gx"
@@ -121,23 +119,19 @@ class _ShardCount:
 def _read_shard(path: Path, hashes: dict[tuple[str, str], str], verify: bool) -> _ShardCount:
     samples = members = unmatched = 0
     last = None
-    with tarfile.open(path, "r:") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
+    with storage.TarReader(path) as tar:
+        for m in tar.members():
             members += 1
-            key, _, ext = info.name.partition(".")
-            if key != last:
-                samples, last = samples + 1, key
-            want = hashes.get((key, ext))
+            if m.key != last:
+                samples, last = samples + 1, m.key
+            want = hashes.get((m.key, m.suffix))
             if want is None:
                 unmatched += 1
             elif verify:
-                h = hashlib.sha256()
-                with tar.extractfile(info) as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-                unmatched += h.hexdigest() != want
+                try:
+                    unmatched += hashlib.sha256(tar.read(m)).hexdigest() != want
+                except EOFError:  # the tar ends inside this member: its bytes are not the indexed ones
+                    unmatched += 1
     return _ShardCount(samples, members, unmatched)
 
 
@@ -342,10 +336,7 @@ def _strict(value: Any) -> Any:
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    text = json.dumps(_strict(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
-    fsync_write(tmp, (text + "\n").encode())
-    os.replace(tmp, path)
+    storage.atomic_write_json(path, _strict(obj), default=_jsonable)
 
 
 # ------------------------------------------------------------------------------------------- entry

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pipelines.storage import replace_dir
 from schemas.reasons import RejectReason
 from transforms.config import BuildConfig
 from transforms.layouts import MediaUnit, StillUnit, unit_from_dict, unit_to_dict
-from transforms.records import SUMMARY, Reject, UnitSink, UnitSummary, replace_dir
+from transforms.records import SUMMARY, Reject, UnitSink, UnitSummary
 
 WORK = "_work"
 _CODE_DIRS = ("transforms", "schemas", "pipelines")

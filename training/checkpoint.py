@@ -9,7 +9,6 @@ a checkpoint; ``latest`` picks the highest step among complete ones.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from pipelines import storage
 
 MODEL = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
@@ -30,12 +31,6 @@ class TrainState:
     step_in_epoch: int
     config: dict
     metrics: dict
-
-
-def _fsync_dir(folder: Path) -> None:
-    for p in folder.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
 
 
 def write_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -55,7 +50,7 @@ def write_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.opti
     payload = {"step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                "config": state.config, "metrics": state.metrics, **extra}  # fmt: skip
     (folder / STATE).write_text(json.dumps(payload, indent=1, sort_keys=True, default=float) + "\n")
-    _fsync_dir(folder)
+    storage.fsync_tree(folder)
     return folder
 
 
@@ -88,11 +83,7 @@ class CheckpointDir:
         self.root, self.keep = Path(root), keep
 
     def commit(self, tmp: Path, step: int) -> Path:
-        final = self.root / f"ckpt-{step:09d}"
-        self.root.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        final = storage.replace_dir(tmp, self.root / f"ckpt-{step:09d}")
         for old in self.complete()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipelines import storage
 from schemas import modalities as M
 from training.checkpoint import MODEL, STATE
 from training.config import TrainConfig
@@ -93,9 +93,7 @@ def _write_index(vectors: np.ndarray, path: Path) -> str:
         index.nprobe = 16
     if len(vectors):
         index.add(vectors)
-    tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    storage.atomic_write_with(path, lambda tmp: faiss.write_index(index, str(tmp)))
     return kind
 
 
@@ -166,16 +164,14 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
             "run_id": [lr.run_id] * len(r),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), dim),
         })  # fmt: skip
-        tmp = emb / f".{m}.parquet.tmp"
-        pq.write_table(table_out, tmp, compression="zstd")
-        os.replace(tmp, emb / f"{m}.parquet")
+        storage.atomic_write_parquet(emb / f"{m}.parquet", table_out)
         kinds[m] = _write_index(v, emb / "index" / f"{m}.faiss")
         counts[m] = len(r)
     manifest = json.loads((data / "manifest.json").read_text())
     meta = {"run": str(Path(run).resolve()), "run_id": lr.run_id, "data": str(data),
             "dataset_version": manifest.get("version"), "dim": dim, "counts": counts, "index": kinds,
             "tower": lr.cfg.to_dict()["tower"]}  # fmt: skip
-    (emb / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    storage.atomic_write_json(emb / META, meta, indent=1)  # last: its presence marks a complete EMB folder
     return EmbedResult(emb, counts, lr.run_id)
 
 

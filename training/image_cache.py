@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipelines import storage
 from schemas import modalities as M
 from training.config import TrainConfig
 
@@ -90,13 +89,11 @@ def build_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progres
             bar.update(1)
     if bar is not None:
         bar.close()
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
+    tmp = storage.staging_dir(folder)
     np.save(tmp / "emb.npy", out, allow_pickle=False)
     (tmp / "keys.json").write_text(json.dumps(table.keys))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    storage.fsync_tree(tmp)
+    storage.replace_dir(tmp, folder)
     return folder
 
 

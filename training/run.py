@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines import storage
 from training.checkpoint import MODEL, STATE, read_state
 from training.config import TrainConfig
 
@@ -41,14 +41,10 @@ class TrainResult:
 
 def export_model(run: Path, checkpoint: Path) -> Path:
     final = Path(run) / FINAL
-    tmp = final.with_name(f".{FINAL}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = storage.staging_dir(final)
     for name in (MODEL, STATE):
-        shutil.copy2(Path(checkpoint) / name, tmp / name)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
+        storage.copy_synced(Path(checkpoint) / name, tmp / name)
+    return storage.replace_dir(tmp, final)
 
 
 def train(data: Path | str, run: Path | str, cfg: TrainConfig, *, workers: int = 1, gpu: bool = False,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,28 +22,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from pipelines.storage import TarReader
 from schemas import modalities
 from schemas.modalities import TRAINABLE, TRAINABLE_MEMBER
 
 PAD = -1
-
-
-@dataclass(frozen=True)
-class Member:
-    offset: int
-    size: int
-
-
-def member_table(path: Path) -> dict[str, dict[str, Member]]:
-    """key -> member suffix -> where its bytes are. Reads tar headers only."""
-    table: dict[str, dict[str, Member]] = {}
-    with tarfile.open(path, "r:") as tf:
-        for info in tf:
-            if not info.isfile():
-                continue
-            key, _, suffix = info.name.partition(".")
-            table.setdefault(key, {})[suffix] = Member(info.offset_data, info.size)
-    return table
 
 
 @dataclass
@@ -158,23 +140,16 @@ class SampleReader(torch.utils.data.Dataset):
                  only_allowed: bool = False):  # fmt: skip
         self.table, self.want, self.image_cache = table, want, image_cache
         self.skip = {member: ~table.allowed[m] for m, member in MODALITY_MEMBER.items()} if only_allowed else {}
-        self._members: dict[str, dict[str, dict[str, Member]]] = {}
-        self._files: dict[str, object] = {}
+        self._tars: dict[str, TarReader] = {}
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def _locate(self, shard: str) -> dict[str, dict[str, Member]]:
-        if shard not in self._members:
-            self._members[shard] = member_table(self.table.data / "shards" / shard)
-        return self._members[shard]
-
-    def _read(self, shard: str, m: Member) -> bytes:
-        f = self._files.get(shard)
-        if f is None:
-            f = self._files[shard] = open(self.table.data / "shards" / shard, "rb")  # noqa: SIM115 - kept open
-        f.seek(m.offset)
-        return f.read(m.size)
+    def _tar(self, shard: str) -> TarReader:
+        # the first use of a shard reads its headers; the file then stays open for reads by offset
+        if shard not in self._tars:
+            self._tars[shard] = TarReader(self.table.data / "shards" / shard)
+        return self._tars[shard]
 
     def __getitem__(self, i: int) -> dict:
         worker = torch.utils.data.get_worker_info()
@@ -182,10 +157,11 @@ class SampleReader(torch.utils.data.Dataset):
         if i == PAD:
             return out
         t = self.table
-        members = self._locate(t.shards[i]).get(t.keys[i], {})
+        tar = self._tar(t.shards[i])
+        members = tar.samples().get(t.keys[i], {})
         for suffix in self.want:
             if suffix in members and not (suffix in self.skip and self.skip[suffix][i]):
-                out[suffix] = _decode(suffix, self._read(t.shards[i], members[suffix]))
+                out[suffix] = _decode(suffix, tar.read(members[suffix]))
         if self.image_cache is not None:
             out["image_emb"] = np.asarray(self.image_cache[i], np.float32)
         return out

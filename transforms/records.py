@@ -9,24 +9,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipelines.storage import write_parquet, write_synced
 from schemas.reasons import RejectReason
 from schemas.tables import INDEX_SCHEMA, MEMBERS, REJECTS_SCHEMA, member_column
 from transforms.config import BuildConfig
 from transforms.shardwriter import PartInfo, RollingTarWriter
 
 SUMMARY = "summary.json"
-PARQUET_OPTS = dict(compression="zstd", use_dictionary=True, write_statistics=True)
 
 
 def npy_bytes(arr: np.ndarray) -> bytes:
@@ -37,42 +33,6 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 def json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode()
-
-
-def fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable (POSIX: fsync the folder itself)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Put the finished folder ``tmp`` at ``final``, replacing an older one; readers see old or new, never a mix."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        # rename(2) cannot replace a non-empty folder: move the old one aside first, then delete it
-        trash = final.with_name(f".{final.name}.old.{uuid.uuid4().hex[:8]}")
-        os.replace(final, trash)
-        os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(final.parent)
-
-
-def write_parquet(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path, **PARQUET_OPTS)
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 @dataclass(frozen=True)
@@ -152,5 +112,5 @@ class UnitSink:
         self.summary.reasons = dict(sorted(self.reasons.items()))
         write_parquet(pa.Table.from_pylist(self.rows, schema=INDEX_SCHEMA), self.folder / "index.parquet")
         write_parquet(pa.Table.from_pylist(self.rejects, schema=REJECTS_SCHEMA), self.folder / "rejects.parquet")
-        fsync_write(self.folder / SUMMARY, self.summary.to_json().encode())
+        write_synced(self.folder / SUMMARY, self.summary.to_json().encode())
         return self.summary

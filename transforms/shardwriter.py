@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipelines import storage
 
 _BLOCK = 512
 
@@ -63,7 +64,7 @@ class RollingTarWriter:
     def _roll(self) -> PartInfo:
         self.close()
         name = f"{self.prefix}-{self.split}-{len(self.parts):05d}.tar"
-        self._fh = open(self.folder / name, "wb")  # noqa: SIM115 - closed in close()
+        self._fh = storage.create(self.folder / name)
         self.parts.append(PartInfo(name, self.split))
         return self.parts[-1]
 
@@ -72,7 +73,5 @@ class RollingTarWriter:
             # tarfile's end of archive: two zero blocks, then zeros up to a whole record (20 blocks)
             end = self._fh.tell() + 2 * _BLOCK
             self._fh.write(bytes(2 * _BLOCK + -end % tarfile.RECORDSIZE))
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+            storage.close_synced(self._fh)
             self._fh = None

@@ -38,9 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bindset.synth.media import png_bytes
+from pipelines.storage import write_parquet
 from schemas.manifest import SessionManifest, load_manifest
 from schemas.tables import INDEX_SCHEMA
-from transforms.records import write_parquet
 
 # A second encoding generation should not blur the frames the defect leaves alone.
 _X264 = {"preset": "veryfast", "crf": "18", "threads": "1", "bframes": "0"}
