@@ -7,14 +7,19 @@ and one frame rule (its folder name is a fingerprint of both and of the dataset 
 
     DATA/_cache/image_emb-<fingerprint>/emb.npy    float32 N x D, NaN rows where a sample has no frame
     DATA/_cache/image_emb-<fingerprint>/keys.json  the sample keys, in index.parquet order
+
+Under several processes (torchrun; Ray Train workers), ``ensure_image_cache`` has rank 0 build it while the
+other ranks wait in a collective with a timeout, so a rank 0 that dies or fails ends the run at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,15 @@ from schemas import modalities as M
 from training.config import TrainConfig
 
 CACHE = "_cache"
+
+#: How long ranks other than 0 wait for rank 0 to build the cache (a forward pass of the tower over every frame:
+#: hours on a large dataset). It bounds a rank 0 that is alive but stuck, or a lost node; a rank 0 process that
+#: dies is noticed at once, since gloo fails a pending receive when the peer's connection closes.
+BUILD_TIMEOUT_S = 24 * 3600.0
+
+
+class ImageCacheError(RuntimeError):
+    """A rank other than 0 got no usable image cache: rank 0 failed, died or timed out, or DATA is not shared."""
 
 
 def cache_dir(data: Path, cfg: TrainConfig) -> Path:
@@ -67,7 +81,7 @@ def build_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progres
     from training.towers import FrozenTowers
 
     folder = cache_dir(data, cfg)
-    if (folder / "emb.npy").exists() and (folder / "keys.json").exists():
+    if _complete(folder):
         return folder
     table = SampleTable.load(data, None)
     towers = FrozenTowers(cfg.tower, device)
@@ -97,13 +111,56 @@ def build_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progres
     return folder
 
 
-def wait_for_image_cache(data: Path, cfg: TrainConfig, timeout_s: float = 24 * 3600) -> Path:
-    import time
+def _complete(folder: Path) -> bool:
+    return (folder / "emb.npy").exists() and (folder / "keys.json").exists()
 
-    folder = cache_dir(data, cfg)
-    deadline = time.monotonic() + timeout_s
-    while not ((folder / "emb.npy").exists() and (folder / "keys.json").exists()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{folder}: the image cache did not appear within {timeout_s:.0f} s")
-        time.sleep(2)
-    return folder
+
+def ensure_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progress=None, *,
+                       timeout_s: float = BUILD_TIMEOUT_S) -> Path:  # fmt: skip
+    """The cache's folder, built once per run however many processes train.
+
+    Without an initialised ``torch.distributed`` process group (one process, or the Ray driver before its
+    workers start) this is ``build_image_cache``. With one (torchrun, Ray Train's TorchTrainer workers),
+    rank 0 builds while every other rank waits for rank 0's verdict (0 built, 1 failed) in a broadcast on
+    a gloo group created with ``timeout_s``: a barrier that also says whether it is safe to read on. Gloo,
+    not the default group's backend, because NCCL waits on the GPU, where neither a timeout nor a dead
+    peer ends the wait; gloo fails a pending receive when the peer's connection closes.
+
+    Every rank of the default group must call this (``new_group`` is collective). Raises on rank 0 what
+    building raised; on the other ranks ``ImageCacheError`` when rank 0 failed, died or did not finish
+    within ``timeout_s`` seconds, or when the folder rank 0 built is not visible here (DATA must be one
+    filesystem shared by every node).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return build_image_cache(data, cfg, device, progress)
+    rank = dist.get_rank()
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    verdict = torch.zeros(1, dtype=torch.int32)
+    try:
+        if rank == 0:
+            try:
+                folder = build_image_cache(data, cfg, device, progress)
+            except BaseException:
+                verdict.fill_(1)
+                # tell the others, but raise the build's own error whatever happens to the message
+                with contextlib.suppress(RuntimeError):
+                    dist.broadcast(verdict, 0, group=group)
+                raise
+            dist.broadcast(verdict, 0, group=group)
+            return folder
+        try:
+            dist.broadcast(verdict, 0, group=group)
+        except RuntimeError as exc:  # DistBackendError: "Connection closed by peer" or "Timed out waiting"
+            raise ImageCacheError(f"rank {rank}: rank 0 died or did not finish building the image cache within "
+                                  f"{timeout_s:g} s: {str(exc).splitlines()[0]}") from exc  # fmt: skip
+        if verdict.item() != 0:
+            raise ImageCacheError(f"rank {rank}: rank 0 failed to build the image cache; its error is in rank 0's log")
+        folder = cache_dir(data, cfg)
+        if not _complete(folder):
+            raise ImageCacheError(f"rank {rank}: rank 0 built the image cache at {folder}, but this rank does not see "
+                                  "it: DATA must be one filesystem shared by every node")  # fmt: skip
+        return folder
+    finally:
+        dist.destroy_process_group(group)

@@ -60,12 +60,14 @@ def train(data: Path | str, run: Path | str, cfg: TrainConfig, *, workers: int =
     cfg = resolve_depth_norm(data, cfg)  # "auto" becomes numbers before the config is written anywhere
     (run / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n")
     if cfg.data.cache_image_embeddings:
-        from training.image_cache import build_image_cache, wait_for_image_cache
+        from training.image_cache import ensure_image_cache
 
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 computes and the others wait
-            build_image_cache(data, cfg, "cuda" if gpu else "cpu", progress)
-        else:
-            wait_for_image_cache(data, cfg)
+        if engine == "local" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():  # torchrun: join now, for the cache's barrier (LocalRuntime reuses the group)
+                dist.init_process_group("nccl" if gpu else "gloo")
+        ensure_image_cache(data, cfg, "cuda" if gpu else "cpu", progress)  # rank 0 builds, the others wait
 
     if engine == "ray":
         from training.ray_trainer import fit_with_ray
