@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import stat
 import time
 import traceback
 import uuid
@@ -25,6 +26,7 @@ from pipelines.storage import replace_dir
 from schemas.reasons import RejectReason
 from transforms.config import BuildConfig
 from transforms.layouts import MediaUnit, StillUnit, unit_from_dict, unit_to_dict
+from transforms.paths import walk
 from transforms.records import SUMMARY, Reject, UnitSink, UnitSummary
 
 WORK = "_work"
@@ -44,17 +46,17 @@ def code_version() -> str:
 
 
 def _stat_entries(root: Path, rel: str) -> list:
-    p = root / rel
-    if p.is_dir():
-        return [
-            [f.relative_to(root).as_posix(), f.stat().st_size, f.stat().st_mtime_ns]
-            for f in sorted(p.rglob("*"))
-            if f.is_file()
-        ]
-    if p.exists():
-        st = p.stat()
+    # Never raises: a path that loops, cannot be searched or is gone has size None, and a folder is listed
+    # by transforms/paths.walk, which neither follows symlinked folders nor stops at an unreadable one.
+    try:
+        st = os.stat(root / rel)
+    except (OSError, ValueError):
+        return [[rel, None, None]]
+    if not stat.S_ISDIR(st.st_mode):
         return [[rel, st.st_size, st.st_mtime_ns]]
-    return [[rel, None, None]]
+    listing = walk(root, rel, skip_hidden=False)
+    found = [[e.rel, e.size, e.mtime_ns] for e in listing.entries] + [[p.source, None, None] for p in listing.problems]
+    return sorted(found, key=lambda e: e[0])
 
 
 def fingerprint(root: Path, unit: MediaUnit | StillUnit, cfg: BuildConfig) -> str:

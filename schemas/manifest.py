@@ -3,6 +3,8 @@
 Each stream keeps its own clock. A stream timestamp ``t`` (seconds, on the stream's clock) maps to the
 session timeline as ``t * (1 + drift_ppm * 1e-6) + offset_s``. Paths are relative to the session folder
 and may not leave it: a manifest is user input and must not be able to point the build at arbitrary files.
+This module checks their text (nothing absolute, no ``..``); where a path leads after symlinks is checked
+where it is opened, by ``transforms/paths.py``, the one home of that check.
 
 The JSON Schema exported from these models is committed as ``schemas/manifest.schema.json``
 (``bindset schema``).
@@ -244,23 +246,6 @@ def load_manifest(path: Path | str) -> SessionManifest:
     if not isinstance(data, dict):
         raise ManifestError(path, [("", f"top level must be an object, got {type(data).__name__}")])
     return parse_manifest(data, path)
-
-
-def find_manifest(session_dir: Path) -> Path | None:
-    for name in MANIFEST_NAMES:
-        if (session_dir / name).is_file():
-            return session_dir / name
-    return None
-
-
-def resolve_inside(session_dir: Path, rel: str, root: Path | None = None) -> Path:
-    """Resolve a manifest path, refusing one that leaves the session folder (symlinks included)."""
-    base = session_dir.resolve()
-    target = (base / rel).resolve()
-    limit = (root or session_dir).resolve()
-    if target != limit and limit not in target.parents:
-        raise ManifestError(session_dir, [("", f"path {rel!r} resolves outside {limit}")])
-    return target
 
 
 def manifest_json_schema() -> dict:

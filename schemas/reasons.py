@@ -27,6 +27,13 @@ class RejectReason(StrEnum):
     BAD_TIMESTAMPS = "bad_timestamps"
     DUPLICATE_TIMESTAMPS = "duplicate_timestamps"
     NON_MONOTONIC_TIMESTAMPS = "non_monotonic_timestamps"
+    # Files the build may not or cannot open (transforms/paths.py), and inputs no unit takes
+    NOT_A_REGULAR_FILE = "not_a_regular_file"  # a FIFO, socket, device, or a folder where a file is named
+    SYMLINK_LOOP = "symlink_loop"
+    PERMISSION_DENIED = "permission_denied"
+    UNSUPPORTED_FORMAT = "unsupported_format"  # FFmpeg (media) or the image readers cannot read this format
+    DUPLICATE_SESSION = "duplicate_session"  # a second input declaring a session id already taken
+    UNUSED_FILE = "unused_file"  # a file the detected layout has no use for (a stray beside the inputs)
     # One clip window, or one modality of it
     NO_FRAMES_IN_WINDOW = "no_frames_in_window"
     AUDIO_OUT_OF_RANGE = "audio_out_of_range"
@@ -54,5 +61,11 @@ INPUT_LEVEL = frozenset(
         RejectReason.ABSURD_DIMENSIONS,
         RejectReason.NO_VIDEO_STREAM,
         RejectReason.NO_AUDIO_STREAM,
+        RejectReason.NOT_A_REGULAR_FILE,
+        RejectReason.SYMLINK_LOOP,
+        RejectReason.PERMISSION_DENIED,
+        RejectReason.UNSUPPORTED_FORMAT,
+        RejectReason.DUPLICATE_SESSION,
+        RejectReason.UNUSED_FILE,
     }
 )

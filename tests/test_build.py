@@ -21,9 +21,10 @@ import pytest
 from bindset.cli import main
 from bindset.synth.generate import SynthConfig, synth
 from pipelines.build import EngineConfig, build
+from schemas.reasons import RejectReason
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 from transforms.config import BuildConfig
-from transforms.layouts import LayoutError, detect_layout
+from transforms.layouts import LayoutError, detect_layout, discover
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(seconds=6.0, width=160, height=120, workers=2)
@@ -188,12 +189,16 @@ def test_every_layout_builds_with_auto_detection(tmp_path, layout, capsys):
 
 
 def test_mixed_or_unknown_input_names_the_offending_path(tmp_path, raw):
+    # a stray beside a clearly detected layout is a reject naming it, not a whole-build error
     mixed = tmp_path / "mixed"
     shutil.copytree(raw, mixed)
     (mixed / "stray.mp4").write_bytes(b"x")
-    with pytest.raises(LayoutError, match="stray.mp4"):
-        detect_layout(mixed)
+    assert detect_layout(mixed) == "captures"
+    found = discover(mixed)
+    assert [(r.source, r.reason) for r in found.rejects] == [("stray.mp4", RejectReason.UNUSED_FILE)]
     unknown = tmp_path / "unknown"
     unknown.mkdir()
     (unknown / "notes.docx").write_text("?")
+    with pytest.raises(LayoutError, match="notes.docx"):
+        detect_layout(unknown)
     assert main(["build", str(unknown), str(tmp_path / "out"), "--engine", "local"]) == 2

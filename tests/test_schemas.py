@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 
 import pyarrow as pa
@@ -31,7 +30,6 @@ from schemas.manifest import (
     VideoStream,
     load_manifest,
     manifest_json_schema,
-    resolve_inside,
 )
 from schemas.reasons import INPUT_LEVEL, RejectReason
 from schemas.tables import INDEX_SCHEMA, REASON_VALUES, REJECTS_SCHEMA
@@ -381,72 +379,6 @@ def test_manifest_models_are_frozen():
     m = _full_manifest(AudioStream())
     with pytest.raises(ValueError):
         m.session_id = "other"  # type: ignore[misc]
-
-
-# --------------------------------------------------------------------------------------------------
-# resolve_inside
-
-
-def test_resolve_inside_accepts_a_normal_file(tmp_path):
-    session = tmp_path / "session"
-    (session / "video").mkdir(parents=True)
-    f = session / "video" / "main.mp4"
-    f.write_bytes(b"\x00")
-    assert resolve_inside(session, "video/main.mp4") == f.resolve()
-    assert resolve_inside(session, "video/../video/main.mp4") == f.resolve()
-
-
-def test_resolve_inside_refuses_symlink_pointing_outside(tmp_path):
-    session = tmp_path / "session"
-    session.mkdir()
-    secret = tmp_path / "outside.mp4"
-    secret.write_bytes(b"\x00")
-    link = session / "video.mp4"
-    os.symlink(secret, link)
-    with pytest.raises(ManifestError) as info:
-        resolve_inside(session, "video.mp4")
-    msg = str(info.value)
-    assert str(session) in msg
-    assert "video.mp4" in msg
-    assert "outside" in msg
-
-
-def test_resolve_inside_refuses_symlinked_folder_pointing_outside(tmp_path):
-    session = tmp_path / "session"
-    session.mkdir()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "0001.png").write_bytes(b"\x00")
-    os.symlink(elsewhere, session / "depth", target_is_directory=True)
-    with pytest.raises(ManifestError):
-        resolve_inside(session, "depth/0001.png")
-
-
-def test_resolve_inside_accepts_symlink_staying_inside(tmp_path):
-    session = tmp_path / "session"
-    session.mkdir()
-    real = session / "real.mp4"
-    real.write_bytes(b"\x00")
-    os.symlink(real, session / "alias.mp4")
-    assert resolve_inside(session, "alias.mp4") == real.resolve()
-
-
-def test_resolve_inside_refuses_parent_path(tmp_path):
-    session = tmp_path / "session"
-    session.mkdir()
-    (tmp_path / "x.mp4").write_bytes(b"\x00")
-    with pytest.raises(ManifestError):
-        resolve_inside(session, "../x.mp4")
-
-
-def test_resolve_inside_with_wider_root(tmp_path):
-    root = tmp_path / "inputs"
-    session = root / "s1"
-    session.mkdir(parents=True)
-    (root / "shared.wav").write_bytes(b"\x00")
-    assert resolve_inside(session, "../shared.wav", root=root) == (root / "shared.wav").resolve()
-    with pytest.raises(ManifestError):
-        resolve_inside(session, "../../x.wav", root=root)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 from schemas.reasons import RejectReason
 from transforms.images import ImageInputError, load_png16, nearest_frame, read_png16, store_png16, sunrgbd_depth_mm
 from transforms.layouts import FrameStreamSpec
+from transforms.paths import PathRejected, check_dir, check_file, join_rel
 
 
 class FrameTableError(Exception):
@@ -35,11 +36,14 @@ class FrameTable:
 
 def load_frame_table(root: Path, spec: FrameStreamSpec) -> FrameTable:
     """Read the timestamps CSV; duplicated and out-of-order rows are repaired and reported, never fatal."""
-    path = root / spec.timestamps_csv
     src = spec.timestamps_csv
-    if not path.is_file():
-        raise FrameTableError(src, RejectReason.FILE_MISSING, "timestamps file not found")
-    if path.stat().st_size == 0:
+    try:  # both inside RAW, of the right type and readable, before anything opens them
+        checked = check_file(root, src)
+        check_dir(root, spec.frames_dir)
+    except PathRejected as exc:
+        raise FrameTableError(exc.source, exc.reason, exc.detail) from None
+    path = checked.path
+    if checked.size == 0:
         raise FrameTableError(src, RejectReason.EMPTY_FILE, "timestamps file is empty")
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.DictReader(f)
@@ -74,7 +78,9 @@ def load_frame_table(root: Path, spec: FrameStreamSpec) -> FrameTable:
     if dups:
         issues.append(TableIssue(RejectReason.DUPLICATE_TIMESTAMPS, f"{dups} repeated timestamp(s); first kept"))
     t = t[keep]
-    files = [f"{spec.frames_dir}/{files[i]}" for i in np.flatnonzero(keep)]
+    # a cell is relative to the frames folder; one with '..' or an absolute one is judged where it leads,
+    # when its frame is picked (transforms/paths.py)
+    files = [join_rel(spec.frames_dir, files[i]) for i in np.flatnonzero(keep)]
     if t.size == 0:
         raise FrameTableError(src, RejectReason.BAD_TIMESTAMPS, "no usable timestamps")
     period = float(np.median(np.diff(t))) if t.size > 1 else 0.0
@@ -102,7 +108,9 @@ def pick_frame(
         return FramePickResult(None, None, None, None, None, missing, f"{gap} (tolerance {tol * 1000:.1f} ms)")
     source = table.files[match.index]
     try:
-        arr, data = load_png16(root / source, max_side=max_side)
+        arr, data = load_png16(check_file(root, source).path, max_side=max_side)
+    except PathRejected as exc:
+        return FramePickResult(None, source, None, None, None, exc.reason, f"{source}: {exc.detail}")
     except FileNotFoundError:
         return FramePickResult(None, source, None, None, None, RejectReason.FILE_MISSING, f"{source}: not found")
     except ImageInputError as exc:
@@ -111,9 +119,12 @@ def pick_frame(
 
 
 def read_still_partner(root: Path, rel: str, kind: str, max_side: int) -> np.ndarray:
-    """SUN RGB-D depth (bit-rotated mm) or an LLVIP infrared JPEG (8-bit, stored as 3 equal channels)."""
+    """SUN RGB-D depth (bit-rotated mm) or an LLVIP infrared JPEG (8-bit, stored as 3 equal channels).
+
+    Raises PathRejected (transforms/paths.py) for a path that must not be opened."""
+    path = check_file(root, rel).path
     if kind == "depth":
-        return sunrgbd_depth_mm(read_png16(root / rel, max_side=max_side))
+        return sunrgbd_depth_mm(read_png16(path, max_side=max_side))
     from transforms.images import read_rgb
 
-    return read_rgb(root / rel, max_side=max_side)[..., 0].copy()
+    return read_rgb(path, max_side=max_side)[..., 0].copy()

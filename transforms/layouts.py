@@ -4,22 +4,55 @@ A unit of work is what one worker processes start to finish: one recording sessi
 video (videos, ego4d) or a chunk of still pairs (sunrgbd, llvip). Units are plain JSON-able dataclasses
 so that they cross process boundaries without pickled data, and so their descriptions fingerprint the
 work for incremental rebuilds.
+
+Nothing in RAW vanishes: discovery lists the whole tree once (``transforms/paths.walk``: no symlinked
+folder followed, loops and unreadable folders reported, ``_*``/``.*`` folders and dot files skipped), and
+every file is either an input of a unit or an input reject. Files that the detected layout has no use
+for are ``unused_file`` rejects; the layout is still the one detected, so a few strays never stop a build.
+Inside a ``captures`` session folder, files that the manifest does not name are such strays too (the
+manifest is the session's whole description), except inside a declared frames folder, which is an input
+as a whole. Which media FFmpeg can read is decided by FFmpeg: in ``videos`` and ``ego4d`` every file
+(besides captions) becomes a unit, and one that FFmpeg cannot open is an ``unsupported_format`` reject.
+
+Session keys are injective: names keep their (NFC-normalised) letters, non-ASCII ones included, and
+inputs whose names would still coincide (``same.mp4`` beside ``same.mkv``, ``a b`` beside ``a_b``, or
+names equal but for case) all get a short hash of their RAW-relative path appended. Two manifests
+declaring one ``session_id`` are a ``duplicate_session`` reject of the later folder, naming both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
+from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from schemas.errors import UserError
-from schemas.manifest import ManifestError, SessionManifest, find_manifest, load_manifest
+from schemas.manifest import MANIFEST_NAMES, ManifestError, SessionManifest, load_manifest
 from schemas.reasons import RejectReason
+from transforms.paths import Listing, PathRejected, check_file, is_under, join_rel, walk
 
 LAYOUTS = ("captures", "videos", "ego4d", "sunrgbd", "llvip")
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
-AUDIO_SUFFIXES = (".m4a", ".wav", ".mp3", ".flac", ".ogg", ".aac")
+# Used only to recognise the videos layout and to name a failure to open: whether a file is media is
+# FFmpeg's decision, in the unit (transforms/unit.py). The containers FFmpeg detects by content list no
+# extension of their own in libavformat (MPEG-TS/PS, ASF, WAV, Ogg video), hence the explicit ones.
+VIDEO_SUFFIXES = (
+    ".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".ogv", ".flv", ".f4v", ".ts", ".mts", ".m2ts", ".mpg",
+    ".mpeg", ".m2v", ".vob", ".3gp", ".3g2", ".wmv", ".asf", ".mxf", ".nut", ".y4m", ".dv", ".rm", ".rmvb",
+    ".divx", ".mj2", ".h264", ".264", ".hevc", ".265", ".ivf", ".obu",
+)  # fmt: skip
+AUDIO_SUFFIXES = (".m4a", ".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".aac", ".wma", ".ac3", ".aiff", ".mka")
+MEDIA_SUFFIXES = frozenset(VIDEO_SUFFIXES + AUDIO_SUFFIXES)
+# Still images the image readers (transforms/images.py: header-checked PNG and JPEG) take; other image
+# formats in an image folder are unsupported_format rejects.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png"})
 STILLS_PER_UNIT = 500
+# Tar member names are USTAR names of at most 100 bytes: KEY is the session, "_" and 9 digits, and the
+# longest member extension is ".frame1.jpg"; a session name is kept well below what is left.
+MAX_NAME_BYTES = 64
+_HASH_CHARS = 8
 
 
 class LayoutError(UserError, ValueError):
@@ -137,71 +170,143 @@ class Discovery:
     detected: bool
     units: list[MediaUnit | StillUnit] = field(default_factory=list)
     rejects: list[InputReject] = field(default_factory=list)
+    # RAW-relative files and folders that a unit or a reject accounts for (besides unit inputs)
+    claimed: set[str] = field(default_factory=set)
+
+
+# ------------------------------------------------------------------------------------------ keys
+
+
+def _short_hash(text: str, n: int = _HASH_CHARS) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
 
 
 def safe_name(text: str) -> str:
-    """Session names become sample keys: no dots (WebDataset splits keys at the first dot)."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
+    """A session name from a file or folder name: letters (any script), digits, ``_`` and ``-``.
+
+    No dots (WebDataset splits keys at the first dot), no path separators or control characters; NFC
+    normalised, so that one name spelt in composed or decomposed Unicode (macOS) gives one key. A name
+    longer than ``MAX_NAME_BYTES`` in UTF-8 is cut and gets a hash of the whole text, so it stays distinct.
+    Not injective by itself (``a b`` and ``a_b`` agree): :func:`unique_keys` makes keys of a set distinct.
+    """
+    text = unicodedata.normalize("NFC", text)
+    name = re.sub(r"[^\w-]+", "_", text).strip("_") or "x"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        cut = name
+        while len(cut.encode("utf-8")) > MAX_NAME_BYTES - _HASH_CHARS - 1:
+            cut = cut[:-1]
+        name = f"{cut.rstrip('_-')}-{_short_hash(text)}"
+    return name
 
 
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(("_", "."))
+def unique_keys(named: dict[str, str]) -> dict[str, str]:
+    """Distinct, deterministic keys for inputs: ``{RAW-relative path: display name}`` -> ``{path: key}``.
+
+    Each key is ``safe_name(name)``; inputs whose keys coincide, ignoring case (case-insensitive file
+    systems and object-store mirrors), all get ``-`` and a short hash of their path, so adding or removing
+    one of them never changes which key another input's samples carry except within that group.
+    """
+    base = {rel: safe_name(name) for rel, name in named.items()}
+    groups: dict[str, list[str]] = defaultdict(list)
+    for rel, key in base.items():
+        groups[key.casefold()].append(rel)
+    keys = {rel: (f"{base[rel]}-{_short_hash(rel)}" if len(groups[base[rel].casefold()]) > 1 else base[rel])
+            for rel in named}  # fmt: skip
+    n = _HASH_CHARS
+    while len({k.casefold() for k in keys.values()}) < len(keys):  # a hashed key met a literal name
+        n += 4
+        seen: dict[str, list[str]] = defaultdict(list)
+        for rel, k in keys.items():
+            seen[k.casefold()].append(rel)
+        for rels in seen.values():
+            if len(rels) > 1:
+                for rel in rels:
+                    keys[rel] = f"{base[rel]}-{_short_hash(rel, n)}"
+    return keys
 
 
-def _rel(root: Path, p: Path) -> str:
-    return p.relative_to(root).as_posix()
+def _suffix(rel: str) -> str:
+    return PurePosixPath(rel).suffix.lower()
+
+
+def _stem(rel: str) -> str:
+    return PurePosixPath(rel).stem
+
+
+def _parts(rel: str) -> tuple[str, ...]:
+    return PurePosixPath(rel).parts
 
 
 # ------------------------------------------------------------------------------------------ detection
 
 
+def _signatures(listing: Listing) -> dict[str, set[str]]:
+    """For each layout whose signature RAW shows, the top-level names that signature owns."""
+    files = listing.files
+    top_dirs = {_parts(f)[0] for f in files if len(_parts(f)) > 1} | {
+        _parts(p.source)[0] for p in listing.problems if p.source not in (".", "")
+    }
+    found: dict[str, set[str]] = {}
+    if {"visible", "infrared"} <= top_dirs:
+        found["llvip"] = {"visible", "infrared"}
+    if {"full_scale", "imu"} <= top_dirs:
+        found["ego4d"] = {"full_scale", "imu"}
+    sessions = {_parts(f)[0] for f in files if len(_parts(f)) == 2 and _parts(f)[1] in MANIFEST_NAMES}
+    if sessions:
+        found["captures"] = sessions
+    media = {f for f in files if len(_parts(f)) == 1 and _suffix(f) in MEDIA_SUFFIXES}
+    if media:
+        found["videos"] = media
+    scenes = {_parts(f)[0] for f in files if PurePosixPath(f).name == "intrinsics.txt"}
+    if scenes:
+        found["sunrgbd"] = scenes
+    return found
+
+
+_PRECEDENCE = ("llvip", "ego4d", "captures", "videos", "sunrgbd")
+
+
+def _detect(root: Path, listing: Listing) -> str:
+    if not listing.files and not listing.problems:
+        raise LayoutError(f"{root}: input folder is empty")
+    found = _signatures(listing)
+    for layout in _PRECEDENCE:
+        if layout in found:
+            return layout
+    first = listing.files[0] if listing.files else listing.problems[0].source
+    raise LayoutError(f"{root}: no known layout (expected {', '.join(LAYOUTS)}); first entry: {root / first}")
+
+
 def detect_layout(root: Path) -> str:
-    """The layout of RAW, or a LayoutError naming what does not fit."""
+    """The layout of RAW (first match of llvip, ego4d, captures, videos, sunrgbd), or a LayoutError.
+
+    Entries that do not fit the detected layout do not make detection fail: discovery reports them as
+    rejects. Unknown content, where no layout matches at all, is a LayoutError naming a path.
+    """
     root = Path(root)
     if not root.is_dir():
         raise LayoutError(f"{root}: input folder does not exist")
-    entries = sorted(p for p in root.iterdir() if _visible(p))
-    if not entries:
-        raise LayoutError(f"{root}: input folder is empty")
-    names = {p.name for p in entries}
-    if {"visible", "infrared"} <= names:
-        candidates = [("llvip", {"visible", "infrared"})]
-    elif {"full_scale", "imu"} <= names:
-        candidates = [("ego4d", {"full_scale", "imu"})]
-    elif any(p.is_dir() and find_manifest(p) for p in entries):
-        candidates = [("captures", {p.name for p in entries if p.is_dir() and find_manifest(p)})]
-    elif any(p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES + AUDIO_SUFFIXES for p in entries):
-        media = {p.name for p in entries if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES + AUDIO_SUFFIXES}
-        # captions beside videos (NAME.txt) belong to the videos layout
-        captions = {p.name for p in entries if p.suffix == ".txt" and any(m.startswith(p.stem + ".") for m in media)}
-        candidates = [("videos", media | captions)]
-    elif any(root.rglob("intrinsics.txt")):
-        sensors = {p.relative_to(root).parts[0] for p in root.rglob("intrinsics.txt")}
-        candidates = [("sunrgbd", sensors)]
-    else:
-        raise LayoutError(f"{root}: no known layout (expected {', '.join(LAYOUTS)}); first entry: {entries[0]}")
-    layout, owned = candidates[0]
-    strays = [p for p in entries if p.name not in owned]
-    if layout == "captures":
-        # a session folder without a manifest is reported per session (a reject), not a layout error
-        strays = [p for p in strays if not p.is_dir()]
-    if strays:
-        raise LayoutError(f"{strays[0]}: does not belong to the detected {layout} layout (mixed content)")
-    return layout
+    return _detect(root, walk(root))
 
 
 # ------------------------------------------------------------------------------------------ enumeration
 
 
 def discover(root: Path, layout: str = "auto") -> Discovery:
+    """The units of work of RAW and the input rejects of everything no unit takes.
+
+    Raises:
+        LayoutError: RAW does not exist, is empty, matches no layout, or ``layout`` is unknown.
+    """
     root = Path(root)
+    if layout != "auto" and layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout {layout!r}; choose auto or one of {', '.join(LAYOUTS)}")
+    if not root.is_dir():
+        raise LayoutError(f"{root}: input folder does not exist")
+    listing = walk(root)
     detected = layout == "auto"
     if detected:
-        layout = detect_layout(root)
-    elif layout not in LAYOUTS:
-        raise LayoutError(f"unknown layout {layout!r}; choose auto or one of {', '.join(LAYOUTS)}")
-    elif not root.is_dir():
-        raise LayoutError(f"{root}: input folder does not exist")
+        layout = _detect(root, listing)
     out = Discovery(layout, detected)
     {
         "captures": _captures,
@@ -209,55 +314,92 @@ def discover(root: Path, layout: str = "auto") -> Discovery:
         "ego4d": _ego4d,
         "sunrgbd": _sunrgbd,
         "llvip": _llvip,
-    }[layout](root, out)
+    }[layout](root, listing, out)
+    _account(root, listing, out)
     out.units.sort(key=lambda u: u.unit_id)
+    out.rejects.sort(key=lambda r: (r.source, r.reason))
     ids = [u.unit_id for u in out.units]
-    if len(ids) != len(set(ids)):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise LayoutError(f"{root}: two inputs map to the same session id {dup!r}")
+    if len({i.casefold() for i in ids}) != len(ids):  # keys are made unique above: this is a bug, not input
+        raise RuntimeError(f"two units share an id: {sorted(ids)}")
     return out
+
+
+def _account(root: Path, listing: Listing, out: Discovery) -> None:
+    """Every listed file and listing problem that no unit or reject covers becomes a reject of its own."""
+    covered = set(out.claimed) | {r.source for r in out.rejects}
+    for u in out.units:
+        covered.update(u.input_paths())
+    folders = sorted(covered)
+
+    def is_covered(rel: str) -> bool:
+        return rel in covered or any(is_under(rel, f) for f in folders)
+
+    for problem in listing.problems:
+        if not is_covered(problem.source):
+            out.rejects.append(InputReject(problem.source, problem.reason, problem.detail))
+    for rel in listing.files:
+        if is_covered(rel):
+            continue
+        try:
+            check_file(root, rel)
+        except PathRejected as exc:
+            out.rejects.append(InputReject(rel, exc.reason, exc.detail))
+            continue
+        out.rejects.append(InputReject(rel, RejectReason.UNUSED_FILE, f"not an input of the {out.layout} layout"))
 
 
 def _clock(c) -> ClockSpec:
     return ClockSpec(c.offset_s, c.drift_ppm)
 
 
-def _inside(root: Path, session_dir: Path, rel: str) -> str:
-    """Relative path from RAW to a manifest path, refusing one that leaves the session (symlinks too)."""
-    base = session_dir.resolve()
-    target = (base / rel).resolve()
-    if target != base and base not in target.parents:
-        raise _Escape(f"path {rel!r} resolves outside the session folder {session_dir}")
-    return _rel(root, session_dir / rel)
-
-
-class _Escape(Exception):
-    pass
-
-
-def _captures(root: Path, out: Discovery) -> None:
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p)):
-        mpath = find_manifest(d)
-        if mpath is None:
-            out.rejects.append(InputReject(_rel(root, d), RejectReason.MANIFEST_INVALID, "no manifest.json/yaml"))
+def _captures(root: Path, listing: Listing, out: Discovery) -> None:
+    by_dir: dict[str, list[str]] = defaultdict(list)
+    for f in listing.files:
+        parts = _parts(f)
+        if len(parts) > 1:
+            by_dir[parts[0]].append(f)
+    folders = sorted(set(by_dir) | {_parts(p.source)[0] for p in listing.problems if "/" not in p.source})
+    problems = {p.source: p for p in listing.problems}
+    owner: dict[str, str] = {}  # session id -> manifest that declared it first
+    for d in folders:
+        if d in problems:  # the session folder itself cannot be listed (permission, loop)
+            p = problems[d]
+            out.rejects.append(InputReject(d, p.reason, p.detail, session=safe_name(d)))
+            out.claimed.add(d)
             continue
+        mpath = next((f"{d}/{n}" for n in MANIFEST_NAMES if f"{d}/{n}" in by_dir[d]), None)
+        if mpath is None:
+            out.rejects.append(InputReject(d, RejectReason.MANIFEST_INVALID, "no manifest.json/yaml"))
+            out.claimed.add(d)
+            continue
+        session = safe_name(d)
         try:
-            m = load_manifest(mpath)
-            out.units.append(_captures_unit(root, d, m))
+            m = load_manifest(check_file(root, mpath).path)
+        except PathRejected as exc:
+            out.rejects.append(InputReject(mpath, exc.reason, exc.detail, session=session))
+            out.claimed.add(d)
+            continue
         except ManifestError as exc:
             escape = "escapes the session folder" in str(exc) or "must be relative" in str(exc)
             reason = RejectReason.PATH_ESCAPES_ROOT if escape else RejectReason.MANIFEST_INVALID
-            out.rejects.append(InputReject(_rel(root, mpath), reason, str(exc), session=safe_name(d.name)))
-        except _Escape as exc:
-            out.rejects.append(
-                InputReject(_rel(root, mpath), RejectReason.PATH_ESCAPES_ROOT, str(exc), safe_name(d.name))
-            )
+            out.rejects.append(InputReject(mpath, reason, str(exc).replace(str(root) + "/", ""), session=session))
+            out.claimed.add(d)
+            continue
+        if m.session_id in owner:
+            first = owner[m.session_id]
+            detail = f"session_id {m.session_id!r} is already declared by {first}; this session is skipped"
+            out.rejects.append(InputReject(mpath, RejectReason.DUPLICATE_SESSION, detail, session=m.session_id))
+            out.claimed.add(d)
+            continue
+        owner[m.session_id] = mpath
+        out.units.append(_captures_unit(d, m))
+        out.claimed.add(mpath)
 
 
-def _frames(root: Path, d: Path, s) -> FrameStreamSpec:
+def _frames(d: str, s) -> FrameStreamSpec:
     return FrameStreamSpec(
-        frames_dir=_inside(root, d, s.frames),
-        timestamps_csv=_inside(root, d, s.timestamps.path),
+        frames_dir=join_rel(d, s.frames),
+        timestamps_csv=join_rel(d, s.timestamps.path),
         file_column=s.timestamps.file_column,
         time_column=s.timestamps.time_column,
         time_unit_s=s.timestamps.unit.seconds,
@@ -267,23 +409,25 @@ def _frames(root: Path, d: Path, s) -> FrameStreamSpec:
     )
 
 
-def _captures_unit(root: Path, d: Path, m: SessionManifest) -> MediaUnit:
+def _captures_unit(d: str, m: SessionManifest) -> MediaUnit:
+    # Manifest paths are RAW-relative from here on; where they lead (symlinks) is checked where each is
+    # opened (transforms/paths.check_file), so that one bad side file costs only its modality.
     st = m.streams
-    video = _inside(root, d, st.video.path) if st.video else None
+    video = join_rel(d, st.video.path) if st.video else None
     audio = None
     if st.audio is not None:
-        audio = video if st.audio.track == "video" else _inside(root, d, st.audio.path)
+        audio = video if st.audio.track == "video" else join_rel(d, st.audio.path)
     imu = None
     if st.imu is not None:
         imu = ImuSpec(
-            path=_inside(root, d, st.imu.path),
+            path=join_rel(d, st.imu.path),
             time_column=st.imu.timestamps.column,
             time_unit_s=st.imu.timestamps.unit.seconds,
             clock=_clock(st.imu.clock),
             accel_units=st.imu.units.accel,
             gyro_units=st.imu.units.gyro,
         )
-    session = safe_name(m.session_id)
+    session = m.session_id  # the schema allows only key-safe ids
     return MediaUnit(
         unit_id=session,
         layout="captures",
@@ -292,116 +436,168 @@ def _captures_unit(root: Path, d: Path, m: SessionManifest) -> MediaUnit:
         video_clock=_clock(st.video.clock) if st.video else ClockSpec(),
         audio=audio,
         audio_clock=_clock(st.audio.clock) if st.audio else ClockSpec(),
-        depth=_frames(root, d, st.depth) if st.depth else None,
-        thermal=_frames(root, d, st.thermal) if st.thermal else None,
+        depth=_frames(d, st.depth) if st.depth else None,
+        thermal=_frames(d, st.thermal) if st.thermal else None,
         imu=imu,
         labels=tuple(LabelSpan(lb.start_s, lb.end_s, lb.label, lb.caption) for lb in m.labels),
     )
 
 
-def _videos(root: Path, out: Discovery) -> None:
-    for p in sorted(root.iterdir()):
-        if not (p.is_file() and _visible(p) and p.suffix.lower() in VIDEO_SUFFIXES + AUDIO_SUFFIXES):
-            continue
-        cap = p.with_suffix(".txt")
-        caption = cap.read_text(encoding="utf-8", errors="replace").strip() if cap.is_file() else None
-        session = safe_name(p.stem)
-        rel = _rel(root, p)
+def _read_text(root: Path, rel: str, out: Discovery) -> str | None:
+    """A small side file that discovery itself reads (caption, scene name), checked like any input."""
+    try:
+        return check_file(root, rel).path.read_text(encoding="utf-8", errors="replace").strip()
+    except PathRejected as exc:
+        out.rejects.append(InputReject(rel, exc.reason, exc.detail))
+    except OSError as exc:
+        out.rejects.append(InputReject(rel, RejectReason.PERMISSION_DENIED, f"cannot be read: {exc.strerror}"))
+    return None
+
+
+def _media_units(root: Path, layout: str, media: list[str], out: Discovery, captions: dict[str, str]) -> dict:
+    """One unit per media file; returns ``{path: session key}``."""
+    keys = unique_keys({rel: _stem(rel) for rel in media})
+    for rel in media:
+        caption = None
+        if rel in captions:
+            caption = _read_text(root, captions[rel], out)
+            out.claimed.add(captions[rel])
         out.units.append(
-            MediaUnit(unit_id=session, layout="videos", session=session, video=rel, audio=rel, caption=caption)
+            MediaUnit(unit_id=keys[rel], layout=layout, session=keys[rel], video=rel, audio=rel, caption=caption)
         )
+    return keys
 
 
-def _ego4d(root: Path, out: Discovery) -> None:
-    imus = {p.stem: p for p in (root / "imu").glob("*.csv")}
-    for p in sorted((root / "full_scale").iterdir()):
-        if not (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES):
-            continue
-        session = safe_name(p.stem)
-        rel = _rel(root, p)
-        imu = None
-        if p.stem in imus:
-            imu = ImuSpec(
-                path=_rel(root, imus.pop(p.stem)),
-                time_column="canonical_timestamp_ms",
-                fallback_time_column="component_timestamp_ms",
-            )
-        out.units.append(MediaUnit(unit_id=session, layout="ego4d", session=session, video=rel, audio=rel, imu=imu))
-    for stem, p in sorted(imus.items()):
-        out.rejects.append(InputReject(_rel(root, p), RejectReason.NO_VIDEO_STREAM, f"IMU without a video {stem}.mp4"))
+def _videos(root: Path, listing: Listing, out: Discovery) -> None:
+    # Every top-level file but a caption is offered to FFmpeg (in the unit); a NAME.txt beside a media
+    # file NAME.* is its caption. Files in subfolders are not inputs of this layout.
+    top = [f for f in listing.files if "/" not in f]
+    candidates = [f for f in top if _suffix(f) != ".txt"]
+    stems = defaultdict(list)
+    for f in candidates:
+        stems[_stem(f)].append(f)
+    captions = {m: t for t in top if _suffix(t) == ".txt" for m in stems.get(_stem(t), [])}
+    _media_units(root, "videos", candidates, out, captions)
 
 
-def _chunks(layout: str, prefix: str, pairs: list[StillPair]) -> list[StillUnit]:
+def _ego4d(root: Path, listing: Listing, out: Discovery) -> None:
+    videos = [f for f in listing.files if len(_parts(f)) == 2 and _parts(f)[0] == "full_scale"]
+    imus = {_stem(f): f for f in listing.files if _parts(f)[:1] == ("imu",) and len(_parts(f)) == 2
+            and _suffix(f) == ".csv"}  # fmt: skip
+    _media_units(root, "ego4d", videos, out, {})
+    paired = set()
+    for i, u in enumerate(out.units):
+        stem = _stem(u.video)
+        if u.layout == "ego4d" and stem in imus:
+            # two videos of one uid (uid.mp4, uid.ogv) share its IMU file
+            imu = ImuSpec(path=imus[stem], time_column="canonical_timestamp_ms",
+                          fallback_time_column="component_timestamp_ms")  # fmt: skip
+            out.units[i] = MediaUnit(**{**u.__dict__, "imu": imu})
+            paired.add(stem)
+    for stem, f in sorted(imus.items()):
+        if stem not in paired:
+            out.rejects.append(InputReject(f, RejectReason.NO_VIDEO_STREAM, f"IMU without a video full_scale/{stem}.*"))
+
+
+def _chunks(layout: str, groups: dict[str, list[StillPair]]) -> list[StillUnit]:
+    names = unique_keys({g: g or "root" for g in groups})
     return [
-        StillUnit(
-            f"{layout}-{safe_name(prefix)}-{i // STILLS_PER_UNIT:05d}", layout, tuple(pairs[i : i + STILLS_PER_UNIT])
-        )
+        StillUnit(f"{layout}-{names[g]}-{i // STILLS_PER_UNIT:05d}", layout, tuple(pairs[i : i + STILLS_PER_UNIT]))
+        for g, pairs in sorted(groups.items())
         for i in range(0, len(pairs), STILLS_PER_UNIT)
     ]
 
 
-def _read_intrinsics(path: Path) -> dict | None:
+def _read_intrinsics(root: Path, rel: str, out: Discovery) -> dict | None:
+    text = _read_text(root, rel, out)
     try:
-        vals = [float(x) for x in path.read_text().split()]
-    except (OSError, ValueError):
+        vals = [float(x) for x in (text or "").split()]
+    except ValueError:
         return None
     if len(vals) < 9:
         return None
     return {"fx": vals[0], "fy": vals[4], "cx": vals[2], "cy": vals[5], "baseline_m": None}
 
 
-def _sunrgbd(root: Path, out: Discovery) -> None:
+def _children(files: set[str], folder: str, suffixes) -> list[str]:
+    """Files directly in RAW-relative ``folder`` whose suffix (any case) is one of ``suffixes``, sorted."""
+    return sorted(f for f in files if str(PurePosixPath(f).parent) == folder and _suffix(f) in suffixes)
+
+
+def _sunrgbd(root: Path, listing: Listing, out: Discovery) -> None:
+    files = set(listing.files)
+    scenes = sorted({str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).name == "intrinsics.txt"})
+    keys = unique_keys({s: s for s in scenes})
     groups: dict[str, list[StillPair]] = {}
-    for intr in sorted(root.rglob("intrinsics.txt")):
-        scene = intr.parent
-        images = sorted((scene / "image").glob("*.jpg"))
-        depths = sorted((scene / "depth").glob("*.png"))
-        rel_scene = _rel(root, scene)
+    for scene in scenes:
+        prefix = "" if scene == "." else f"{scene}/"
+        rel_scene = scene
+        images = _children(files, f"{prefix}image", IMAGE_SUFFIXES)
+        depths = _children(files, f"{prefix}depth", {".png"})
+        intr = f"{prefix}intrinsics.txt"
+        out.claimed.add(intr)
         if not images or not depths:
             what = "image/*.jpg" if not images else "depth/*.png"
             out.rejects.append(InputReject(rel_scene, RejectReason.FILE_MISSING, f"scene has no {what}"))
             continue
-        scene_txt = scene / "scene.txt"
-        caption = scene_txt.read_text(errors="replace").strip() if scene_txt.is_file() else None
-        group = "/".join(Path(rel_scene).parts[:-1]) or "root"
+        caption = None
+        if f"{prefix}scene.txt" in files:
+            caption = _read_text(root, f"{prefix}scene.txt", out)
+            out.claimed.add(f"{prefix}scene.txt")
+        group = "/".join(_parts(rel_scene)[:-1])
         groups.setdefault(group, []).append(
             StillPair(
-                session=safe_name(rel_scene),
-                image=_rel(root, images[0]),
-                partner=_rel(root, depths[0]),
+                session=keys[scene],
+                image=images[0],
+                partner=depths[0],
                 kind="depth",
                 caption=caption,
-                intrinsics=_read_intrinsics(intr),
+                intrinsics=_read_intrinsics(root, intr, out),
             )
         )
-    for group, pairs in sorted(groups.items()):
-        out.units.extend(_chunks("sunrgbd", group, pairs))
+    out.units.extend(_chunks("sunrgbd", groups))
 
 
-def _llvip(root: Path, out: Discovery) -> None:
-    vis_root, ir_root = root / "visible", root / "infrared"
-    vis = {_rel(vis_root, p) for p in vis_root.rglob("*.jpg")}
-    ir = {_rel(ir_root, p) for p in ir_root.rglob("*.jpg")}
-    for lonely in sorted(vis ^ ir):
-        side = "visible" if lonely in vis else "infrared"
-        out.rejects.append(
-            InputReject(f"{side}/{lonely}", RejectReason.FILE_MISSING, "no partner image with this name")
-        )
+def _llvip(root: Path, listing: Listing, out: Discovery) -> None:
+    # Pairs share their path below visible/ and infrared/ up to the suffix (x.jpg with x.JPG or x.png).
+    sides: dict[str, dict[str, list[str]]] = {"visible": defaultdict(list), "infrared": defaultdict(list)}
+    for f in listing.files:
+        parts = _parts(f)
+        if parts[0] in sides and len(parts) > 1:
+            if _suffix(f) in IMAGE_SUFFIXES:
+                sides[parts[0]][str(PurePosixPath(*parts[1:]).with_suffix(""))].append(f)
+            else:
+                out.rejects.append(InputReject(f, RejectReason.UNSUPPORTED_FORMAT, "not a JPEG or PNG image"))
+    vis, ir = sides["visible"], sides["infrared"]
+    pairs: dict[str, tuple[str, str]] = {}
+    for name in sorted(set(vis) | set(ir)):
+        a, b = sorted(vis.get(name, [])), sorted(ir.get(name, []))
+        if len(a) == 1 and len(b) == 1:
+            pairs[name] = (a[0], b[0])
+            continue
+        # the same name on both sides (and suffix) pairs; what is left has no unambiguous partner
+        same = {PurePosixPath(x).name for x in a} & {PurePosixPath(y).name for y in b}
+        for n in sorted(same):
+            left, right = (f"{PurePosixPath(x[0]).parent}/{n}" for x in (a, b))
+            pairs[f"{name}{PurePosixPath(n).suffix}"] = (left, right)
+        for lonely in [x for x in a + b if PurePosixPath(x).name not in same]:
+            detail = "no partner image with this name" if not (a and b) else "several partner candidates, none chosen"
+            out.rejects.append(InputReject(lonely, RejectReason.FILE_MISSING, detail))
+    keys = unique_keys({name: f"llvip_{name}" for name in pairs})
     by_split: dict[str, list[StillPair]] = {}
-    for rel in sorted(vis & ir):
-        split = Path(rel).parts[0] if len(Path(rel).parts) > 1 else "train"
+    for name, (image, partner) in sorted(pairs.items()):
+        split = _parts(name)[0] if len(_parts(name)) > 1 else "train"
         by_split.setdefault(split, []).append(
             StillPair(
-                session=safe_name(f"llvip_{Path(rel).with_suffix('').as_posix()}"),
-                image=f"visible/{rel}",
-                partner=f"infrared/{rel}",
+                session=keys[name],
+                image=image,
+                partner=partner,
                 kind="thermal",
                 caption="a person at night",
                 split="val" if split in ("test", "val") else "train",
             )
         )
-    for split, pairs in sorted(by_split.items()):
-        out.units.extend(_chunks("llvip", split, pairs))
+    out.units.extend(_chunks("llvip", by_split))
 
 
 # ------------------------------------------------------------------------------------------ (de)serialization

@@ -32,8 +32,9 @@ from transforms.images import (
     read_rgb,
     thermal_quality,
 )
-from transforms.layouts import ClockSpec, MediaUnit, StillUnit
+from transforms.layouts import MEDIA_SUFFIXES, ClockSpec, MediaUnit, StillUnit
 from transforms.media import MediaEvent, MediaInputError, decode_media, helper_thread, probe
+from transforms.paths import PathRejected, check_file
 from transforms.plan import Window, plan_windows, sample_key, split_for
 from transforms.records import Reject, UnitSink, UnitSummary, json_bytes, npy_bytes
 
@@ -100,17 +101,21 @@ def _load_imu(root: Path, unit: MediaUnit, sink: UnitSink) -> _Side | None:
         return None
     units = ImuUnits(accel=spec.accel_units, gyro=spec.gyro_units)
     clock = spec.clock
+    try:  # inside RAW and a regular file, before anything opens it (a FIFO would block the open)
+        imu_path = check_file(root, spec.path).path
+    except PathRejected as exc:
+        return _Side("imu", source=exc.source, reason=exc.reason, detail=exc.detail)
     try:
         try:
             track = I.read_imu_csv(
-                root / spec.path, time_column=spec.time_column, time_unit_s=spec.time_unit_s, units=units
+                imu_path, time_column=spec.time_column, time_unit_s=spec.time_unit_s, units=units
             )
         except I.ImuFormatError as exc:
             if spec.fallback_time_column is None or exc.reason is not RejectReason.BAD_TIMESTAMPS:
                 raise
             # no canonical (video-clock) times: take the device clock and assume it starts with the video
             track = I.read_imu_csv(
-                root / spec.path, time_column=spec.fallback_time_column, time_unit_s=spec.time_unit_s, units=units
+                imu_path, time_column=spec.fallback_time_column, time_unit_s=spec.time_unit_s, units=units
             )
             clock = ClockSpec(offset_s=-float(track.t[0]) if len(track) else 0.0)
     except I.ImuFormatError as exc:
@@ -157,9 +162,13 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
         sink.reject(Reject(src, RejectReason.NO_VIDEO_STREAM, "no video stream: no paired image", session))
         return
     try:
-        info = probe(root / unit.video, cfg.max_image_side)
+        video_path = check_file(root, unit.video).path
+        info = probe(video_path, cfg.max_image_side)
+    except PathRejected as exc:
+        sink.reject(Reject(exc.source, exc.reason, exc.detail, session))
+        return
     except MediaInputError as exc:
-        sink.reject(Reject(unit.video, exc.reason, exc.detail, session))
+        sink.reject(Reject(unit.video, _open_failure(unit.video, exc.reason), exc.detail, session))
         return
     if not info.has_video:
         sink.reject(Reject(unit.video, RejectReason.NO_VIDEO_STREAM, "file has no video stream", session))
@@ -179,22 +188,25 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
     audio_in_video = unit.audio is not None and unit.audio == unit.video
     if unit.audio is not None and not audio_in_video:
         try:
-            ainfo = probe(root / unit.audio, cfg.max_image_side)
+            audio_path = check_file(root, unit.audio).path
+            ainfo = probe(audio_path, cfg.max_image_side)
             if not ainfo.has_audio:
                 audio_fail = (RejectReason.NO_AUDIO_STREAM, unit.audio, "file has no audio stream")
             else:
                 streams.append(
-                    decode_media(root / unit.audio, video_windows=None, video_clock=unit.video_clock,
+                    decode_media(audio_path, video_windows=None, video_clock=unit.video_clock,
                                  audio_windows=windows, audio_clock=unit.audio_clock, cfg=cfg, heartbeat=heartbeat)
                 )  # fmt: skip
+        except PathRejected as exc:
+            audio_fail = (exc.reason, exc.source, exc.detail)
         except MediaInputError as exc:
-            audio_fail = (exc.reason, unit.audio, exc.detail)
+            audio_fail = (_open_failure(unit.audio, exc.reason), unit.audio, exc.detail)
     elif audio_in_video and not info.has_audio:
         audio_fail = (RejectReason.NO_AUDIO_STREAM, unit.video, "video has no audio track")
     want_audio = unit.audio is not None and audio_fail is None
     streams.insert(
         0,
-        decode_media(root / unit.video, video_windows=windows, video_clock=unit.video_clock,
+        decode_media(video_path, video_windows=windows, video_clock=unit.video_clock,
                      audio_windows=windows if (audio_in_video and want_audio) else None,
                      audio_clock=unit.audio_clock, cfg=cfg, heartbeat=heartbeat),
     )  # fmt: skip
@@ -242,6 +254,14 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
         finally:
             for f in pending:
                 f.cancel()
+
+
+def _open_failure(rel: str, reason: RejectReason) -> RejectReason:
+    """FFmpeg decides what is media: a file it cannot open whose suffix names no media container is of a
+    format it does not read (``unsupported_format``); a media file it cannot open is damaged."""
+    if reason is RejectReason.DECODE_ERROR and Path(rel).suffix.lower() not in MEDIA_SUFFIXES:
+        return RejectReason.UNSUPPORTED_FORMAT
+    return reason
 
 
 def _load_sides(root: Path, unit: MediaUnit, sink: UnitSink) -> list[_Side]:
@@ -368,7 +388,10 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
         heartbeat(pair.image)
         key = sample_key(pair.session, 0.0)
         try:
-            rgb = read_rgb(root / pair.image, max_side=cfg.max_image_side)
+            rgb = read_rgb(check_file(root, pair.image).path, max_side=cfg.max_image_side)
+        except PathRejected as exc:
+            sink.reject(Reject(exc.source, exc.reason, exc.detail, pair.session, key))
+            continue
         except FileNotFoundError:
             sink.reject(Reject(pair.image, RejectReason.FILE_MISSING, "image not found", pair.session, key))
             continue
@@ -390,6 +413,9 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
             sink.reject(
                 Reject(pair.partner, RejectReason.FILE_MISSING, "not found", pair.session, key, modality=pair.kind)
             )
+        except PathRejected as exc:
+            arr = None
+            sink.reject(Reject(exc.source, exc.reason, exc.detail, pair.session, key, modality=pair.kind))
         except ImageInputError as exc:
             arr = None
             sink.reject(Reject(pair.partner, exc.reason, str(exc), pair.session, key, modality=pair.kind))
