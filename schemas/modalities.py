@@ -121,10 +121,3 @@ def present(members: dict[str, bytes] | set[str] | frozenset[str]) -> dict[str, 
     """Modality name -> whether its primary member is among ``members`` (the sample's tar members)."""
     return {m.name: m.member in members for m in REGISTRY}
 
-
-def modality_of_member(member: str) -> Modality | None:
-    """The modality a tar member suffix belongs to; None for ``json`` and unknown suffixes."""
-    for m in REGISTRY:
-        if member in m.members:
-            return m
-    return None

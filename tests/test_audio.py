@@ -28,11 +28,22 @@ from transforms.audio import (
     decode_windows,
     iter_audio_chunks,
     log_mel,
-    resample_stream,
 )
 
 MEL_TOL = 1e-4
 RESAMPLE_TOL = 1e-5
+
+
+def resample_stream(chunks, orig_sr: int, new_sr: int = 16000):
+    """Drive StreamingResampler (what the build's audio tracker runs) over chunks; the non-empty pieces."""
+    resampler = StreamingResampler(orig_sr, new_sr)
+    for chunk in chunks:
+        out = resampler.push(chunk)
+        if out.shape[-1]:
+            yield out
+    out = resampler.finish()
+    if out.shape[-1]:
+        yield out
 
 
 # --------------------------------------------------------------------------- media helpers

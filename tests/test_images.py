@@ -1,4 +1,5 @@
-"""``transforms.images``: safe reads, deterministic encodes, quality figures, frame picks, depth inputs."""
+"""``transforms.images``: safe reads, deterministic encodes, quality figures, frame picks; and the depth input
+training computes from the stored depth PNG."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch
 
 import transforms.images as images
 from schemas.reasons import RejectReason
+from training.config import DataConfig
+from training.inputs import ModelInputs, collate
 from transforms.images import (
     AbsurdDimensions,
     CorruptImage,
@@ -23,8 +26,6 @@ from transforms.images import (
     NearestMatch,
     ThermalQuality,
     depth_quality,
-    depth_to_disparity,
-    depth_to_metric,
     encode_frame_jpeg,
     encode_png16,
     fit_short_side,
@@ -229,23 +230,29 @@ def test_depth_and_thermal_quality():
     assert thermal_quality(np.array([[29000, 31000]], np.uint16)) == ThermalQuality(29000.0, 31000.0)
 
 
-def test_depth_to_disparity_and_metric():
-    depth = np.array([[0, 5, 1000, 2000, 60000]], np.uint16)  # 0 invalid, 5 mm clips to 1 cm
-    disp = depth_to_disparity(depth, fx=500.0, baseline_m=0.1)
-    assert disp.dtype == np.float32
-    np.testing.assert_allclose(disp, [[0.0, 5000.0, 50.0, 25.0, 1.0]], rtol=1e-6)
-    torch_disp = depth_to_disparity(torch.from_numpy(depth.astype(np.int32)), 500.0, 0.1)
-    assert torch_disp.dtype == torch.float32
-    np.testing.assert_allclose(torch_disp.numpy(), disp, rtol=1e-6)
+def test_depth_input_is_disparity_or_clipped_metric_as_training_computes_it():
+    # The function training runs (training/inputs.py), on a 224x224 frame: the centre crop is the whole
+    # frame and the resize samples pixel centres, so every band keeps its exact value.
+    bands = [0, 5, 1000, 2000, 60000]  # mm: 0 invalid, 5 mm clips to 1 cm, 60 m clips to the 50 m limit
+    mm = np.zeros((224, 224), np.uint16)
+    for i, v in enumerate(bands):
+        mm[:, i * 44 : (i + 1) * 44] = v
+    centres = [i * 44 + 22 for i in range(len(bands))]
+    metas = [{"depth_intrinsics": {"fx": 500.0, "baseline_m": 0.1}},
+             {"depth_intrinsics": {"fx": 250.0, "baseline_m": 0.1}}, None]  # fmt: skip
+    batch = collate([{"index": i, "loader_worker": 0, "depth.png": mm, "json": m} for i, m in enumerate(metas)])
+    cfg = DataConfig(depth_norm=(0.0, 1.0), disparity_scale=1.0, depth_max_m=50.0)
+    x, mask = ModelInputs(cfg).depth(batch, "cpu")
+    assert x.dtype == torch.float32 and x.shape == (3, 1, 224, 224) and mask.tolist() == [True] * 3
+    np.testing.assert_allclose(x[0, 0, 112, centres].numpy(), [0.0, 5000.0, 50.0, 25.0, 1.0], rtol=1e-5)
+    # per-sample intrinsics, and the configured defaults where a sample has none
+    np.testing.assert_allclose(x[1, 0, 112, centres].numpy(), [0.0, 2500.0, 25.0, 12.5, 0.5], rtol=1e-5)
+    default = cfg.default_baseline_m * cfg.default_fx
+    np.testing.assert_allclose(x[2, 0, 112, centres[2]].item(), default / 1.0, rtol=1e-5)
 
-    batch = np.full((2, 1, 2, 2), 1000, np.uint16)
-    per_sample = depth_to_disparity(batch, fx=np.array([500.0, 250.0]), baseline_m=0.1)
-    assert per_sample.shape == (2, 1, 2, 2)
-    np.testing.assert_allclose(per_sample[:, 0, 0, 0], [50.0, 25.0])
-
-    metric = depth_to_metric(depth, max_m=10.0)
-    np.testing.assert_allclose(metric, [[0.0, 0.005, 1.0, 2.0, 10.0]], rtol=1e-6)
-    np.testing.assert_allclose(depth_to_metric(torch.from_numpy(depth.astype(np.int32))).numpy(), metric)
+    metric_cfg = DataConfig(depth_norm=(0.0, 1.0), depth_mode="metric", depth_max_m=10.0)
+    metric, _ = ModelInputs(metric_cfg).depth(batch, "cpu")
+    np.testing.assert_allclose(metric[0, 0, 112, centres].numpy(), [0.0, 0.001, 0.1, 0.2, 1.0], rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------- frame quality

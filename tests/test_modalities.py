@@ -26,8 +26,7 @@ def test_members_are_unique_and_ordered_as_the_contract_says():
     # SPEC §4: the member order written into every tar
     assert M.MEMBERS == ("jpg", "frame1.jpg", "mel.npy", "depth.png", "thermal.png", "imu.npy", "txt", "json")
     assert len(set(M.MEMBERS)) == len(M.MEMBERS)
-    assert M.modality_of_member("frame1.jpg") is M.VIDEO
-    assert M.modality_of_member("json") is None
+    assert M.VIDEO.members == ("jpg", "frame1.jpg") and M.META_MEMBER not in {m.member for m in M.REGISTRY}
 
 
 def test_trainable_and_paired_image():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -237,18 +237,6 @@ class StreamingResampler:
             out = out[:, : max(0, target - self._out_len)]
         self._out_len += out.shape[-1]
         return out.numpy()
-
-
-def resample_stream(chunks: Iterable[np.ndarray], orig_sr: int, new_sr: int = TARGET_SR) -> Iterator[np.ndarray]:
-    """Generator form of StreamingResampler; yields only non-empty pieces."""
-    resampler = StreamingResampler(orig_sr, new_sr)
-    for chunk in chunks:
-        out = resampler.push(chunk)
-        if out.shape[-1]:
-            yield out
-    out = resampler.finish()
-    if out.shape[-1]:
-        yield out
 
 
 # ---------------------------------------------------------------------------------------------

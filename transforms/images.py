@@ -16,11 +16,9 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 from schemas.reasons import RejectReason
@@ -32,10 +30,6 @@ PNG_COMPRESSION = 3  # zlib level: fixed so the bytes never depend on a library 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8"
-
-# Disparity clip range (metres), Omnivore's depth preprocessing that ImageBind reuses.
-MIN_DEPTH_M = 0.01
-MAX_DEPTH_M = 50.0
 
 # A target exactly midway between two frames, or exactly at the tolerance, must not flip on the last
 # bit of a ms->s conversion; 1 ns is far below any frame period.
@@ -395,46 +389,3 @@ def frame_indices_in_window(times: np.ndarray, start: float, end: float) -> Fram
     first = int(np.searchsorted(times, start, "left"))
     last = int(np.searchsorted(times, end, "left")) - 1
     return FrameRange(first, last) if first <= last else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Model inputs (training side), batched over any leading dims; numpy or torch in, same kind out
-
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
-
-
-def _per_sample(value: float | np.ndarray | torch.Tensor, like: Array) -> Array | float:
-    # A per-sample intrinsic of shape (B,) must broadcast against (B, ...) depth, not against W.
-    if isinstance(value, int | float):
-        return float(value)
-    value = torch.as_tensor(value) if isinstance(like, torch.Tensor) else np.asarray(value)
-    if value.ndim == 1 and like.ndim > 1:
-        value = value.reshape((-1,) + (1,) * (like.ndim - 1))
-    return value
-
-
-def _to_metres(depth_mm: Array) -> Array:
-    if isinstance(depth_mm, torch.Tensor):
-        return depth_mm.to(torch.float32) / 1000.0
-    return np.asarray(depth_mm).astype(np.float32) / np.float32(1000.0)
-
-
-def depth_to_disparity(
-    depth_mm: Array, fx: float | np.ndarray | torch.Tensor, baseline_m: float | np.ndarray | torch.Tensor
-) -> Array:
-    """``baseline*fx / clip(depth_m, 0.01, 50)`` (Omnivore/ImageBind); invalid depth (0) -> 0 disparity."""
-    depth_m = _to_metres(depth_mm)
-    scale = _per_sample(baseline_m, depth_m) * _per_sample(fx, depth_m)
-    if isinstance(depth_m, torch.Tensor):
-        disparity = scale / depth_m.clamp(MIN_DEPTH_M, MAX_DEPTH_M)
-        return torch.where(depth_m > 0, disparity, torch.zeros_like(disparity)).to(torch.float32)
-    disparity = scale / np.clip(depth_m, MIN_DEPTH_M, MAX_DEPTH_M)
-    return np.where(depth_m > 0, disparity, 0.0).astype(np.float32)
-
-
-def depth_to_metric(depth_mm: Array, max_m: float = 10.0) -> Array:
-    """Depth in metres clipped to ``[0, max_m]`` (10 m covers indoor sensors); 0 stays 0 (invalid)."""
-    depth_m = _to_metres(depth_mm)
-    if isinstance(depth_m, torch.Tensor):
-        return depth_m.clamp(0.0, max_m)
-    return np.clip(depth_m, np.float32(0.0), np.float32(max_m))
