@@ -317,3 +317,14 @@ def test_walk_reports_instead_of_raising(tmp_path):
     listing = walk(raw)
     assert listing.files == ["a/b/f.txt"]
     assert [(p.source, p.reason) for p in listing.problems] == [("a/out", R.PATH_ESCAPES_ROOT)]
+
+
+@pytest.mark.slow
+def test_beam_builds_the_hostile_input_as_local_does(hostile, tmp_path):
+    build(hostile["raw"], tmp_path / "data", BuildConfig(layout="captures", decode_timeout_s=60), EngineConfig("beam"))
+    local = hostile["built"].data
+    for name in ("index.parquet", "rejects.parquet"):
+        assert (tmp_path / "data" / name).read_bytes() == (local / name).read_bytes(), name
+    files = _data_bytes(tmp_path / "data")
+    for name, png in hostile["markers"].items():
+        assert not [str(p) for p, blob in files if _marker(png) in blob], name

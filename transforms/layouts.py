@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from schemas.errors import UserError
 from schemas.manifest import MANIFEST_NAMES, ManifestError, SessionManifest, load_manifest
 from schemas.reasons import RejectReason
-from transforms.paths import Listing, PathRejected, check_file, is_under, join_rel, walk
+from transforms.paths import Listing, PathRejected, check_file, join_rel, walk
 
 LAYOUTS = ("captures", "videos", "ego4d", "sunrgbd", "llvip")
 # Used only to recognise the videos layout and to name a failure to open: whether a file is media is
@@ -329,10 +329,10 @@ def _account(root: Path, listing: Listing, out: Discovery) -> None:
     covered = set(out.claimed) | {r.source for r in out.rejects}
     for u in out.units:
         covered.update(u.input_paths())
-    folders = sorted(covered)
 
-    def is_covered(rel: str) -> bool:
-        return rel in covered or any(is_under(rel, f) for f in folders)
+    def is_covered(rel: str) -> bool:  # the path itself or a folder above it (linear in the depth)
+        parts = rel.split("/")
+        return any("/".join(parts[:i]) in covered for i in range(1, len(parts) + 1))
 
     for problem in listing.problems:
         if not is_covered(problem.source):
@@ -519,21 +519,24 @@ def _read_intrinsics(root: Path, rel: str, out: Discovery) -> dict | None:
     return {"fx": vals[0], "fy": vals[4], "cx": vals[2], "cy": vals[5], "baseline_m": None}
 
 
-def _children(files: set[str], folder: str, suffixes) -> list[str]:
+def _children(by_folder: dict[str, list[str]], folder: str, suffixes) -> list[str]:
     """Files directly in RAW-relative ``folder`` whose suffix (any case) is one of ``suffixes``, sorted."""
-    return sorted(f for f in files if str(PurePosixPath(f).parent) == folder and _suffix(f) in suffixes)
+    return sorted(f for f in by_folder.get(folder, ()) if _suffix(f) in suffixes)
 
 
 def _sunrgbd(root: Path, listing: Listing, out: Discovery) -> None:
     files = set(listing.files)
+    by_folder: dict[str, list[str]] = defaultdict(list)
+    for f in files:
+        by_folder[str(PurePosixPath(f).parent)].append(f)
     scenes = sorted({str(PurePosixPath(f).parent) for f in files if PurePosixPath(f).name == "intrinsics.txt"})
     keys = unique_keys({s: s for s in scenes})
     groups: dict[str, list[StillPair]] = {}
     for scene in scenes:
         prefix = "" if scene == "." else f"{scene}/"
         rel_scene = scene
-        images = _children(files, f"{prefix}image", IMAGE_SUFFIXES)
-        depths = _children(files, f"{prefix}depth", {".png"})
+        images = _children(by_folder, f"{prefix}image", IMAGE_SUFFIXES)
+        depths = _children(by_folder, f"{prefix}depth", {".png"})
         intr = f"{prefix}intrinsics.txt"
         out.claimed.add(intr)
         if not images or not depths:
