@@ -1,7 +1,7 @@
 """The `bindset` command line: thin wrappers over importable functions.
 
 bindset synth RAW/ --sessions 8 --seconds 30 --seed 0
-bindset build RAW/ DATA/ [--engine beam|ray|local] [--no-validate] [runner flags]
+bindset build RAW/ DATA/ [--config FILE] [--engine beam|ray|local] [--no-validate] [runner flags]
 bindset validate DATA/ [--thresholds FILE]
 bindset report DATA/
 bindset train DATA/ RUN/ [--preset tiny|proof|imagebind] [--config FILE] [--workers N] [--gpu]
@@ -9,21 +9,53 @@ bindset embed DATA/ RUN/ EMB/
 bindset search EMB/ --text "..." | --audio x.wav | --image y.jpg [--to depth] [-k 5]
 bindset eval EMB/ [--split val]
 bindset schema [--out FILE]
+bindset --version
+
+Exit codes: 0 success; 1 the quality gate failed; 2 a usage, config or input error (one line naming the flag,
+key or path); 3 an unexpected error (one line and the log file's path; the traceback is in the log).
+Every command writes a log file (bindset/logs.py says where); -v / -q change what the console shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from bindset.synth.generate import LAYOUTS, SynthConfig, synth
-from transforms.layouts import LayoutError
+from bindset.logs import EXIT_GATE, EXIT_OK, EXIT_USAGE, OneLineParser
+from schemas.config import add_config_flags, given_flags, merge
+from schemas.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
-def _cmd_synth(args: argparse.Namespace) -> int:
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _need(path: Path | None, what: str, kind: str = "any") -> None:
+    """A user-given input path that must exist (exit 2 naming it, before any work starts)."""
+    if path is None:
+        return
+    p = Path(path)
+    ok = p.is_dir() if kind == "dir" else p.is_file() if kind == "file" else p.exists()
+    if not ok:
+        noun = {"dir": "folder", "file": "file"}.get(kind, "path")
+        raise UserError(f"{what} {p}: no such {noun}")
+
+
+def _progress(run, desc: str, unit: str, quiet: bool):
     from tqdm import tqdm
+
+    return lambda total: tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=run.console, delay=0.5)
+
+
+def _cmd_synth(args: argparse.Namespace, run) -> int:
+    from tqdm import tqdm
+
+    from bindset.synth.generate import SynthConfig, synth
 
     cfg = SynthConfig(
         sessions=args.sessions,
@@ -37,46 +69,67 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         workers=args.workers or SynthConfig().workers,
     )
     t0 = time.perf_counter()
-    with tqdm(total=cfg.sessions, desc=f"synth {cfg.layout}", unit="session", disable=args.quiet) as bar:
+    bar = tqdm(total=cfg.sessions, desc=f"synth {cfg.layout}", unit="session", disable=args.quiet, file=run.console,
+               delay=0.5)
+    with bar:
         result = synth(args.raw, cfg, progress=bar.update)
     took = time.perf_counter() - t0
-    print(f"synth: {len(result.sessions)} {result.layout} session(s) x {cfg.seconds:g} s, seed {cfg.seed}")
+    names = sorted(result.sessions)
+    span = f" ({names[0]} .. {names[-1]})" if len(names) > 1 else f" ({names[0]})" if names else ""
+    log.info("synth sessions: %s", ", ".join(names))
+    print(f"synth: {len(names)} {result.layout} session(s){span} x {cfg.seconds:g} s, seed {cfg.seed}")
     print(f"  wrote {result.files} files, {result.bytes / 1e6:.1f} MB under {result.raw} in {took:.1f} s")
-    print(f"  sessions: {', '.join(result.sessions)}")
     print(f"  ground truth: {result.raw / '_truth'} (never read by the pipeline)")
-    return 0
+    print(f"  log: {run.path}")
+    return EXIT_OK
 
 
-def _cmd_schema(args: argparse.Namespace) -> int:
-    from schemas.manifest import SCHEMA_FILE, write_json_schema
+def _cmd_schema(args: argparse.Namespace, run) -> int:
+    import json
 
-    path = write_json_schema(Path(args.out) if args.out else SCHEMA_FILE)
+    from schemas.manifest import manifest_json_schema, write_json_schema
+
+    # never into the installed package: stdout, or the file the user names
+    if args.out is None:
+        print(json.dumps(manifest_json_schema(), indent=2, sort_keys=True))
+        return EXIT_OK
+    path = write_json_schema(Path(args.out))
     print(f"wrote the captures manifest JSON Schema to {path}")
-    return 0
+    return EXIT_OK
 
 
-def _cmd_build(args: argparse.Namespace, extra: list[str]) -> int:
-    from tqdm import tqdm
-
-    from pipelines.build import EngineConfig, build
+def build_config_from(args: argparse.Namespace):
+    """BuildConfig from ``--config FILE`` (if given) with the typed flags on top; errors name file and key."""
+    from schemas.config import read_mapping
     from transforms.config import BuildConfig
 
-    cfg = BuildConfig(
-        layout=args.layout, stride_s=args.stride, jpeg_quality=args.jpeg_quality, max_short_side=args.max_short_side,
-        audio_channels=args.audio_channels, shard_max_samples=args.shard_max_samples,
-        shard_max_bytes=args.shard_max_bytes, val_fraction=args.val_fraction, decode_timeout_s=args.decode_timeout,
-        imu_max_gap_s=args.imu_max_gap,
-    )  # fmt: skip
+    values = read_mapping(args.config) if args.config else {}
+    source = f"{args.config}" if args.config else "build flags"
+    return BuildConfig.from_dict(merge(values, given_flags(args, BuildConfig, dest_prefix="cfg_")), source=source)
+
+
+def _cmd_build(args: argparse.Namespace, run, extra: list[str]) -> int:
+    import inspect
+
+    from pipelines.build import EngineConfig, build
+
+    cfg = build_config_from(args)
+    _need(args.raw, "input folder RAW", "dir")
+    _need(args.thresholds, "--thresholds", "file")
     engine = EngineConfig(args.engine, extra, args.ray_address, args.workers or None)
-
-    def progress(total: int):
-        return tqdm(total=total, desc=f"build ({args.engine})", unit="unit", disable=args.quiet)
-
-    result = build(args.raw, args.data, cfg, engine, progress=progress)
+    kwargs: dict[str, Any] = {}
+    if args.retry_failed:
+        if "retry_failed" not in inspect.signature(build).parameters:
+            raise UserError("--retry-failed: this version of the build engine cannot retry failed units")
+        kwargs["retry_failed"] = True
+    log.info("build config: %s", cfg.to_dict())
+    result = build(args.raw, args.data, cfg, engine, progress=_progress(run, f"build ({args.engine})", "unit",
+                                                                         args.quiet), **kwargs)  # fmt: skip
     print("\n".join(result.summary_lines(args.data)))
+    print(f"  log: {run.path}")
     if args.no_validate:
         print("  validation skipped (--no-validate): the dataset is not published")
-        return 0
+        return EXIT_OK
     # A build is gated like `bindset validate`: a failing dataset stays on disk, marked unpublished.
     return _validate_and_print(args.data, args.thresholds)
 
@@ -86,6 +139,7 @@ def _load_thresholds(path: Path | None):
 
     if path is None:
         return QualityThresholds()
+    _need(path, "--thresholds", "file")
     return QualityThresholds.from_file(path)
 
 
@@ -94,96 +148,153 @@ def _validate_and_print(data: Path, thresholds: Path | None) -> int:
 
     outcome = validate(data, _load_thresholds(thresholds))
     print("\n".join(outcome.summary_lines()))
-    return 0 if outcome.passed else 1
+    return EXIT_OK if outcome.passed else EXIT_GATE
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    return _validate_and_print(args.data, args.thresholds)
+def _need_dataset(data: Path) -> None:
+    _need(data, "DATA", "dir")
+    if not (Path(data) / "manifest.json").is_file():
+        raise UserError(f"DATA {data}: not a built dataset (no manifest.json); run `bindset build` first")
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def _cmd_validate(args: argparse.Namespace, run) -> int:
+    _need_dataset(args.data)
+    code = _validate_and_print(args.data, args.thresholds)
+    print(f"  log: {run.path}")
+    return code
+
+
+def _cmd_report(args: argparse.Namespace, run) -> int:
     import json
 
     from pipelines.report import write_report
 
+    _need_dataset(args.data)
     out = write_report(args.data, gallery=args.gallery, seed=args.seed)
     manifest = json.loads((Path(args.data) / "manifest.json").read_text())
     verdict = manifest.get("validation", {}).get("status", "not_run")
     print(f"report: {out}")
     print(f"  validation: {verdict} (published: {manifest.get('validation', {}).get('published', False)})")
-    return 0
+    print(f"  log: {run.path}")
+    return EXIT_OK
 
 
-def _bar(desc: str, quiet: bool):
-    from tqdm import tqdm
-
-    return lambda total: tqdm(total=total, desc=desc, unit="batch", disable=quiet)
-
-
-def _train_config(args: argparse.Namespace):
-    from dataclasses import replace
-
-    from training.config import PRESETS, TrainConfig
-
-    cfg = TrainConfig.from_file(args.config) if args.config else PRESETS[args.preset]
-    names = ("epochs", "max_steps", "batch_size", "seed")
-    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    if args.checkpoint_every is not None:
-        overrides["checkpoint_every"] = args.checkpoint_every
-    if args.tower_checkpoint is not None:
-        overrides["tower"] = replace(cfg.tower, checkpoint=args.tower_checkpoint)
-    return replace(cfg, **overrides)
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
+def _cmd_train(args: argparse.Namespace, run) -> int:
+    from training.config import train_config_from_args
     from training.run import train
 
-    cfg = _train_config(args)
+    cfg = train_config_from_args(args)
+    _need_dataset(args.data)
+    bar = _progress(run, "image cache", "batch", args.quiet)
     result = train(args.data, args.run, cfg, workers=args.workers, gpu=args.gpu, engine=args.engine,
-                   ray_address=args.ray_address, progress=_bar("image cache", args.quiet))  # fmt: skip
+                   ray_address=args.ray_address, progress=bar)  # fmt: skip
     print("\n".join(result.summary_lines()))
-    return 0
+    print(f"  log: {run.path}")
+    return EXIT_OK
 
 
-def _cmd_embed(args: argparse.Namespace) -> int:
+def _cmd_embed(args: argparse.Namespace, run) -> int:
     from training.embed import embed
 
+    _need_dataset(args.data)
+    _need(args.run, "RUN", "dir")
     result = embed(args.data, args.run, args.emb, batch_size=args.batch_size, gpu=args.gpu,
-                   progress=_bar("embed", args.quiet))  # fmt: skip
+                   progress=_progress(run, "embed", "batch", args.quiet))  # fmt: skip
     print("\n".join(result.summary_lines()))
-    return 0
+    print(f"  log: {run.path}")
+    return EXIT_OK
 
 
-def _cmd_search(args: argparse.Namespace) -> int:
+def _cmd_search(args: argparse.Namespace, run) -> int:
     from training.search import QUERY_KINDS, search
 
     given = [(k, getattr(args, k)) for k in QUERY_KINDS if getattr(args, k) is not None]
     if len(given) != 1:
-        raise ValueError(f"give exactly one query: {', '.join('--' + k for k in QUERY_KINDS)}")
+        raise UserError(f"give exactly one query: {', '.join('--' + k for k in QUERY_KINDS)}")
+    _need(args.emb, "EMB", "dir")
     kind, value = given[0]
+    if kind not in ("text", "key"):
+        _need(Path(value), f"--{kind}", "file")
     hits = search(args.emb, kind, value, to=args.to, k=args.k, source=args.source)
     print(f"search: {kind} {value!r} -> {args.to}, top {len(hits)}")
     for h in hits:
         print(f"  {h.rank:>3}  {h.score:+.4f}  {h.key}  [{h.split}]  {h.label or ''}")
-    return 0
+    return EXIT_OK
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+def _cmd_eval(args: argparse.Namespace, run) -> int:
     from training.evaluate import evaluate
 
+    _need(args.emb, "EMB", "dir")
     report = evaluate(args.emb, args.split, args.out)
     print(report.markdown())
     out = Path(args.out) if args.out else Path(args.emb)
     print(f"eval: wrote {out / 'eval.md'} and {out / 'eval.json'}")
-    return 0
+    print(f"  log: {run.path}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def versions() -> dict[str, str]:
+    """bindset's version and the decoding stack's (the libraries whose versions change output bytes)."""
+    from importlib import metadata
+
+    import bindset
+
+    out = {"bindset": bindset.__version__, "python": sys.version.split()[0]}
+    try:
+        from pipelines.work import library_versions
+    except ImportError:  # pragma: no cover - a partial install
+        library_versions = None
+    if library_versions is not None:
+        out.update(library_versions())
+    else:  # pragma: no cover
+        for dist in ("av", "opencv-python-headless", "numpy", "torch", "torchaudio", "pillow", "pyarrow"):
+            try:
+                out[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        v = versions()
+        width = max(map(len, v))
+        print("\n".join(f"{k:<{width}}  {val}" for k, val in v.items()))
+        parser.exit(EXIT_OK)
+
+
+def _common() -> argparse.ArgumentParser:
+    c = argparse.ArgumentParser(add_help=False)
+    g = c.add_argument_group("console and log")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="console: -v bindset's INFO lines, -vv DEBUG and third-party lines")  # fmt: skip
+    g.add_argument("-q", "--quiet", action="store_true", help="console: no progress bar, errors and summary only")
+    g.add_argument("--log-file", type=Path, default=None, help="the run's log file (default: see bindset --help)")
+    return c
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bindset", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    from bindset.synth.generate import LAYOUTS, SynthConfig
+    from training.config import add_train_config_arguments
+    from transforms.config import BuildConfig
+
+    parts = __doc__.split("\n\n")
+    p = OneLineParser(prog="bindset", description=parts[0], epilog="\n\n".join(parts[2:]),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--version", action=_VersionAction, help="versions of bindset and its decoding stack")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    common = [_common()]
 
     s = sub.add_parser(
         "synth",
+        parents=common,
         help="write realistic synthetic captures with ground truth",
         description="Write synthetic multimodal captures whose every stream follows one hidden "
         "class timeline, each on its own clock; ground truth goes to RAW/_truth/.",
@@ -198,38 +309,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--depth-size", type=int, nargs=2, metavar=("W", "H"), default=SynthConfig().depth_size)
     s.add_argument("--thermal-size", type=int, nargs=2, metavar=("W", "H"), default=SynthConfig().thermal_size)
     s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_synth)
 
     b = sub.add_parser(
         "build",
+        parents=common,
         help="build WebDataset shards, index.parquet and rejects.parquet from raw captures",
         description="Cut every input into 2 s clips with ImageBind-exact features and write DATA/shards/*.tar, "
-        "sizes.json, index.parquet, rejects.parquet and manifest.json. Unknown --flags go to Beam's "
-        "PipelineOptions untouched (e.g. --runner=FlinkRunner).",
+        "sizes.json, index.parquet, rejects.parquet and manifest.json. Settings come from --config FILE "
+        "(JSON or YAML of the fields below, without dashes: stride_s, jpeg_quality, ...), then the flags "
+        "given. Unknown --flags go to Beam's PipelineOptions untouched (e.g. --runner=FlinkRunner).",
     )
     b.add_argument("raw", type=Path)
     b.add_argument("data", type=Path)
-    b.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS))
+    b.add_argument("--config", type=Path, help="JSON/YAML file of build settings (flags given override it)")
     b.add_argument("--engine", default="beam", choices=("beam", "ray", "local"))
     b.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
     b.add_argument("--workers", type=int, default=0, help="ray: CPUs of the local instance (default: all)")
-    b.add_argument("--stride", type=float, default=2.0, help="seconds between clip starts")
-    b.add_argument("--jpeg-quality", type=int, default=95)
-    b.add_argument("--max-short-side", type=int, default=320)
-    b.add_argument("--audio-channels", choices=("first", "mean"), default="first")
-    b.add_argument("--shard-max-samples", type=int, default=1000)
-    b.add_argument("--shard-max-bytes", type=int, default=512 * 1024 * 1024)
-    b.add_argument("--val-fraction", type=float, default=0.2)
-    b.add_argument("--imu-max-gap", type=float, default=0.1, help="seconds; a longer IMU gap voids the IMU part")
-    b.add_argument("--decode-timeout", type=float, default=600.0, help="seconds per file before a decoder is killed")
     b.add_argument("--no-validate", action="store_true", help="skip the quality gate (the dataset stays unpublished)")
     b.add_argument("--thresholds", type=Path, default=None, help="JSON file of quality thresholds for the gate")
-    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--retry-failed", action="store_true",
+                   help="process again the units whose earlier run failed (default: keep their recorded failure)")
+    add_config_flags(b.add_argument_group("build settings (BuildConfig)"), BuildConfig, dest_prefix="cfg_")
     b.set_defaults(func=_cmd_build, passthrough=True)
 
     v = sub.add_parser(
         "validate",
+        parents=common,
         help="run the Great Expectations quality gate over a built dataset",
         description="Run the data contracts (schemas/expectations.py) as a Great Expectations Checkpoint over "
         "DATA's index, rejects and shards. Writes DATA/quality/validation.json and GX Data Docs, records the "
@@ -242,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "report",
+        parents=common,
         help="write the self-contained HTML data quality report",
         description="Write DATA/quality/report.html: headline numbers, rejects by reason, a per-session "
         "timeline of modalities, quality distributions and a gallery of random samples. No network needed.",
@@ -253,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
+        parents=common,
         help="train the modality encoders against the frozen OpenCLIP tower",
         description="Train audio/depth/thermal/IMU encoders with a symmetric InfoNCE loss against a frozen "
         "OpenCLIP image tower, on a Ray Train TorchTrainer (or one process without Ray). Checkpoints every N "
@@ -260,23 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("data", type=Path)
     t.add_argument("run", type=Path)
-    t.add_argument("--preset", default="tiny", choices=("tiny", "proof", "imagebind"), help="named config")
-    t.add_argument("--config", type=Path, help="JSON/YAML file of TrainConfig fields (overrides --preset)")
     t.add_argument("--workers", type=int, default=1, help="training workers (Ray Train)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker")
     t.add_argument("--engine", choices=("ray", "local"), default="ray", help="local: one process, no Ray")
     t.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--batch-size", type=int, help="per worker")
-    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    t.add_argument("--tower-checkpoint", help="local OpenCLIP checkpoint file for the frozen towers")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--quiet", action="store_true")
+    add_train_config_arguments(t)
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser(
         "embed",
+        parents=common,
         help="materialise embeddings of every sample and modality, with FAISS indexes",
         description="Run a trained model over every sample of DATA: EMB/<modality>.parquet (key, modality, "
         "split, vector, run id) and EMB/index/<modality>.faiss.",
@@ -286,10 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("emb", type=Path)
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--gpu", action="store_true")
-    e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_embed)
 
-    q = sub.add_parser("search", help="cross-modal nearest neighbours from a file, text or a sample key")
+    q = sub.add_parser("search", parents=common, help="cross-modal nearest neighbours from a file, text or a key")
     q.add_argument("emb", type=Path)
     q.add_argument("--text")
     q.add_argument("--image", help="an image file (the frozen image tower)")
@@ -302,28 +402,50 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-k", type=int, default=5)
     q.set_defaults(func=_cmd_search)
 
-    ev = sub.add_parser("eval", help="retrieval, emergent retrieval and zero-shot tables (Markdown + JSON)")
+    ev = sub.add_parser("eval", parents=common, help="retrieval, emergent retrieval and zero-shot tables")
     ev.add_argument("emb", type=Path)
     ev.add_argument("--split", default="val")
     ev.add_argument("--out", type=Path, help="folder for eval.md/eval.json (default EMB)")
     ev.set_defaults(func=_cmd_eval)
 
-    sc = sub.add_parser("schema", help="export the captures manifest JSON Schema")
-    sc.add_argument("--out", help="file to write (default: schemas/manifest.schema.json)")
+    sc = sub.add_parser("schema", parents=common, help="print (or --out: write) the captures manifest JSON Schema")
+    sc.add_argument("--out", help="file to write (default: print to stdout)")
     sc.set_defaults(func=_cmd_schema)
     return p
 
 
+# -------------------------------------------------------------------------------------------------- main
+
+
+def _log_path(args: argparse.Namespace) -> Path:
+    from bindset.logs import default_log_dir, log_file_name
+
+    if args.log_file is not None:
+        return Path(args.log_file)
+    return default_log_dir(args.command, args) / log_file_name(args.command)
+
+
+def _user_paths(args: argparse.Namespace) -> list[Path]:
+    names = ("raw", "data", "run", "emb", "config", "thresholds", "out", "image", "audio", "depth", "thermal")
+    return [Path(getattr(args, n)) for n in names if getattr(args, n, None) is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
-    if extra and not getattr(args, "passthrough", False):
-        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    """Run one command; returns its exit code (0 ok, 1 gate failed, 2 usage/config/input error, 3 unexpected)."""
+    parser = build_parser()
     try:
-        return args.func(args, extra) if getattr(args, "passthrough", False) else args.func(args)
-    except (ValueError, FileNotFoundError, LayoutError) as exc:
-        # user errors (a bad manifest, a missing folder) get one readable message, never a traceback
-        print(f"bindset {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "passthrough", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # --help, --version, usage errors (already printed as one line)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    from bindset.logs import guarded, run_logging
+
+    with run_logging(_log_path(args), verbose=args.verbose, quiet=args.quiet) as run:
+        if getattr(args, "passthrough", False):
+            return guarded(f"bindset {args.command}", run, lambda: args.func(args, run, extra), _user_paths(args))
+        return guarded(f"bindset {args.command}", run, lambda: args.func(args, run), _user_paths(args))
 
 
 if __name__ == "__main__":

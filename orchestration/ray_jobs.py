@@ -14,6 +14,7 @@ of the same run instead of submitting. A task that is killed or times out stops 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shlex
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration.settings import RaySettings
+from schemas.config import cli_flag
 from transforms.config import BuildConfig
 
 log = logging.getLogger(__name__)
@@ -31,20 +33,6 @@ log = logging.getLogger(__name__)
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 LOG_TAIL_LINES = 60
 
-#: BuildConfig field -> `bindset build` flag. The job gets every one of them explicitly, so it builds with
-#: exactly the resolved config even if the CLI's defaults change.
-BUILD_FLAGS = {
-    "layout": "--layout",
-    "stride_s": "--stride",
-    "jpeg_quality": "--jpeg-quality",
-    "max_short_side": "--max-short-side",
-    "audio_channels": "--audio-channels",
-    "shard_max_samples": "--shard-max-samples",
-    "shard_max_bytes": "--shard-max-bytes",
-    "val_fraction": "--val-fraction",
-    "decode_timeout_s": "--decode-timeout",
-    "imu_max_gap_s": "--imu-max-gap",
-}
 
 
 @dataclass(frozen=True)
@@ -60,17 +48,12 @@ class RayJobSpec:
 
 
 def build_argv(landing: Path, build_dir: Path, cfg: BuildConfig) -> list[str]:
-    defaults = BuildConfig().to_dict()
-    values = cfg.to_dict()
-    unsupported = sorted(k for k, v in values.items() if k not in BUILD_FLAGS and v != defaults[k])
-    if unsupported:
-        raise ValueError(
-            f"build config field(s) {', '.join(unsupported)} have no `bindset build` flag, so a Ray Job cannot "
-            "carry them; leave them at their defaults or build with engine beam/local"
-        )
+    """`bindset build` with every BuildConfig field as its flag (named by the field's definition, like the
+    CLI's), so the job builds with exactly the resolved config even if the CLI's defaults change."""
     argv = ["bindset", "build", str(landing), str(build_dir), "--engine", "ray", "--ray-address", "auto"]
-    for name, flag in BUILD_FLAGS.items():
-        argv += [flag, str(values[name])]
+    for name, value in cfg.to_dict().items():
+        text = "none" if value is None else json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+        argv += [cli_flag(BuildConfig, name), text]
     return argv + ["--no-validate", "--quiet"]
 
 

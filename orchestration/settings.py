@@ -264,9 +264,7 @@ def resolve_build_settings(params: Mapping[str, Any], source: SettingsSource) ->
 
 
 def _build_config(values: Mapping[str, Any]) -> BuildConfig:
-    from dataclasses import fields
-
-    unknown = sorted(set(values) - {f.name for f in fields(BuildConfig)})
+    unknown = sorted(set(values) - set(BuildConfig.model_fields))
     if unknown:  # BuildConfig.from_dict drops unknown names; a typo in a nightly's config must not
         raise ValueError(f"unknown build config field(s): {', '.join(unknown)}")
     return BuildConfig.from_dict(dict(values))

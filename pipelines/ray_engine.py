@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipelines.ray_start import init_ray
+from pipelines.ray_start import init_ray, worker_logs_to_driver
 from pipelines.work import WorkContext, run_unit_json
 
 
@@ -28,7 +28,7 @@ def run_ray(
 
     # "local": a fresh instance even where `ray start` left a cluster running (None would attach to it)
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
-    started = init_ray(log_to_driver=False, configure_logging=False, **kwargs)
+    started = init_ray(log_to_driver=worker_logs_to_driver(), configure_logging=False, **kwargs)
     try:
         task = ray.remote(num_cpus=1, max_retries=2)(run_unit_json)
         ctx_json = ctx.to_json()

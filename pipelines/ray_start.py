@@ -12,6 +12,19 @@ import os
 from typing import Any
 
 UV_HOOK_ENV = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+#: set by the `bindset` CLI while a command runs (bindset/logs.py): the run's log file, which stderr points at
+LOG_FILE_ENV = "BINDSET_LOG_FILE"
+
+
+def worker_logs_to_driver() -> bool:
+    """Whether Ray should relay its workers' output to this driver (``ray.init(log_to_driver=...)``).
+
+    Yes under the `bindset` CLI, whose stderr is the run's log file: the workers' per-unit log lines (they log
+    to stderr) then land in that file, next to the driver's. No for library callers (tests, Airflow tasks):
+    there the relayed lines would flood the caller's console; they stay in Ray's session logs
+    (``/tmp/ray/session_latest/logs``).
+    """
+    return bool(os.environ.get(LOG_FILE_ENV))
 
 
 def init_ray(**kwargs: Any) -> bool:

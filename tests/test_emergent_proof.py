@@ -25,7 +25,6 @@ Run with ``-s`` to see the figures.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +86,7 @@ def real(data, root) -> EvalReport:
 
 @pytest.fixture(scope="module")
 def control(data, root) -> EvalReport:
-    return _run(data, root, "control", replace(CONFIG, data=replace(CONFIG.data, shuffle_pairs=True)))
+    return _run(data, root, "control", CONFIG.replace(data=CONFIG.data.replace(shuffle_pairs=True)))
 
 
 def _pair(report: EvalReport, query: str, target: str) -> Retrieval:

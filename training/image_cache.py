@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def cache_dir(data: Path, cfg: TrainConfig) -> Path:
     if ckpt:
         st = os.stat(ckpt)
         weights = [str(Path(ckpt).resolve()), st.st_size, st.st_mtime_ns]
-    tower = {k: v for k, v in asdict(cfg.tower).items() if k != "model_config_paths"}
+    tower = {k: v for k, v in cfg.tower.to_dict().items() if k != "model_config_paths"}
     key = json.dumps([manifest["version"], tower, weights, cfg.data.image_frames], sort_keys=True)
     return Path(data) / CACHE / f"image_emb-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 

@@ -14,7 +14,7 @@ the log-mel and IMU as stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -250,7 +250,7 @@ def fit_depth_norm(data: Path | str, cfg: TrainConfig, max_samples: int = 512) -
     rows = np.flatnonzero(table.has["depth"])
     rows = rows[np.linspace(0, len(rows) - 1, min(max_samples, len(rows))).round().astype(int)]
     reader = SampleReader(table, frozenset({M.DEPTH.member, M.META_MEMBER}))
-    inputs = ModelInputs(replace(cfg.data, depth_norm=(0.0, 1.0)))
+    inputs = ModelInputs(cfg.data.replace(depth_norm=(0.0, 1.0)))
     total = total_sq = count = 0.0
     with torch.no_grad():
         for i in range(0, len(rows), 64):
@@ -269,4 +269,4 @@ def resolve_depth_norm(data: Path | str, cfg: TrainConfig) -> TrainConfig:
     if cfg.data.depth_norm != "auto":
         return cfg
     norm = fit_depth_norm(data, cfg) if "depth" in cfg.modalities else (0.0, 1.0)
-    return replace(cfg, data=replace(cfg.data, depth_norm=norm))
+    return cfg.replace(data=cfg.data.replace(depth_norm=norm))

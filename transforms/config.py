@@ -1,52 +1,66 @@
-"""Job settings of a dataset build (engine settings live with the engines, in pipelines/)."""
+"""Job settings of a dataset build (engine settings live with the engines, in pipelines/).
+
+    bindset build RAW DATA --config build.yaml --stride 1     # a file of BuildConfig fields; flags override it
+
+Each field's ``description`` is the help text of its ``bindset build`` flag, and the flag itself is the field
+name with dashes (``shard_max_samples`` -> ``--shard-max-samples``) unless ``json_schema_extra["flag"]`` names
+a shorter one (schemas/config.py:cli_flag). bindset/cli.py and orchestration/ray_jobs.py build their flags from
+these definitions.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
+from pydantic import Field
 
-@dataclass(frozen=True)
-class BuildConfig:
-    layout: str = "auto"
-    clip_s: float = 2.0
-    stride_s: float = 2.0
+from schemas.config import StrictConfig
+from transforms.layouts import LAYOUTS
+
+LayoutChoice = Literal[("auto", *LAYOUTS)]
+
+
+class BuildConfig(StrictConfig):
+    """Settings that decide the bytes of a build. Strict: unknown keys and lossy types raise ConfigError."""
+
+    layout: LayoutChoice = Field("auto", description="input layout; auto detects it and says which it chose")
+    clip_s: float = Field(2.0, gt=0, description="seconds per clip window (ImageBind: 2)")
+    stride_s: float = Field(
+        2.0, gt=0, description="seconds between clip starts", json_schema_extra={"flag": "--stride"}
+    )
     # frames
-    jpeg_quality: int = 95
-    max_short_side: int = 320
-    max_image_side: int = 16384  # larger declared dimensions are refused before decoding
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the stored frames")
+    max_short_side: int = Field(320, ge=1, description="frames are shrunk so the short side is at most this (px)")
+    max_image_side: int = Field(
+        16384, ge=1, description="larger declared image dimensions are refused before decoding (px)"
+    )
     # audio
-    audio_channels: Literal["first", "mean"] = "first"
-    audio_tolerance_s: float = 0.05  # a window may miss this much audio at a track edge (zero-padded)
+    audio_channels: Literal["first", "mean"] = Field(
+        "first", description="channel(s) the mel reads: first (ImageBind) or the mean of all"
+    )
+    audio_tolerance_s: float = Field(
+        0.05, ge=0, description="audio a window may miss at a track edge, zero-padded (s)"
+    )
     # depth/thermal: None = half the stream's median frame period
-    depth_tolerance_s: float | None = None
-    thermal_tolerance_s: float | None = None
+    depth_tolerance_s: float | None = Field(
+        None, ge=0, description="max distance of the depth frame from the clip's first frame (s; none: half a period)"
+    )
+    thermal_tolerance_s: float | None = Field(
+        None, ge=0, description="max distance of the thermal frame from the clip's first frame (s; none: half a period)"
+    )
     # IMU
-    imu_window_s: float = 5.0
-    imu_rate_hz: float = 400.0
-    imu_max_gap_s: float = 0.1
+    imu_window_s: float = Field(5.0, gt=0, description="IMU window centred on the clip (s)")
+    imu_rate_hz: float = Field(400.0, gt=0, description="IMU resampling rate (Hz)")
+    imu_max_gap_s: float = Field(
+        0.1, gt=0, description="a longer IMU gap voids the IMU part (s)", json_schema_extra={"flag": "--imu-max-gap"}
+    )
     # output
-    shard_max_samples: int = 1000
-    shard_max_bytes: int = 512 * 1024 * 1024
-    val_fraction: float = 0.2
-    split_salt: str = "bindset"
+    shard_max_samples: int = Field(1000, ge=1, description="samples per shard at most")
+    shard_max_bytes: int = Field(512 * 1024 * 1024, ge=4096, description="bytes per shard at most")
+    val_fraction: float = Field(0.2, ge=0, le=1, description="fraction of sessions in the val split")
+    split_salt: str = Field("bindset", description="salt of the session hash that picks the split")
     # robustness
-    decode_timeout_s: float = 600.0  # per file; a decoder that hangs longer is killed
-
-    def __post_init__(self):
-        if self.clip_s <= 0 or self.stride_s <= 0:
-            raise ValueError("clip_s and stride_s must be positive")
-        if not 0 <= self.val_fraction <= 1:
-            raise ValueError("val_fraction must be within [0, 1]")
-        if self.shard_max_samples < 1 or self.shard_max_bytes < 4096:
-            raise ValueError("shard limits are too small")
-        if self.audio_channels not in ("first", "mean"):
-            raise ValueError("audio_channels must be 'first' or 'mean'")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BuildConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    decode_timeout_s: float = Field(
+        600.0, gt=0, description="seconds per file before a hung decoder is killed",
+        json_schema_extra={"flag": "--decode-timeout"},
+    )  # fmt: skip

@@ -32,6 +32,7 @@ from bindset.synth.world import (
     render_imu,
     render_thermal,
 )
+from schemas.config import ConfigError
 from schemas.manifest import SessionManifest
 
 LAYOUTS = ("captures", "videos", "ego4d", "sunrgbd", "llvip")
@@ -407,9 +408,9 @@ def _one(args: tuple[Path, SynthConfig, int]) -> dict:
 def synth(raw: Path | str, cfg: SynthConfig, progress=None) -> SynthResult:
     """Write cfg.sessions sessions into raw (replacing the sessions of the same ids)."""
     if cfg.layout not in WRITERS:
-        raise ValueError(f"unknown layout {cfg.layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise ConfigError(f"unknown layout {cfg.layout!r}; choose one of {', '.join(LAYOUTS)}")
     if cfg.sessions < 1 or cfg.seconds < 2:
-        raise ValueError("need at least one session of at least 2 seconds")
+        raise ConfigError("--sessions/--seconds: need at least one session of at least 2 seconds")
     raw = Path(raw)
     raw.mkdir(parents=True, exist_ok=True)
     if cfg.layout == "captures":
