@@ -30,7 +30,9 @@ SessionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")]
 
 class _Strict(BaseModel):
     # Unknown keys are almost always typos ("ofset_s"); silently ignoring them would hide a wrong clock.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused in every float field ("not a finite number"): NaN compares false with
+    # every bound, so a ``le=3600`` check alone would let it through or name the wrong problem.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _relative_inside(value: str) -> str:
@@ -219,33 +221,37 @@ def parse_manifest(data: object, path: Path | str = "<manifest>") -> SessionMani
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field (check its spelling)"
+            elif err["type"] == "finite_number":
+                msg = f"not a finite number (got {err['input']!r})"
             elif loc == ("schema_version",):
                 msg = f"unsupported schema_version {err['input']!r} (this bindset reads {SCHEMA_VERSION})"
             problems.append((_loc(loc), msg))
         raise ManifestError(path, problems) from None
 
 
-def load_manifest(path: Path | str) -> SessionManifest:
-    """Read a JSON or YAML manifest; every failure is a ManifestError naming the file."""
+def load_manifest(path: Path | str, name: str | None = None) -> SessionManifest:
+    """Read a JSON or YAML manifest; every failure is a ManifestError naming the file as ``name`` (a build
+    passes the RAW-relative path, so reject details carry no absolute path), default the path."""
     path = Path(path)
+    label = name or path
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ManifestError(path, [("", "file not found")]) from None
+        raise ManifestError(label, [("", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(path, [("", f"cannot read: {exc}")]) from None
+        raise ManifestError(label, [("", f"cannot read: {exc}")]) from None
     if not text.strip():
-        raise ManifestError(path, [("", "file is empty")])
+        raise ManifestError(label, [("", "file is empty")])
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
         msg = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        raise ManifestError(path, [("", msg)]) from None
+        raise ManifestError(label, [("", msg)]) from None
     except yaml.YAMLError as exc:
-        raise ManifestError(path, [("", f"not valid YAML: {exc}")]) from None
+        raise ManifestError(label, [("", f"not valid YAML: {exc}")]) from None
     if not isinstance(data, dict):
-        raise ManifestError(path, [("", f"top level must be an object, got {type(data).__name__}")])
-    return parse_manifest(data, path)
+        raise ManifestError(label, [("", f"top level must be an object, got {type(data).__name__}")])
+    return parse_manifest(data, label)
 
 
 def manifest_json_schema() -> dict:

@@ -21,6 +21,7 @@ class RejectReason(StrEnum):
     DECODE_TIMEOUT = "decode_timeout"
     DECODER_CRASH = "decoder_crash"
     ABSURD_DIMENSIONS = "absurd_dimensions"
+    DECODED_SIZE_OVER_BUDGET = "decoded_size_over_budget"  # header: width*height*channels*bytes too big
     NO_VIDEO_STREAM = "no_video_stream"
     NO_AUDIO_STREAM = "no_audio_stream"
     CORRUPT_IMAGE = "corrupt_image"
@@ -42,8 +43,28 @@ class RejectReason(StrEnum):
     IMU_OUT_OF_RANGE = "imu_out_of_range"
     IMU_GAP = "imu_gap"
     IMU_NAN = "imu_nan"
+    IMU_CLOCK_STEP = "imu_clock_step"  # the IMU clock stepped back; later samples are on an unknown clock
+    DEPTH_BIT_DEPTH = "depth_bit_depth"  # a depth image whose bit depth cannot hold its declared unit (8-bit "mm")
+    DEPTH_IMPLAUSIBLE = "depth_implausible"  # depth values outside any real sensor's range for the declared unit
+    ORIENTATION_MISMATCH = "orientation_mismatch"  # a still pair whose members carry different EXIF orientations
+    AUDIO_GAP = "audio_gap"  # the audio timestamps jump over a hole (or step back) inside the window
+    AUDIO_FORMAT_CHANGE = "audio_format_change"  # the audio sample rate or channel layout changes inside the window
+    CORRUPT_PACKETS = "corrupt_packets"  # packets in the window failed to decode (damage mid-file); others kept
     PARTIAL_WINDOW = "partial_window"
     INTERNAL_ERROR = "internal_error"
+    # Per-sample quality filters (transforms/filters.py): a figure beyond its threshold
+    AUDIO_SILENT = "audio_silent"
+    AUDIO_CLIPPED = "audio_clipped"
+    FRAME_BLACK = "frame_black"
+    FRAME_WHITE = "frame_white"
+    FRAME_BLURRED = "frame_blurred"
+    FRAME_FROZEN = "frame_frozen"
+    DEPTH_INVALID = "depth_invalid"
+    THERMAL_FLAT = "thermal_flat"
+    IMU_SATURATED = "imu_saturated"
+    # Transient by nature (see TRANSIENT)
+    INPUT_CHANGED = "input_changed"  # an input's size or mtime changed while the build read it
+    IO_ERROR = "io_error"  # reading failed for a reason outside the file's content (EIO, a lost mount)
 
 
 #: Codes that describe a whole input rather than one window.
@@ -59,6 +80,7 @@ INPUT_LEVEL = frozenset(
         RejectReason.DECODE_TIMEOUT,
         RejectReason.DECODER_CRASH,
         RejectReason.ABSURD_DIMENSIONS,
+        RejectReason.DECODED_SIZE_OVER_BUDGET,
         RejectReason.NO_VIDEO_STREAM,
         RejectReason.NO_AUDIO_STREAM,
         RejectReason.NOT_A_REGULAR_FILE,
@@ -67,5 +89,35 @@ INPUT_LEVEL = frozenset(
         RejectReason.UNSUPPORTED_FORMAT,
         RejectReason.DUPLICATE_SESSION,
         RejectReason.UNUSED_FILE,
+        RejectReason.INPUT_CHANGED,
+        RejectReason.IO_ERROR,
+    }
+)
+
+#: Codes that may not happen again: a busy machine, a crash of the decode worker, a bug, an I/O error or an
+#: input caught mid-change. A unit with one of them is rerun by the next build (up to a number of attempts,
+#: at once with ``bindset build --retry-failed``); every other code is terminal (the input itself is bad).
+TRANSIENT = frozenset(
+    {
+        RejectReason.DECODE_TIMEOUT,
+        RejectReason.DECODER_CRASH,
+        RejectReason.INTERNAL_ERROR,
+        RejectReason.INPUT_CHANGED,
+        RejectReason.IO_ERROR,
+    }
+)
+
+#: Codes the per-sample quality filters give (transforms/filters.py); the gate bounds how often each occurs.
+QUALITY_FILTER = frozenset(
+    {
+        RejectReason.AUDIO_SILENT,
+        RejectReason.AUDIO_CLIPPED,
+        RejectReason.FRAME_BLACK,
+        RejectReason.FRAME_WHITE,
+        RejectReason.FRAME_BLURRED,
+        RejectReason.FRAME_FROZEN,
+        RejectReason.DEPTH_INVALID,
+        RejectReason.THERMAL_FLAT,
+        RejectReason.IMU_SATURATED,
     }
 )

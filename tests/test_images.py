@@ -319,3 +319,130 @@ def test_frame_indices_match_imagebind_rule(fps):
     for s in starts:
         got = frame_indices_in_window(times, float(s), float(s + 2))
         assert got == imagebind_rule(fps, s, n), (float(fps), float(s))
+
+
+# ------------------------------------------------------------------------------- headers, budget, orientation
+
+
+def png_header_only(width: int, height: int, bits: int, color: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, bits, color, 0, 0, 0)
+    idat = png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return images.PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + idat + png_chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("bits", "color", "described", "decoded"),
+    [
+        (16, 0, "PNG gray, 16-bit, 640x480", 640 * 480 * 2),
+        (8, 4, "PNG gray+alpha, 8-bit, 640x480", 640 * 480 * 2),
+        (8, 2, "PNG RGB, 8-bit, 640x480", 640 * 480 * 3),
+        (16, 6, "PNG RGBA, 16-bit, 640x480", 640 * 480 * 8),
+        (4, 3, "PNG palette, 4-bit, 640x480", 640 * 480 * 4),
+    ],
+)
+def test_png_header_describes_the_file_as_it_is(bits, color, described, decoded):
+    header = images.image_header(png_header_only(640, 480, bits, color))
+    assert header.describe() == described and header.decoded_bytes == decoded and header.orientation == 1
+
+
+def test_gray_alpha_png_is_described_not_called_four_channels():
+    from PIL import Image
+
+    la = Image.fromarray(np.full((8, 8, 2), 200, np.uint8), "LA")._repr_png_()
+    with pytest.raises(CorruptImage) as err:
+        read_png16(la, name="s/thermal/000001.png")
+    assert str(err.value) == (
+        "s/thermal/000001.png: expected a single-channel (grayscale) 8- or 16-bit PNG, got PNG gray+alpha, 8-bit, 8x8"
+    )
+
+
+def test_decoded_size_budget_is_checked_from_the_header(monkeypatch):
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded pixels of an image over budget")
+
+    monkeypatch.setattr(images.cv2, "imdecode", no_decode)
+    monkeypatch.setattr(images.Image, "open", no_decode)
+    bomb = png_header_only(16_384, 16_384, 16, 6)
+    for read in (read_png16, read_rgb, images.load_depth_png_mm):
+        with pytest.raises(images.DecodedSizeOverBudget) as err:
+            read(bomb, name="d/x.png")
+        assert err.value.reason is RejectReason.DECODED_SIZE_OVER_BUDGET
+        assert str(err.value) == (
+            "d/x.png: PNG RGBA, 16-bit, 16384x16384 decodes to 2,048 MiB, over the 256 MiB budget for one image"
+        )
+    # RGB output counts: a gray JPEG-sized image is budgeted at 3 channels for read_rgb
+    with pytest.raises(images.DecodedSizeOverBudget):
+        read_rgb(png_header_only(1000, 1000, 8, 0), max_bytes=2_000_000)
+    with pytest.raises(AssertionError, match="decoded pixels"):  # within budget: it gets to decoding
+        images.load_png16(png_header_only(1000, 1000, 8, 0), max_bytes=2_000_000)
+
+
+def _jpeg_tagged(rgb: np.ndarray, orientation: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_matches_pillow_exif_transpose(orientation):
+    import io
+
+    from PIL import Image, ImageOps
+
+    rgb = noise_rgb(5, 7, seed=orientation)
+    data = _jpeg_tagged(rgb, orientation)
+    header = images.image_header(data)
+    assert header.orientation == orientation and header.describe() == "JPEG YCbCr, 8-bit, 7x5"
+    coded, hdr = images.load_rgb(data)
+    assert hdr == header
+    with Image.open(io.BytesIO(data)) as im:
+        expected = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    np.testing.assert_array_equal(images.orient(coded, orientation), expected)
+    # a marked pixel lands where orient_point says, and intrinsics follow it
+    mark = np.zeros((5, 7), np.uint8)
+    mark[1, 2] = 1
+    y, x = np.argwhere(images.orient(mark, orientation))[0]
+    assert images.orient_point(2, 1, 7, 5, orientation) == (x, y)
+    intr = images.orient_intrinsics({"fx": 10.0, "fy": 20.0, "cx": 2.0, "cy": 1.0}, 7, 5, orientation)
+    assert (intr["cx"], intr["cy"]) == (x, y)
+    assert (intr["fx"], intr["fy"]) == ((20.0, 10.0) if orientation >= 5 else (10.0, 20.0))
+
+
+def test_png_exif_chunk_orientation():
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    payload = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif") else exif.tobytes()
+    plain = encode_png16(np.ones((4, 6), np.uint16) * 1000)
+    tagged = plain[:33] + png_chunk(b"eXIf", payload) + plain[33:]
+    assert images.image_header(tagged).orientation == 8
+    assert images.image_header(plain).orientation == 1
+    broken = plain[:33] + png_chunk(b"eXIf", b"MM\0*garbage") + plain[33:]
+    assert images.image_header(broken).orientation == 1  # a damaged EXIF block carries no usable tag
+
+
+def test_depth_png_bit_depth_and_plausible_range():
+    mm = np.random.default_rng(4).integers(500, 4000, (24, 32)).astype(np.uint16)
+    mm[0, :5] = 0
+    out, _ = images.load_depth_png_mm(encode_png16(mm), name="s/depth/1.png")
+    np.testing.assert_array_equal(out, mm)
+    with pytest.raises(images.DepthBitDepth, match=r"^s/depth/1.png: PNG gray, 8-bit, 32x24; depth in mill") as err:
+        images.load_depth_png_mm(encode_png16((mm >> 4).astype(np.uint8)), name="s/depth/1.png")
+    assert err.value.reason is RejectReason.DEPTH_BIT_DEPTH
+    with pytest.raises(images.DepthImplausible, match="median valid depth 2 mm") as err:
+        images.load_depth_png_mm(encode_png16(mm // 1000), name="s/depth/1.png")
+    assert err.value.reason is RejectReason.DEPTH_IMPLAUSIBLE
+    # SUN RGB-D: rotated bits; an 8-bit file is refused, a 16-bit one whose bits are not rotated mm too
+    rotated = (mm << np.uint16(3)) | (mm >> np.uint16(13))
+    out, _ = images.load_depth_png_mm(encode_png16(rotated), sunrgbd=True)
+    np.testing.assert_array_equal(out, mm)
+    with pytest.raises(images.DepthImplausible, match="beyond the sensors' range"):
+        images.load_depth_png_mm(encode_png16(mm | np.uint16(7)), sunrgbd=True)  # low bits set: >57 m
+    images.load_depth_png_mm(encode_png16(np.zeros((4, 4), np.uint16)))  # all invalid: the figures say so

@@ -220,3 +220,68 @@ def test_thousands_of_windows_from_30_minutes_are_fast():
     windows = [imu_window(track, float(c)) for c in centers]
     assert time.perf_counter() - started < 5.0
     assert all(w.ok for w in windows)
+
+
+# ------------------------------------------------------------------------------------- clock steps
+
+
+def _stepped(rate_hz: float = 200.0, seconds: float = 12.0, at_s: float = 6.0, back_s: float = 0.5):
+    """A sine whose device clock is set back by ``back_s`` after ``at_s``: the true signal, and the file's times."""
+    true_t = np.arange(round(seconds * rate_hz)) / rate_hz
+    data = np.stack([np.sin(2 * np.pi * 1.0 * true_t + c) for c in range(6)])
+    stamped = np.where(true_t > at_s, true_t - back_s, true_t)
+    return true_t, stamped, data
+
+
+def test_clock_step_back_sets_later_rows_aside():
+    true_t, stamped, data = _stepped()
+    track = clean_track(stamped, data)
+    step = track.clock_step
+    first_after = int(np.flatnonzero(true_t > 6.0)[0])
+    assert step.row == first_after and step.rows_set_aside == len(true_t) - first_after
+    assert step.before_s == pytest.approx(6.0) and step.back_s == pytest.approx(0.495)
+    np.testing.assert_array_equal(track.t, true_t[:first_after])  # only the rows on the declared clock
+    assert track.report.clock_step_rows == step.rows_set_aside and RejectReason.IMU_CLOCK_STEP in track.report.issues
+    assert track.report.non_monotonic_steps == 0 and track.report.duplicate_rows == 0
+    assert "steps back 0.495 s at data row 1201 (6.000 s -> 5.505 s)" in step.describe()
+
+
+@pytest.mark.parametrize(
+    ("center", "reason"),
+    [
+        (3.0, None),  # [0.5, 5.5]: wholly before the step, on the declared clock
+        (3.5, None),  # [1.0, 6.0): ends at the last sample before the step
+        (5.0, RejectReason.IMU_CLOCK_STEP),  # overlaps the step
+        (8.5, RejectReason.IMU_CLOCK_STEP),  # [6.0, 11.0]: after it, on a clock nothing pins down
+        (1.0, RejectReason.IMU_OUT_OF_RANGE),  # starts before the recording
+    ],
+)
+def test_windows_around_a_clock_step(center, reason):
+    true_t, stamped, data = _stepped()
+    w = imu_window(clean_track(stamped, data), center)
+    if reason is None:
+        assert w.ok
+        # identical to the window of the intact track: the stored signal is the true one
+        np.testing.assert_array_equal(w.data, imu_window(clean_track(true_t, data), center).data)
+    else:
+        assert w.reason is reason, w.detail
+        if reason is RejectReason.IMU_CLOCK_STEP:
+            assert "needs samples past the clock step" in w.detail and "steps back 0.495 s" in w.detail
+
+
+def test_reordered_rows_are_not_a_clock_step():
+    t = np.arange(400) / 200.0
+    t[[100, 101]] = t[[101, 100]]  # one swapped pair: one period back
+    t[[300, 302]] = t[[302, 300]]  # 302, 301, 300: two steps of one period back
+    track = clean_track(t, np.zeros((6, 400)))
+    assert track.clock_step is None and track.report.non_monotonic_steps == 3 and len(track) == 400
+
+
+def test_clock_step_read_from_csv_names_the_file_as_given(tmp_path):
+    true_t, stamped, data = _stepped(rate_hz=50.0, seconds=10.0)
+    path = write_csv(tmp_path / "imu.csv", stamped * 1e3, data[3:], data[:3])
+    track = read_imu_csv(path, units=SI, source_name="s1/imu.csv")
+    assert track.clock_step is not None and track.t[-1] == pytest.approx(6.0)
+    with pytest.raises(ImuFormatError) as err:
+        read_imu_csv(tmp_path / "missing.csv", units=SI, source_name="s1/missing.csv")
+    assert str(err.value) == "s1/missing.csv: file not found" and str(tmp_path) not in str(err.value)

@@ -1,10 +1,18 @@
 """Frames, depth and thermal images: safe reading, deterministic encoding, quality figures, frame picks.
 
 Untrusted image files are checked at the header before any pixel is decoded: a PNG or JPEG that
-declares 100000×100000 pixels is refused from its first few hundred bytes instead of allocating
-tens of gigabytes. Encoders (OpenCV's libjpeg/libpng with fixed parameters) give the same bytes for
-the same pixels on every run, which byte-identical shards rely on; a depth/thermal PNG that already is
-a plain grayscale PNG is stored as it is (``store_png16``), which depends on the input only as well.
+declares 100000×100000 pixels, or whose decoded size (width × height × channels × bytes per sample,
+all read from the header) passes ``MAX_DECODED_BYTES``, is refused from its first few hundred bytes
+instead of allocating gigabytes; channel count and bit depth are checked there too. Messages name a
+file as the caller names it (RAW-relative in a build: ``name=``) and describe it as its header does
+("gray+alpha, 8-bit"), not as a decoder happened to expand it.
+
+Orientation: a JPEG's EXIF orientation tag (APP1) or a PNG's ``eXIf`` chunk (before IDAT) is read from
+the header; ``orient`` applies it to decoded pixels as Pillow's ``ImageOps.exif_transpose`` does.
+
+Encoders (OpenCV's libjpeg/libpng with fixed parameters) give the same bytes for the same pixels
+on every run, which byte-identical shards rely on; a depth/thermal PNG that already is a plain
+grayscale PNG is stored as it is (``store_png16``), which depends on the input only as well.
 
 Frame picks follow SPEC §3: times are presentation times on the session timeline, sorted.
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +33,10 @@ from PIL import Image
 from schemas.reasons import RejectReason
 
 MAX_SIDE = 16_384
+# Decoded-size budget for one image, from its header: 256 MiB holds an 8K RGB frame (~100 MB), a
+# 16384x16384 8-bit gray image, and every real SUN RGB-D / LLVIP / depth / thermal frame by orders of
+# magnitude, while a 16384x16384 RGBA16 "bomb" (2 GiB from a ~2 MB file) is refused from its header.
+MAX_DECODED_BYTES = 256 * 2**20
 JPEG_QUALITY = 95
 MAX_SHORT_SIDE = 320
 PNG_COMPRESSION = 3  # zlib level: fixed so the bytes never depend on a library default
@@ -52,6 +65,18 @@ class AbsurdDimensions(ImageInputError):
     reason = RejectReason.ABSURD_DIMENSIONS
 
 
+class DecodedSizeOverBudget(ImageInputError):
+    reason = RejectReason.DECODED_SIZE_OVER_BUDGET
+
+
+class DepthBitDepth(ImageInputError):
+    reason = RejectReason.DEPTH_BIT_DEPTH
+
+
+class DepthImplausible(ImageInputError):
+    reason = RejectReason.DEPTH_IMPLAUSIBLE
+
+
 @dataclass(frozen=True)
 class ImageSize:
     width: int
@@ -59,28 +84,102 @@ class ImageSize:
     format: str  # "png" or "jpeg"
 
 
+# PNG colour types (PNG spec, IHDR): samples per pixel as stored.
+_PNG_COLOR = {0: ("gray", 1), 2: ("RGB", 3), 3: ("palette", 1), 4: ("gray+alpha", 2), 6: ("RGBA", 4)}
+_JPEG_COLOR = {1: "gray", 3: "YCbCr", 4: "CMYK"}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header declares, read without decoding a pixel."""
+
+    width: int
+    height: int
+    format: str  # "png" or "jpeg"
+    color: str  # "gray", "gray+alpha", "RGB", "RGBA", "palette" (PNG); "gray", "YCbCr", "CMYK" (JPEG)
+    channels: int  # samples per pixel as stored (a palette PNG: 1 index)
+    bit_depth: int  # bits per sample (PNG 1..16; JPEG precision 8 or 12)
+    orientation: int = 1  # EXIF orientation 1..8 (1 = as stored); 1 when there is no tag
+
+    @property
+    def size(self) -> ImageSize:
+        return ImageSize(self.width, self.height, self.format)
+
+    @property
+    def decoded_channels(self) -> int:
+        """Channels a decoder hands back: a palette expands to RGBA at most."""
+        return 4 if self.color == "palette" else self.channels
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self.decoded_bytes_as(self.decoded_channels)
+
+    def decoded_bytes_as(self, channels: int) -> int:
+        """Bytes of the pixels decoded to at least ``channels`` samples per pixel."""
+        return self.width * self.height * max(channels, self.decoded_channels) * (2 if self.bit_depth > 8 else 1)
+
+    def describe(self) -> str:
+        """E.g. "PNG gray+alpha, 8-bit, 64x48": the file as it is, not as a decoder expands it."""
+        return f"{self.format.upper()} {self.color}, {self.bit_depth}-bit, {self.width}x{self.height}"
+
+
 ImageSource = str | Path | bytes
 
 
-def _load(source: ImageSource) -> tuple[bytes, str]:
+def _load(source: ImageSource, name: str | None = None) -> tuple[bytes, str]:
+    """The file's bytes and the name messages use: ``name`` when given (a build passes the RAW-relative
+    path, so reject details never carry absolute paths), else the path as given."""
     if isinstance(source, bytes | bytearray | memoryview):
-        return bytes(source), "<bytes>"
+        return bytes(source), name or "<bytes>"
     path = Path(source)
-    return path.read_bytes(), str(path)
+    return path.read_bytes(), name or str(path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Header checks (no pixel decoding)
 
 
-def _png_size(data: bytes, name: str) -> ImageSize:
-    # IHDR must be the first chunk: length (13), "IHDR", width, height (big-endian uint32).
+def _png_header(data: bytes, name: str) -> ImageHeader:
+    # IHDR must be the first chunk: length (13), "IHDR", width, height (big-endian uint32), bit depth,
+    # colour type, compression, filter, interlace (one byte each).
     if len(data) < 8 + 8 + 13:
         raise CorruptImage(f"{name}: truncated PNG header ({len(data)} bytes)")
-    length, kind, width, height = struct.unpack(">I4sII", data[8:24])
+    length, kind, width, height, bits, color = struct.unpack(">I4sIIBB", data[8:26])
     if kind != b"IHDR" or length != 13:
         raise CorruptImage(f"{name}: PNG does not start with an IHDR chunk")
-    return ImageSize(width, height, "png")
+    if color not in _PNG_COLOR or bits not in (1, 2, 4, 8, 16):
+        raise CorruptImage(f"{name}: PNG header declares colour type {color} with bit depth {bits}")
+    label, channels = _PNG_COLOR[color]
+    return ImageHeader(width, height, "png", label, channels, bits, _png_orientation(data))
+
+
+def _png_orientation(data: bytes) -> int:
+    # An eXIf chunk must come before the first IDAT (PNG 3rd edition); one after it is not looked for.
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind == b"eXIf":
+            return _exif_orientation(data[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+    return 1
+
+
+def _exif_orientation(payload: bytes) -> int:
+    """The Orientation tag (0x0112) of a TIFF-structured EXIF block; 1 when absent or unusable."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns about a damaged block; the answer (1) says enough
+            warnings.simplefilter("ignore")
+            value = Image.Exif()
+            value.load(payload)
+            orientation = int(value.get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block carries no usable tag; the pixels may still be fine
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
+_EXIF_ORIENTATION = 0x0112
 
 
 # Start-of-frame markers carry the dimensions; C4 (DHT), C8 (JPG) and CC (DAC) share the range but don't.
@@ -88,8 +187,9 @@ _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 
-def _jpeg_size(data: bytes, name: str) -> ImageSize:
+def _jpeg_header(data: bytes, name: str) -> ImageHeader:
     pos = 2
+    orientation = 1
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
             raise CorruptImage(f"{name}: JPEG marker expected at byte {pos}")
@@ -101,11 +201,14 @@ def _jpeg_size(data: bytes, name: str) -> ImageSize:
             pos += 2
             continue
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\0\0":  # APP1 Exif comes before the frame header
+            orientation = _exif_orientation(data[pos + 10 : pos + 2 + length])
         if marker in _JPEG_SOF:
-            if pos + 9 > len(data):
+            if pos + 10 > len(data):
                 break
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return ImageSize(width, height, "jpeg")
+            precision, height, width, components = struct.unpack(">BHHB", data[pos + 4 : pos + 10])
+            color = _JPEG_COLOR.get(components, f"{components}-component")
+            return ImageHeader(width, height, "jpeg", color, components, precision, orientation)
         if marker in (0xD9, 0xDA) or length < 2:  # end of image / start of scan before any frame header
             break
         pos += 2 + length
@@ -114,15 +217,22 @@ def _jpeg_size(data: bytes, name: str) -> ImageSize:
 
 def image_size(source: ImageSource) -> ImageSize:
     """Width and height from a PNG or JPEG header, without decoding pixels."""
-    data, name = _load(source)
-    return _size_of(data, name)
+    return image_header(source).size
 
 
-def _size_of(data: bytes, name: str) -> ImageSize:
+def image_header(source: ImageSource, *, name: str | None = None) -> ImageHeader:
+    """Size, colour, channels, bit depth and EXIF orientation from a PNG or JPEG header.
+
+    Raises CorruptImage when the header is missing or damaged."""
+    data, name = _load(source, name)
+    return _header_of(data, name)
+
+
+def _header_of(data: bytes, name: str) -> ImageHeader:
     if data.startswith(PNG_SIGNATURE):
-        return _png_size(data, name)
+        return _png_header(data, name)
     if data.startswith(JPEG_SOI):
-        return _jpeg_size(data, name)
+        return _jpeg_header(data, name)
     if not data:
         raise CorruptImage(f"{name}: empty file")
     raise CorruptImage(f"{name}: neither PNG nor JPEG (starts with {data[:8]!r})")
@@ -132,6 +242,23 @@ def check_dimensions(size: ImageSize, name: str, *, max_side: int = MAX_SIDE) ->
     if size.width == 0 or size.height == 0 or size.width > max_side or size.height > max_side:
         raise AbsurdDimensions(
             f"{name}: {size.format} declares {size.width}x{size.height} pixels (allowed 1..{max_side} a side)"
+        )
+
+
+def check_budget(
+    header: ImageHeader, name: str, *, max_side: int = MAX_SIDE, max_bytes: int = MAX_DECODED_BYTES, channels: int = 1
+) -> None:
+    """Refuse, from the header alone, an image whose sides or decoded size are beyond the limits.
+
+    ``channels``: samples per pixel the caller converts to (3 for RGB), when more than the file holds.
+    Raises AbsurdDimensions (a side of 0 or above ``max_side``) or DecodedSizeOverBudget (width × height ×
+    channels × bytes per sample above ``max_bytes``)."""
+    check_dimensions(header.size, name, max_side=max_side)
+    need = header.decoded_bytes_as(channels)
+    if need > max_bytes:
+        raise DecodedSizeOverBudget(
+            f"{name}: {header.describe()} decodes to {need / 2**20:,.0f} MiB, over the "
+            f"{max_bytes / 2**20:,.0f} MiB budget for one image"
         )
 
 
@@ -151,25 +278,37 @@ def _png_complete(data: bytes) -> bool:
 # Reading
 
 
-def read_png16(source: ImageSource, *, max_side: int = MAX_SIDE) -> np.ndarray:
+def read_png16(source: ImageSource, *, max_side: int = MAX_SIDE, name: str | None = None) -> np.ndarray:
     """A single-channel PNG (16-bit depth/thermal, or 8-bit) as (H, W) uint16 or uint8."""
-    return load_png16(source, max_side=max_side)[0]
+    return load_png16(source, max_side=max_side, name=name)[0]
 
 
-def load_png16(source: ImageSource, *, max_side: int = MAX_SIDE) -> tuple[np.ndarray, bytes]:
-    """``read_png16``, also handing back the file's bytes."""
-    data, name = _load(source)
+def load_png16(
+    source: ImageSource, *, max_side: int = MAX_SIDE, name: str | None = None, max_bytes: int = MAX_DECODED_BYTES
+) -> tuple[np.ndarray, bytes]:
+    """``read_png16``, also handing back the file's bytes.
+
+    Everything that can be judged from the header is judged before decoding: sides, decoded size,
+    grayscale (colour type 0) and a bit depth of 8 or 16. Raises CorruptImage, AbsurdDimensions or
+    DecodedSizeOverBudget; messages name the file as ``name`` (default: the path as given)."""
+    return _load_gray_png(*_load(source, name), max_side=max_side, max_bytes=max_bytes)[:2]
+
+
+def _load_gray_png(data: bytes, name: str, *, max_side: int, max_bytes: int) -> tuple[np.ndarray, bytes, ImageHeader]:
     if not data.startswith(PNG_SIGNATURE):
         raise CorruptImage(f"{name}: not a PNG file" if data else f"{name}: empty file")
-    check_dimensions(_png_size(data, name), name, max_side=max_side)
+    header = _png_header(data, name)
+    check_budget(header, name, max_side=max_side, max_bytes=max_bytes)
+    if header.color != "gray" or header.bit_depth not in (8, 16):
+        raise CorruptImage(f"{name}: expected a single-channel (grayscale) 8- or 16-bit PNG, got {header.describe()}")
     if not _png_complete(data):
         raise CorruptImage(f"{name}: truncated PNG (no complete IEND chunk)")
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise CorruptImage(f"{name}: PNG data cannot be decoded")
-    if arr.ndim != 2:
-        raise CorruptImage(f"{name}: expected a single-channel PNG, got {arr.shape[2]} channels")
-    return arr, data
+    if arr.ndim != 2:  # cannot happen for a gray IHDR; kept so a decoder surprise is never stored
+        raise CorruptImage(f"{name}: expected a single-channel PNG, decoded {arr.shape[2]} channels")
+    return arr, data, header
 
 
 def _plain_gray_png(data: bytes, arr: np.ndarray) -> bool:
@@ -208,10 +347,27 @@ def store_png16(arr: np.ndarray, source: bytes | None = None) -> bytes:
     return encode_png16(arr)
 
 
-def read_rgb(source: ImageSource, *, max_side: int = MAX_SIDE) -> np.ndarray:
-    """A PNG or JPEG as (H, W, 3) uint8 RGB, decoded the way ImageBind does (PIL ``convert("RGB")``)."""
-    data, name = _load(source)
-    check_dimensions(_size_of(data, name), name, max_side=max_side)
+def read_rgb(
+    source: ImageSource, *, max_side: int = MAX_SIDE, name: str | None = None, max_bytes: int = MAX_DECODED_BYTES
+) -> np.ndarray:
+    """A PNG or JPEG as (H, W, 3) uint8 RGB, decoded the way ImageBind does (PIL ``convert("RGB")``).
+
+    Pixels come as stored: EXIF orientation is *not* applied here (``load_rgb`` gives the header too,
+    ``orient`` applies it). Raises CorruptImage, AbsurdDimensions or DecodedSizeOverBudget."""
+    return load_rgb(source, max_side=max_side, name=name, max_bytes=max_bytes)[0]
+
+
+def load_rgb(
+    source: ImageSource, *, max_side: int = MAX_SIDE, name: str | None = None, max_bytes: int = MAX_DECODED_BYTES
+) -> tuple[np.ndarray, ImageHeader]:
+    """``read_rgb``, also handing back the header (orientation included)."""
+    data, name = _load(source, name)
+    header = _header_of(data, name)
+    check_budget(header, name, max_side=max_side, max_bytes=max_bytes, channels=3)
+    return _decode_rgb(data, name), header
+
+
+def _decode_rgb(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             # PIL raises on a truncated file here (LOAD_TRUNCATED_IMAGES is off), cv2 would gray-fill it.
@@ -220,6 +376,127 @@ def read_rgb(source: ImageSource, *, max_side: int = MAX_SIDE) -> np.ndarray:
         raise AbsurdDimensions(f"{name}: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImage(f"{name}: cannot decode image: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Orientation (EXIF tag 0x0112, values 1..8; TIFF/EXIF 2.32 §4.6.4, as Pillow's ImageOps.exif_transpose)
+
+ORIENTATION_NAMES = {
+    1: "as stored",
+    2: "mirrored left-right",
+    3: "rotated 180°",
+    4: "mirrored top-bottom",
+    5: "transposed (mirrored and rotated 90° counter-clockwise)",
+    6: "rotated 90° clockwise",
+    7: "transversed (mirrored and rotated 90° clockwise)",
+    8: "rotated 90° counter-clockwise",
+}
+
+
+def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels (H, W) or (H, W, C) turned to how EXIF ``orientation`` says they are meant to be seen.
+
+    Same result as Pillow's ``ImageOps.exif_transpose`` on the same pixels; 5..8 swap width and height.
+    Returns a C-contiguous array (the input itself for 1)."""
+    ops = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: a[::-1].swapaxes(0, 1),
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: a[:, ::-1].swapaxes(0, 1),
+    }
+    if orientation not in ops:
+        raise ValueError(f"EXIF orientation must be 1..8, got {orientation}")
+    return np.ascontiguousarray(ops[orientation](arr))
+
+
+def orient_point(x: float, y: float, width: int, height: int, orientation: int) -> tuple[float, float]:
+    """Where pixel-centre coordinates (x, y) of a stored ``width`` × ``height`` image land after ``orient``."""
+    w1, h1 = width - 1, height - 1
+    return {
+        1: (x, y),
+        2: (w1 - x, y),
+        3: (w1 - x, h1 - y),
+        4: (x, h1 - y),
+        5: (y, x),
+        6: (h1 - y, x),
+        7: (h1 - y, w1 - x),
+        8: (y, w1 - x),
+    }[orientation]
+
+
+def orient_intrinsics(intrinsics: dict, width: int, height: int, orientation: int) -> dict:
+    """Pinhole intrinsics (fx, fy, cx, cy in pixels of the stored ``width`` × ``height`` image) for the
+    image after ``orient``: the principal point moves with its pixel, fx and fy swap when axes swap."""
+    out = dict(intrinsics)
+    if orientation == 1:
+        return out
+    out["cx"], out["cy"] = orient_point(float(intrinsics["cx"]), float(intrinsics["cy"]), width, height, orientation)
+    if orientation >= 5:
+        out["fx"], out["fy"] = intrinsics["fy"], intrinsics["fx"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth in millimetres: bit depth and plausible range
+
+# No depth sensor measures most of a scene closer than 10 cm (Kinect v1/v2 from ~0.5 m, RealSense D4xx
+# from ~0.1-0.3 m, ToF modules from ~0.1 m): a median below this is not millimetres (e.g. 8-bit data
+# scaled down, mm >> 4, in a 16-bit file).
+DEPTH_MIN_MEDIAN_MM = 100
+# SUN RGB-D's four sensors (Kinect v1/v2, RealSense F200, Xtion) are indoor, reading up to ~8-10 m; a
+# median beyond 20 m means the bits were not SUN RGB-D's rotation of millimetres.
+SUNRGBD_MAX_MEDIAN_MM = 20_000
+
+
+def check_depth_mm(depth_mm: np.ndarray, name: str, *, max_median_mm: float | None = None) -> None:
+    """Raise DepthImplausible when the valid (non-zero) values of a depth map in mm cannot be millimetres.
+
+    The median of the valid pixels must be at least ``DEPTH_MIN_MEDIAN_MM`` and, when given, at most
+    ``max_median_mm``. A map with no valid pixel passes (its valid fraction, 0, says it)."""
+    valid = depth_mm[depth_mm > 0]
+    if valid.size == 0:
+        return
+    median = float(np.median(valid))
+    if median < DEPTH_MIN_MEDIAN_MM:
+        raise DepthImplausible(
+            f"{name}: median valid depth {median:g} mm is below any depth sensor's minimum range "
+            f"({DEPTH_MIN_MEDIAN_MM} mm): the values are not millimetres (scaled or 8-bit data?)"
+        )
+    if max_median_mm is not None and median > max_median_mm:
+        raise DepthImplausible(
+            f"{name}: median valid depth {median:g} mm is beyond the sensors' range ({max_median_mm:g} mm): "
+            "the values are not millimetres"
+        )
+
+
+def load_depth_png_mm(
+    source: ImageSource,
+    *,
+    name: str | None = None,
+    sunrgbd: bool = False,
+    max_side: int = MAX_SIDE,
+    max_bytes: int = MAX_DECODED_BYTES,
+) -> tuple[np.ndarray, bytes]:
+    """A depth PNG as (H, W) uint16 millimetres (0 = invalid), and the file's bytes.
+
+    ``sunrgbd``: the file holds SUN RGB-D's bit-rotated values (``sunrgbd_depth_mm``). The header must
+    declare 16-bit grayscale - millimetres need 16 bits; an 8-bit depth PNG is scaled data that would
+    come out as nonsense (rotated: 4 to 57,374 "mm") - and the values must pass ``check_depth_mm``.
+    Raises DepthBitDepth, DepthImplausible, or what ``load_png16`` raises."""
+    data, name = _load(source, name)
+    arr, data, header = _load_gray_png(data, name, max_side=max_side, max_bytes=max_bytes)
+    if header.bit_depth != 16:
+        raise DepthBitDepth(
+            f"{name}: {header.describe()}; depth in millimetres needs a 16-bit PNG (8-bit depth is scaled, "
+            "e.g. mm >> 4, and cannot be read as mm)"
+        )
+    mm = sunrgbd_depth_mm(arr) if sunrgbd else arr
+    check_depth_mm(mm, name, max_median_mm=SUNRGBD_MAX_MEDIAN_MM if sunrgbd else None)
+    return mm, data
 
 
 # ---------------------------------------------------------------------------------------------

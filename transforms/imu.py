@@ -7,6 +7,17 @@ duplicated timestamps, counting each so the build can record what it fixed. Wind
 
 Times are seconds on the IMU stream's own clock; the caller maps the session timeline onto it with
 ``Clock.to_stream``.
+
+A clock that steps back. A row a little earlier than the one before it is a reordered row (sorted
+back into place). A step back longer than ``CLOCK_STEP_PERIODS`` sample periods is the device clock
+being set back (a reset, an NTP correction): the rows from there on are stamped on a different clock,
+and sorting them in would interleave two readings of the same stretch of time. Nothing in the file says
+how far the clock really moved (the jump between two rows also holds whatever time passed between
+them, and samples may be missing there), so no shift can be proved right. The declared clock is kept for
+the rows before the first step, which are on it; the rows after it are set aside and reported
+(``ClockStep``), and every window that needs a sample past the step is ``imu_clock_step``. Windows
+wholly before the step stay valid; windows after it are rejected, since their times are on the unknown
+clock. A clock that jumps *forward* looks like missing samples and is an ``imu_gap``.
 """
 
 from __future__ import annotations
@@ -33,6 +44,10 @@ MAX_GAP_S = 0.1
 #: Output channel order, and the Ego4D column each one comes from.
 CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
 CSV_COLUMNS = ("accl_x", "accl_y", "accl_z", "gyro_x", "gyro_y", "gyro_z")
+
+# A backward step of more than this many median sample periods is a clock step, not a reordered row:
+# loggers reorder a row or two (one period back); a reset or correction moves the clock by far more.
+CLOCK_STEP_PERIODS = 5.0
 
 # Window edges computed as ``center ± length/2`` can miss the track's first/last sample by float
 # rounding; 1 µs is far below any IMU sample period, so tolerating it never hides missing data.
@@ -70,6 +85,7 @@ class ImuReadReport:
     nan_rows: int  # a non-finite time or channel value; dropped
     duplicate_rows: int  # same timestamp as an earlier row (after sorting); dropped, first kept
     non_monotonic_steps: int  # places where time goes backwards in file order; fixed by sorting
+    clock_step_rows: int = 0  # rows from the first clock step on (see ClockStep); set aside, not used
 
     @property
     def issues(self) -> tuple[RejectReason, ...]:
@@ -79,7 +95,30 @@ class ImuReadReport:
             found.append(RejectReason.DUPLICATE_TIMESTAMPS)
         if self.non_monotonic_steps:
             found.append(RejectReason.NON_MONOTONIC_TIMESTAMPS)
+        if self.clock_step_rows:
+            found.append(RejectReason.IMU_CLOCK_STEP)
         return tuple(found)
+
+
+@dataclass(frozen=True)
+class ClockStep:
+    """The first place where the IMU clock steps back by more than ``CLOCK_STEP_PERIODS`` sample periods."""
+
+    row: int  # 0-based data row (file order) of the first sample after the step
+    before_s: float  # IMU-clock time of the last sample before the step
+    after_s: float  # and of the first one after it
+    rows_set_aside: int  # rows from ``row`` on
+
+    @property
+    def back_s(self) -> float:
+        return self.before_s - self.after_s
+
+    def describe(self) -> str:
+        return (
+            f"IMU clock steps back {self.back_s:.3f} s at data row {self.row} ({self.before_s:.3f} s -> "
+            f"{self.after_s:.3f} s); the {self.rows_set_aside} row(s) from there on are on an unknown clock "
+            "and not used"
+        )
 
 
 @dataclass(frozen=True)
@@ -89,6 +128,7 @@ class ImuTrack:
     # Times of rows dropped for non-finite values: a gap they leave is reported as IMU_NAN, not IMU_GAP.
     nan_t: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     report: ImuReadReport | None = None
+    clock_step: ClockStep | None = None  # when set, ``t`` ends at the step: later times are not on this clock
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
@@ -102,7 +142,8 @@ def unit_scale(units: ImuUnits) -> np.ndarray:
 
 
 def clean_track(t: np.ndarray, data: np.ndarray) -> ImuTrack:
-    """Drop non-finite rows, sort stably by time, drop repeated timestamps (keeping the first row).
+    """Drop non-finite rows, set aside the rows from the first clock step back on (``ClockStep``), sort
+    stably by time, drop repeated timestamps (keeping the first row).
 
     ``data`` is (6, N) already in SI units; it is stored as float32.
     """
@@ -115,6 +156,11 @@ def clean_track(t: np.ndarray, data: np.ndarray) -> ImuTrack:
     finite = np.isfinite(t) & np.isfinite(data).all(axis=0)
     nan_t = t[~finite & np.isfinite(t)]
     t, data = t[finite], data[:, finite]
+    step = _first_clock_step(t, np.flatnonzero(finite), rows_read)
+    if step is not None:
+        keep = int(np.searchsorted(np.flatnonzero(finite), step.row))
+        t, data = t[:keep], data[:, :keep]
+        nan_t = nan_t[nan_t <= step.before_s]
 
     non_monotonic = int(np.count_nonzero(np.diff(t) < 0))
     # Stable, so among equal timestamps the row that came first in the file survives.
@@ -130,13 +176,32 @@ def clean_track(t: np.ndarray, data: np.ndarray) -> ImuTrack:
         nan_rows=int(np.count_nonzero(~finite)),
         duplicate_rows=int(np.count_nonzero(~first)),
         non_monotonic_steps=non_monotonic,
+        clock_step_rows=0 if step is None else step.rows_set_aside,
     )
     return ImuTrack(
         t=np.ascontiguousarray(t),
         data=np.ascontiguousarray(data, dtype=np.float32),
         nan_t=np.sort(nan_t),
         report=report,
+        clock_step=step,
     )
+
+
+def _first_clock_step(t: np.ndarray, rows: np.ndarray, rows_read: int) -> ClockStep | None:
+    """The first backward step of ``t`` (finite times in file order; ``rows`` their data-row numbers, of
+    ``rows_read`` in all) longer than ``CLOCK_STEP_PERIODS`` median forward periods."""
+    if t.shape[0] < 3:
+        return None
+    d = np.diff(t)
+    forward = d[d > 0]
+    if forward.size == 0:
+        return None
+    big = np.flatnonzero(d < -CLOCK_STEP_PERIODS * float(np.median(forward)))
+    if big.size == 0:
+        return None
+    i = int(big[0])
+    row = int(rows[i + 1])
+    return ClockStep(row=row, before_s=float(t[i]), after_s=float(t[i + 1]), rows_set_aside=rows_read - row)
 
 
 def float_column(column: pa.ChunkedArray) -> np.ndarray:
@@ -157,17 +222,17 @@ def float_column(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _header(path: Path) -> list[str]:
+def _header(path: Path, label: str) -> list[str]:
     # Read the header ourselves: pyarrow's error for a missing include_column does not name the file.
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             line = fh.readline()
     except FileNotFoundError:
-        raise ImuFormatError(path, "file not found", reason=RejectReason.FILE_MISSING) from None
+        raise ImuFormatError(label, "file not found", reason=RejectReason.FILE_MISSING) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ImuFormatError(path, f"cannot read: {exc}") from None
+        raise ImuFormatError(label, f"cannot read: {exc}") from None
     if not line.strip():
-        raise ImuFormatError(path, "file is empty (no header)", reason=RejectReason.EMPTY_FILE)
+        raise ImuFormatError(label, "file is empty (no header)", reason=RejectReason.EMPTY_FILE)
     return [name.strip() for name in next(csv.reader([line]))]
 
 
@@ -177,14 +242,19 @@ def read_imu_csv(
     time_column: str = "component_timestamp_ms",
     time_unit_s: float = 1e-3,
     units: ImuUnits,
+    source_name: str | None = None,
 ) -> ImuTrack:
-    """Read an Ego4D-layout IMU CSV into a clean track (see ``clean_track``; counts in ``.report``)."""
+    """Read an Ego4D-layout IMU CSV into a clean track (see ``clean_track``; counts in ``.report``).
+
+    ``source_name``: how messages name the file (a build passes the RAW-relative path), default the path.
+    Raises ImuFormatError."""
     path = Path(path)
-    header = _header(path)
+    label = source_name or str(path)
+    header = _header(path, label)
     wanted = (time_column, *CSV_COLUMNS)
     for column in wanted:
         if column not in header:
-            raise ImuFormatError(path, f"missing (header has {', '.join(header)})", column=column)
+            raise ImuFormatError(label, f"missing (header has {', '.join(header)})", column=column)
 
     # Empty cells (canonical_timestamp_ms often is) and "nan" become nulls -> NaN, counted by cleaning.
     convert = pacsv.ConvertOptions(
@@ -199,14 +269,14 @@ def read_imu_csv(
         found = re.search(r"column #(\d+)", str(exc))
         index = int(found.group(1)) if found else -1
         name = header[index] if 0 <= index < len(header) else None
-        raise ImuFormatError(path, f"not a numeric IMU table: {exc}", column=name) from None
+        raise ImuFormatError(label, f"not a numeric IMU table: {exc}", column=name) from None
 
     def column(name: str) -> np.ndarray:
         return float_column(table.column(name))
 
     t = column(time_column) * time_unit_s
     if t.shape[0] and not np.isfinite(t).any():
-        raise ImuFormatError(path, "has no usable timestamps", column=time_column, reason=RejectReason.BAD_TIMESTAMPS)
+        raise ImuFormatError(label, "has no usable timestamps", column=time_column, reason=RejectReason.BAD_TIMESTAMPS)
     data = np.stack([column(name) for name in CSV_COLUMNS]) * unit_scale(units)
     return clean_track(t, data)
 
@@ -257,6 +327,10 @@ def imu_window(
     # just outside, because interpolation near the edges leans on them.
     inside = int(np.searchsorted(t, start + length_s, "left") - np.searchsorted(t, start, "left"))
     rate = inside / length_s
+    step = track.clock_step
+    if step is not None and len(track) and last > t[-1] + _EDGE_EPS_S and t[0] <= start + _EDGE_EPS_S:
+        detail = f"window [{start:.3f}, {last:.3f}] s needs samples past the clock step: {step.describe()}"
+        return _invalid(start, RejectReason.IMU_CLOCK_STEP, detail, rate, math.nan)
     if len(track) < 2 or t[0] > start + _EDGE_EPS_S or t[-1] < last - _EDGE_EPS_S:
         span = f"[{t[0]:.3f}, {t[-1]:.3f}] s" if len(track) else "empty"
         detail = f"window [{start:.3f}, {last:.3f}] s not covered by IMU track {span}"

@@ -24,12 +24,15 @@ from transforms import imu as I
 from transforms.config import BuildConfig
 from transforms.framestream import FrameTable, FrameTableError, load_frame_table, pick_frame, read_still_partner
 from transforms.images import (
+    ORIENTATION_NAMES,
     ImageInputError,
     depth_quality,
     encode_frame_jpeg,
     encode_png16,
     frame_quality,
-    read_rgb,
+    load_rgb,
+    orient,
+    orient_intrinsics,
     thermal_quality,
 )
 from transforms.layouts import MEDIA_SUFFIXES, ClockSpec, MediaUnit, StillUnit
@@ -108,15 +111,17 @@ def _load_imu(root: Path, unit: MediaUnit, sink: UnitSink) -> _Side | None:
     try:
         try:
             track = I.read_imu_csv(
-                imu_path, time_column=spec.time_column, time_unit_s=spec.time_unit_s, units=units
-            )
+                imu_path, time_column=spec.time_column, time_unit_s=spec.time_unit_s, units=units,
+                source_name=spec.path,
+            )  # fmt: skip
         except I.ImuFormatError as exc:
             if spec.fallback_time_column is None or exc.reason is not RejectReason.BAD_TIMESTAMPS:
                 raise
             # no canonical (video-clock) times: take the device clock and assume it starts with the video
             track = I.read_imu_csv(
-                imu_path, time_column=spec.fallback_time_column, time_unit_s=spec.time_unit_s, units=units
-            )
+                imu_path, time_column=spec.fallback_time_column, time_unit_s=spec.time_unit_s, units=units,
+                source_name=spec.path,
+            )  # fmt: skip
             clock = ClockSpec(offset_s=-float(track.t[0]) if len(track) else 0.0)
     except I.ImuFormatError as exc:
         return _Side("imu", source=spec.path, reason=exc.reason, detail=str(exc))
@@ -129,6 +134,9 @@ def _load_imu(root: Path, unit: MediaUnit, sink: UnitSink) -> _Side | None:
         ):
             if n:
                 sink.reject(Reject(spec.path, reason, f"{n} row(s) repaired or dropped", unit.session, modality="imu"))
+    if track.clock_step is not None:  # the windows that need the rows past it are rejected one by one
+        sink.reject(Reject(spec.path, RejectReason.IMU_CLOCK_STEP, track.clock_step.describe(), unit.session,
+                           modality="imu"))  # fmt: skip
     return _Side("imu", track=track, clock=clock, source=spec.path)
 
 
@@ -388,7 +396,7 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
         heartbeat(pair.image)
         key = sample_key(pair.session, 0.0)
         try:
-            rgb = read_rgb(check_file(root, pair.image).path, max_side=cfg.max_image_side)
+            rgb, header = load_rgb(check_file(root, pair.image).path, max_side=cfg.max_image_side, name=pair.image)
         except PathRejected as exc:
             sink.reject(Reject(exc.source, exc.reason, exc.detail, pair.session, key))
             continue
@@ -398,6 +406,8 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
         except ImageInputError as exc:
             sink.reject(Reject(pair.image, exc.reason, str(exc), pair.session, key))
             continue
+        # stored as meant to be seen; the partner follows the image's tag (framestream, "Still pairs")
+        rgb = orient(rgb, header.orientation)
         q = frame_quality(rgb)
         members = {"jpg": encode_frame_jpeg(rgb, max_short_side=cfg.max_short_side, quality=cfg.jpeg_quality)}
         row = {
@@ -406,8 +416,11 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
             "frame_brightness": q.brightness, "frame_sharpness": q.sharpness,
         }  # fmt: skip
         meta: dict = {}
+        if header.orientation != 1:
+            meta["orientation"] = {"exif": header.orientation, "applied": ORIENTATION_NAMES[header.orientation]}
         try:
-            arr = read_still_partner(root, pair.partner, pair.kind, cfg.max_image_side)
+            partner = read_still_partner(root, pair.partner, pair.kind, cfg.max_image_side, header.orientation)
+            arr = partner.pixels
         except FileNotFoundError:
             arr = None
             sink.reject(
@@ -425,7 +438,10 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
                 row["depth_valid_frac"] = depth_quality(arr)
                 meta["depth_units"] = "mm"
                 if pair.intrinsics:
-                    meta["depth_intrinsics"] = pair.intrinsics
+                    # SUN RGB-D's intrinsics.txt is for the image's coded grid, which the depth is registered to
+                    meta["depth_intrinsics"] = orient_intrinsics(
+                        pair.intrinsics, header.width, header.height, partner.orientation
+                    )
             else:
                 q2 = thermal_quality(arr)
                 row["thermal_min"], row["thermal_max"] = q2.min, q2.max
