@@ -5,6 +5,9 @@
 "What changed" is measured against the *published* version, not the build folder: a build that failed its
 gate is retried on the next run (its units come from the cache, so only validation runs again), and a run
 that finds the landing path as it was at the last publication does nothing at all.
+
+The DAG resolves the BuildSettings once per run, in find_changes, and re-creates them in every later task
+from its XCom (``BuildSettings.to_dict`` / ``from_dict``): all steps of a run use the same paths.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Typed settings of the two DAGs, resolved per run: DAG params > Airflow Variables > defaults.
+"""Typed settings of the two DAGs, resolved once per run: DAG params > Airflow Variables > defaults.
+
+The first task of a run resolves them and hands them on as XCom (``to_dict``, a JSON object); every later
+task, retries included, re-creates the typed settings from that (``from_dict``), so a Variable edited while
+a run is in flight changes the next run, never the paths of the rest of this one. Secrets stay out of XCom
+(it is stored in the metadata database and shown in the UI): the Ray token is read from the Connection
+again, by the id the first task resolved.
 
 Nothing here imports Airflow at module level: the resolution takes a ``SettingsSource`` (Variables and
 Connections by name), so it runs the same against Airflow (``AirflowSource``) and against a dict in a test.
@@ -120,6 +126,26 @@ class RaySettings:
     def headers(self) -> dict[str, str] | None:
         return {"Authorization": f"Bearer {self.token}"} if self.token else None
 
+    def to_dict(self) -> dict:
+        """Everything but the token (a secret must not land in XCom): ``from_dict`` reads it again."""
+        return {
+            "address": self.address,
+            "conn_id": self.conn_id,
+            "runtime_env": self.runtime_env,
+            "poll_s": self.poll_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: SettingsSource) -> RaySettings:
+        """``to_dict``'s settings, with the token from the Connection ``d["conn_id"]`` as it is now.
+
+        Raises ValueError when that Connection no longer exists (it did when the run resolved its settings).
+        """
+        conn = source.connection(d["conn_id"])
+        if conn is None:
+            raise ValueError(f"Connection {d['conn_id']!r} was resolved at the start of this run and no longer exists")
+        return cls(d["address"], d["conn_id"], d["runtime_env"], float(d["poll_s"]), conn.password or None)
+
     @classmethod
     def from_connection(cls, conn: ConnectionInfo) -> RaySettings:
         extra = dict(conn.extra or {})
@@ -233,6 +259,37 @@ class BuildSettings:
             "origin": dict(self.origin),
         }
 
+    def to_dict(self) -> dict:
+        """JSON values of every setting (the Ray token excepted): what the first task hands on as XCom."""
+        return {
+            "landing_path": str(self.landing_path),
+            "data_root": str(self.data_root),
+            "engine": self.engine,
+            "beam_pipeline_args": list(self.beam_pipeline_args),
+            "build_config": self.build_config.to_dict(),
+            "thresholds": self.thresholds.to_dict(),
+            "ray": None if self.ray is None else self.ray.to_dict(),
+            "workers": self.workers,
+            "origin": dict(self.origin),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: SettingsSource) -> BuildSettings:
+        """The settings ``to_dict`` gave, re-created without reading a Variable (``source``: the Ray token)."""
+        from schemas.expectations import QualityThresholds
+
+        return cls(
+            landing_path=Path(d["landing_path"]),
+            data_root=Path(d["data_root"]),
+            engine=d["engine"],
+            beam_pipeline_args=tuple(d["beam_pipeline_args"]),
+            build_config=BuildConfig.from_dict(d["build_config"]),
+            thresholds=QualityThresholds.from_dict(d["thresholds"]),
+            ray=None if d["ray"] is None else RaySettings.from_dict(d["ray"], source),
+            workers=d["workers"],
+            origin=dict(d["origin"]),
+        )
+
 
 def resolve_build_settings(params: Mapping[str, Any], source: SettingsSource) -> BuildSettings:
     from schemas.expectations import QualityThresholds
@@ -295,6 +352,41 @@ class TrainSettings:
     def config_hash(self) -> str:
         blob = json.dumps(self.train_config.to_dict(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+    def to_dict(self) -> dict:
+        """JSON values of every setting (the Ray token excepted): what the first task hands on as XCom."""
+        return {
+            "data_root": str(self.data_root),
+            "run_root": str(self.run_root),
+            "dataset_version": self.dataset_version,
+            "preset": self.preset,
+            "train_config": self.train_config.to_dict(),
+            "engine": self.engine,
+            "workers": self.workers,
+            "gpu": self.gpu,
+            "eval_split": self.eval_split,
+            "run_name": self.run_name,
+            "ray": None if self.ray is None else self.ray.to_dict(),
+            "origin": dict(self.origin),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: SettingsSource) -> TrainSettings:
+        """The settings ``to_dict`` gave, re-created without reading a Variable (``source``: the Ray token)."""
+        return cls(
+            data_root=Path(d["data_root"]),
+            run_root=Path(d["run_root"]),
+            dataset_version=d["dataset_version"],
+            preset=d["preset"],
+            train_config=TrainConfig.from_dict(d["train_config"]),
+            engine=d["engine"],
+            workers=d["workers"],
+            gpu=d["gpu"],
+            eval_split=d["eval_split"],
+            run_name=d["run_name"],
+            ray=None if d["ray"] is None else RaySettings.from_dict(d["ray"], source),
+            origin=dict(d["origin"]),
+        )
 
 
 def _deep_merge(base: dict, over: Mapping[str, Any]) -> dict:

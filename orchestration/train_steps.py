@@ -8,7 +8,9 @@
     RUN_ROOT/publish_log.jsonl
 
 The run name defaults to ``<dataset version>_<config hash>``: a retried or re-triggered run of the same data
-and config finds its checkpoints and resumes instead of starting over.
+and config finds its checkpoints and resumes instead of starting over. The DAG's first task resolves the
+settings and the dataset once per run (``TrainSettings.to_dict``, ``DatasetRef.to_dict``); the steps below
+get them re-created from its XCom.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ class DatasetRef:
     version_id: str
     path: str  # DATA_ROOT/versions/<id>: immutable, so a later publication never changes what this run reads
     source: str  # param | asset event | current
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DatasetRef:
+        return cls(str(d["version_id"]), str(d["path"]), str(d["source"]))
 
 
 def latest_event_extra(events: Iterable[Any]) -> Mapping[str, Any] | None:
@@ -78,7 +87,7 @@ class TrainOutcome:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainOutcome:
-        return cls(**{**d, "dataset": DatasetRef(**d["dataset"])})
+        return cls(**{**d, "dataset": DatasetRef.from_dict(d["dataset"])})
 
 
 def run_dir(s: TrainSettings, ds: DatasetRef) -> tuple[str, Path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pendulum
@@ -29,9 +30,11 @@ from orchestration.publish import (
     version_path,
 )
 from orchestration.settings import (
+    BuildSettings,
     ConnectionInfo,
     DictSource,
     RaySettings,
+    TrainSettings,
     resolve_build_settings,
     resolve_train_settings,
 )
@@ -41,6 +44,7 @@ DAGS = Path(__file__).resolve().parents[1] / "orchestration" / "dags"
 SYNTH = dict(seconds=6.0, width=160, height=120)
 BUILD_DAG, TRAIN_DAG = "bindset_dataset_build", "bindset_train"
 BUILD_TASKS = ("find_changes", "build", "validate", "report", "publish", "announce")
+TRAIN_TASKS = ("resolve", "train", "embed", "evaluate", "publish_report")
 
 
 # ------------------------------------------------------------------------------------- publish.py
@@ -160,6 +164,38 @@ def test_a_ray_connection_sends_builds_and_training_to_ray_jobs(tmp_path):
     assert RaySettings.from_connection(conn).headers() is None  # a cluster without token authentication
     with pytest.raises(ValueError, match="epoch: unknown key"):
         resolve_train_settings({"train_config": {"epoch": 1}}, source)
+
+
+def test_settings_resolved_once_come_back_from_json_whatever_the_variables_say_now(tmp_path):
+    """What the first task of a run hands on (XCom: JSON) re-creates the same typed settings in later tasks,
+    though the Variables changed meanwhile; the Ray token travels by Connection id, never in the JSON."""
+    conn = ConnectionInfo("bindset_ray", "http", "ray-head", None, None, {"runtime_env": {"pip": ["x"]}}, "tok-1")
+    variables = {"bindset_landing_path": str(tmp_path / "raw"), "bindset_data_root": str(tmp_path / "d1"),
+                 "bindset_run_root": str(tmp_path / "r1"), "bindset_build_config": '{"stride_s": 1.0}',
+                 "bindset_quality_thresholds": '{"mostly": 0.9}', "bindset_train_config": '{"max_steps": 7}',
+                 "bindset_beam_pipeline_args": '["--direct_num_workers=2"]'}  # fmt: skip
+    before = DictSource(variables, {"bindset_ray": conn})
+    b = resolve_build_settings({"workers": 3}, before)
+    t = resolve_train_settings({"gpu": True, "run_name": "r"}, before)
+    sent_b, sent_t = json.dumps(b.to_dict()), json.dumps(t.to_dict())
+    assert "tok-1" not in sent_b + sent_t  # the XCom is in the metadata DB and the UI
+
+    edited = {k: v.replace("d1", "d2").replace("r1", "r2").replace("7", "8").replace("0.9", "0.5")
+              for k, v in variables.items()}  # fmt: skip
+    after = DictSource(edited, {"bindset_ray": conn})
+    assert resolve_build_settings({}, after).data_root == tmp_path / "d2"  # the edit is real...
+    got_b = BuildSettings.from_dict(json.loads(sent_b), after)
+    got_t = TrainSettings.from_dict(json.loads(sent_t), after)
+    assert got_b == b and got_t == t  # ...and changes nothing in the run that resolved before it
+    assert (got_b.data_root, got_b.build_config.stride_s, got_b.thresholds.mostly) == (tmp_path / "d1", 1.0, 0.9)
+    assert (got_t.run_root, got_t.train_config.max_steps, got_t.workers) == (tmp_path / "r1", 7, 1)
+    assert got_b.ray.headers() == {"Authorization": "Bearer tok-1"} and got_b.ray_jobs and got_b.workers == 3
+    assert got_b.ray.runtime_env == {"pip": ["x"]} and got_b.origin["data_root"] == "Variable bindset_data_root"
+
+    rotated = DictSource(edited, {"bindset_ray": replace(conn, password="tok-2")})  # a secret is read as it is now
+    assert BuildSettings.from_dict(json.loads(sent_b), rotated).ray.token == "tok-2"
+    with pytest.raises(ValueError, match="Connection 'bindset_ray' was resolved at the start of this run and no"):
+        TrainSettings.from_dict(json.loads(sent_t), DictSource(edited))
 
 
 def test_the_dataset_to_train_on_is_the_param_else_the_asset_event_else_current(tmp_path):
@@ -368,7 +404,7 @@ def test_dag_folder_imports_cleanly_with_the_intended_schedules(airflow):
     assert [t.task_id for t in build_dag.tasks] == list(BUILD_TASKS)
     assert build_dag.get_task("announce").outlets == [DATASET]
     assert train_dag.timetable.asset_condition == AssetAll(DATASET)
-    assert [t.task_id for t in train_dag.tasks] == ["train", "embed", "evaluate", "publish_report"]
+    assert [t.task_id for t in train_dag.tasks] == list(TRAIN_TASKS)
     assert all(t.retries == 2 for t in train_dag.tasks)
 
 
@@ -420,7 +456,7 @@ def test_build_dag_publishes_a_version_then_a_rerun_changes_nothing(airflow, fir
     root, dr = first_build["data_root"], first_build["dr"]
     assert first_build["state"] == "success", first_build["tis"]
     assert first_build["tis"] == dict.fromkeys(BUILD_TASKS, "success")
-    assert _xcom(dr, "find_changes")["new"] == ["s002_000", "s002_001"]
+    assert _xcom(dr, "find_changes")["changes"]["new"] == ["s002_000", "s002_001"]
     assert [(b["engine"], b["processed"]) for b in _builds(root)] == [("beam", 2)]
 
     vid = read_pointer(root / CURRENT)
@@ -460,7 +496,7 @@ def test_a_failed_gate_publishes_nothing_then_the_next_run_publishes_the_new_ses
     assert state == "failed"
     assert tis == {"find_changes": "success", "build": "success", "validate": "failed", "report": "success",
                    "publish": "upstream_failed", "announce": "upstream_failed"}  # fmt: skip
-    assert _xcom(dr, "find_changes")["new"] == ["s003_000"]
+    assert _xcom(dr, "find_changes")["changes"]["new"] == ["s003_000"]
     assert [(b["engine"], b["processed"]) for b in _builds(root)][-1] == ("local", 1)
     build_manifest = json.loads((root / "build" / "manifest.json").read_text())
     assert build_manifest["validation"]["status"] == "failed" and not build_manifest["validation"]["published"]
@@ -483,7 +519,7 @@ def test_a_failed_gate_publishes_nothing_then_the_next_run_publishes_the_new_ses
     video = landing / "s003_000" / "video.mp4"
     os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))
     state, tis, dr = _run(airflow, BUILD_DAG, 4, conf)
-    assert _xcom(dr, "find_changes")["changed"] == ["s003_000"] and _builds(root)[-1]["processed"] == 1
+    assert _xcom(dr, "find_changes")["changes"]["changed"] == ["s003_000"] and _builds(root)[-1]["processed"] == 1
     assert state == "success" and tis == {**dict.fromkeys(BUILD_TASKS[:4], "success"),
                                           "publish": "skipped", "announce": "skipped"}  # fmt: skip
     assert read_pointer(root / CURRENT) == v2 and len(_asset_events()) == events + 1
@@ -497,7 +533,7 @@ def test_train_dag_trains_embeds_evaluates_and_publishes_the_run(airflow, first_
     conf = {"dataset_version": vid, "data_root": str(root), "run_root": str(runs), "engine": "local",
             "train_config": {"epochs": 2, "max_steps": 2, "batch_size": 4, "data": {"loader_workers": 0}}}  # fmt: skip
     state, tis, dr = _run(airflow, TRAIN_DAG, 4, conf)
-    assert state == "success" and tis == dict.fromkeys(["train", "embed", "evaluate", "publish_report"], "success")
+    assert state == "success" and tis == dict.fromkeys(TRAIN_TASKS, "success")
 
     trained = _xcom(dr, "train")
     assert trained["dataset"] == {"version_id": vid, "path": str(root / VERSIONS / vid), "source": "param"}
@@ -512,6 +548,51 @@ def test_train_dag_trains_embeds_evaluates_and_publishes_the_run(airflow, first_
     assert summary["dataset"]["version_id"] == vid and summary["train"]["step"] == 2
     assert summary["airflow"] == {"dag_id": TRAIN_DAG, "run_id": dr.run_id}
     assert summary["embeddings"]["counts"]["image"] == 6
+
+
+def _variable_editor(task_id: str, variable: str, value: str, monkeypatch):
+    """An Airflow listener (the hook plugins use) that edits a Variable the moment one task of a run has
+    succeeded: between two tasks of the same run, as a person editing it in the UI would."""
+    from airflow.listeners import hookimpl
+
+    class EditVariable:
+        seen: list[str] = []
+
+        @hookimpl
+        def on_task_instance_success(self, previous_state, task_instance):
+            self.seen.append(task_instance.task_id)
+            if task_instance.task_id == task_id:  # an environment Variable: the first place Airflow looks
+                monkeypatch.setenv(f"AIRFLOW_VAR_{variable.upper()}", value)
+
+    return EditVariable()
+
+
+@pytest.mark.slow
+def test_a_variable_edited_mid_run_changes_nothing_in_that_run(airflow, world, tmp_path, monkeypatch):
+    from airflow.sdk import Variable
+    from airflow.sdk.listener import get_listener_manager
+
+    first, edited = tmp_path / "first", tmp_path / "edited"
+    monkeypatch.setenv("AIRFLOW_VAR_BINDSET_DATA_ROOT", str(first))
+    listener = _variable_editor("find_changes", "bindset_data_root", str(edited), monkeypatch)
+    manager = get_listener_manager()
+    manager.add_listener(listener)
+    try:
+        events = len(_asset_events())
+        conf = {"landing_path": str(world / "landing"), "engine": "local"}
+        state, tis, dr = _run(airflow, BUILD_DAG, 6, conf)
+    finally:
+        manager.pm.unregister(listener)
+        _queued_train_runs(clear=True)
+    assert listener.seen == list(BUILD_TASKS)  # it ran inside the run, after every task
+    assert Variable.get("bindset_data_root") == str(edited)  # the edit is real and visible now
+    assert state == "success" and tis == dict.fromkeys(BUILD_TASKS, "success")
+    # every task after find_changes used the data_root find_changes resolved, not the edited Variable
+    assert _xcom(dr, "find_changes")["settings"]["data_root"] == str(first)
+    assert _xcom(dr, "build")["build_dir"] == str(first / "build") and not edited.exists()
+    vid = read_pointer(first / CURRENT)
+    assert _xcom(dr, "publish")["version_id"] == vid and (first / VERSIONS / vid / "manifest.json").is_file()
+    assert [(e["version_id"], e["path"]) for e in _asset_events()[events:]] == [(vid, str(first / VERSIONS / vid))]
 
 
 # ------------------------------------------------------------------------------ a real Ray Jobs server

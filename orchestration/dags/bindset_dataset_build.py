@@ -4,9 +4,9 @@
 
     airflow dags trigger bindset_dataset_build --conf '{"landing_path": "/mnt/raw", "data_root": "/mnt/bindset"}'
 
-- **find_changes** fingerprints the landing path (file stats, build config, code: no bytes read) against the
-  published version. Nothing new: every later task is skipped, so nothing is built, nothing moves and no
-  Asset event is recorded: rerunning a logical date changes nothing.
+- **find_changes** resolves the run's settings, then fingerprints the landing path (file stats, build config,
+  code: no bytes read) against the published version. Nothing new: every later task is skipped, so nothing is
+  built, nothing moves and no Asset event is recorded: rerunning a logical date changes nothing.
 - **build** runs the incremental build in DATA_ROOT/build (only new or changed units are processed) on
   Beam (runner flags from `beam_pipeline_args`), locally, or on Ray: a Ray Job when the Ray Connection
   exists, else a Ray started on this worker.
@@ -17,7 +17,9 @@
   Content already current: the task is skipped, so no Asset event.
 - **announce** records the Asset event, with the version in its extra: it triggers `bindset_train`.
 
-Settings: params > Airflow Variables > defaults (orchestration/settings.py). Schedule: `@daily`, or the
+Settings: params > Airflow Variables > defaults (orchestration/settings.py), resolved once per run by
+find_changes and handed on in its XCom: a Variable edited while a run is in flight applies from the next run,
+and every later task (and retry) of this one uses the same paths. Schedule: `@daily`, or the
 environment variable BINDSET_BUILD_SCHEDULE of the scheduler and DAG processor (a cron expression, a preset,
 or `none` for manual runs only): it is read when the file is parsed, where a Variable would cost a metadata
 database query on every parse.
@@ -44,8 +46,9 @@ def _schedule() -> str | None:
     return None if value.lower() in ("", "none") else value
 
 
-def _settings(params) -> BuildSettings:
-    return resolve_build_settings(params or {}, AirflowSource())
+def _settings(found: dict) -> BuildSettings:
+    """The settings find_changes resolved for this run (only the Ray token is read again, from its Connection)."""
+    return BuildSettings.from_dict(found["settings"], AirflowSource())
 
 
 @dag(
@@ -64,25 +67,26 @@ def bindset_dataset_build():
     def find_changes(params=None) -> dict | None:
         from orchestration.build_steps import find_changes
 
-        s = _settings(params)
+        s = resolve_build_settings(params or {}, AirflowSource())  # the run's one reading of the Variables
         log.info("settings: %s", s.summary())
         changes = find_changes(s)
         log.info("find_changes: %s", changes.summary())
-        return changes.to_dict() if changes else None  # falsy: skip every downstream task
+        # falsy: skip every downstream task
+        return {"settings": s.to_dict(), "changes": changes.to_dict()} if changes else None
 
     @task
-    def build(changes: dict, params=None, ti=None, run_id=None) -> dict:
+    def build(found: dict, ti=None, run_id=None) -> dict:
         from orchestration.build_steps import run_build
 
-        outcome = run_build(_settings(params), run_id or "manual", ti.try_number if ti else 1)
+        outcome = run_build(_settings(found), run_id or "manual", ti.try_number if ti else 1)
         log.info("build: %s", outcome.to_dict())
         return outcome.to_dict()
 
     @task
-    def validate(built: dict, params=None) -> dict:
+    def validate(found: dict, built: dict) -> dict:
         from orchestration.build_steps import run_validation
 
-        outcome = run_validation(_settings(params))
+        outcome = run_validation(_settings(found))
         if not outcome.passed:
             raise AirflowFailException("\n".join(outcome.summary_lines()))
         return {"passed": True, "expectations": len(outcome.results), "results": str(outcome.validation_json)}
@@ -90,16 +94,16 @@ def bindset_dataset_build():
     # ALL_DONE_MIN_ONE_SUCCESS: a build that failed the gate gets its report too (that is when it is read);
     # a failed build gets none, since validate then never succeeds either
     @task(trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS)
-    def report(built: dict, params=None) -> str:
+    def report(found: dict, built: dict) -> str:
         from orchestration.build_steps import run_report
 
-        return str(run_report(_settings(params)))
+        return str(run_report(_settings(found)))
 
     @task
-    def publish(validated: dict, report_path: str, params=None) -> dict:
+    def publish(found: dict, validated: dict, report_path: str) -> dict:
         from orchestration.publish import PublishRefused, publish_version
 
-        s = _settings(params)
+        s = _settings(found)
         try:
             result = publish_version(s.data_root, s.build_dir)
         except PublishRefused as exc:
@@ -116,11 +120,12 @@ def bindset_dataset_build():
         outlet_events[DATASET].extra = extra
         return extra
 
-    built = build(find_changes())
-    validated = validate(built)
-    reported = report(built)
+    found = find_changes()
+    built = build(found)
+    validated = validate(found, built)
+    reported = report(found, built)
     validated >> reported
-    announce(publish(validated, reported))
+    announce(publish(found, validated, reported))
 
 
 bindset_dataset_build()
