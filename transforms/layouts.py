@@ -26,7 +26,7 @@ import hashlib
 import re
 import unicodedata
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from schemas.errors import UserError
@@ -269,6 +269,8 @@ _PRECEDENCE = ("llvip", "ego4d", "captures", "videos", "sunrgbd")
 def _detect(root: Path, listing: Listing) -> str:
     if not listing.files and not listing.problems:
         raise LayoutError(f"{root}: input folder is empty")
+    if [p.source for p in listing.problems] == ["."] and not listing.files:
+        raise LayoutError(f"{root}: {listing.problems[0].detail}")
     found = _signatures(listing)
     for layout in _PRECEDENCE:
         if layout in found:
@@ -492,7 +494,7 @@ def _ego4d(root: Path, listing: Listing, out: Discovery) -> None:
             # two videos of one uid (uid.mp4, uid.ogv) share its IMU file
             imu = ImuSpec(path=imus[stem], time_column="canonical_timestamp_ms",
                           fallback_time_column="component_timestamp_ms")  # fmt: skip
-            out.units[i] = MediaUnit(**{**u.__dict__, "imu": imu})
+            out.units[i] = replace(u, imu=imu)
             paired.add(stem)
     for stem, f in sorted(imus.items()):
         if stem not in paired:
