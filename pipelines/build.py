@@ -3,11 +3,18 @@
     bindset build RAW DATA --engine beam|ray [--layout auto] [runner flags]
 
 Engines only map ``pipelines.work.run_unit`` over units; everything else happens here, once.
+
+A build holds DATA's lock (``pipelines.lock``) from discovery to commit: a second build into the same DATA
+fails at once (exit 2), and the workers of a killed build write nothing more. Units whose result holds a
+transient reject (``schemas.reasons.TRANSIENT``) run again, up to ``max_attempts`` runs in all, or at once
+with ``retry_failed``. An input that changes while the build reads it is built once more, or rejected as
+``input_changed`` (and built by the next build); the build itself never fails over it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -15,11 +22,28 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipelines import work
 from pipelines.commit import CommitResult, commit
-from pipelines.work import WORK, WorkContext, cached_summary, code_version, fingerprint, units_dir
+from pipelines.lock import BuildLock
+from pipelines.work import (
+    MAX_ATTEMPTS,
+    WORK,
+    WorkContext,
+    attempt_of,
+    cached_summary,
+    code_version,
+    fingerprint,
+    input_stats,
+    transient_reasons,
+    units_dir,
+    write_unit_reject,
+)
+from schemas.reasons import RejectReason
 from transforms.config import BuildConfig
-from transforms.layouts import discover, unit_to_dict
-from transforms.records import SUMMARY, UnitSummary
+from transforms.layouts import MediaUnit, StillUnit, discover, unit_to_dict
+from transforms.records import SUMMARY, Reject, UnitSummary
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("beam", "ray", "local")
 
@@ -42,6 +66,8 @@ class BuildResult:
     seconds: float
     commit: CommitResult
     processed_units: list[str]
+    retried_units: list[str] = field(default_factory=list)  # transient failures of earlier builds, run again
+    changed_units: list[str] = field(default_factory=list)  # inputs that changed during this build
 
     def summary_lines(self, data: Path) -> list[str]:
         c = self.commit
@@ -57,10 +83,8 @@ class BuildResult:
 
 
 def _run_local(ctx: WorkContext, units_json: list[str], on_done: Callable[[], None]) -> None:
-    from pipelines.work import run_unit
-
     for u in units_json:
-        run_unit(ctx, u)
+        work.run_unit(ctx, u)
         on_done()
 
 
@@ -93,19 +117,44 @@ class _Progress:
         self.poll()
 
 
-def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineConfig, progress=None) -> BuildResult:
+def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineConfig, progress=None, *,
+          retry_failed: bool = False, max_attempts: int = MAX_ATTEMPTS) -> BuildResult:  # fmt: skip
+    """Build DATA from RAW: discover units, run those without a current result on ``engine``, commit.
+
+    ``retry_failed``: run units whose result holds a transient reject again now, however many attempts they
+    had; otherwise such a unit runs again until it has run ``max_attempts`` times, then its reject stays.
+    Raises ``pipelines.lock.BuildLocked`` (exit 2) when another build holds DATA, ``LayoutError`` for an
+    input no layout fits, ``ValueError`` for a bad engine or DATA inside RAW.
+    """
     t0 = time.perf_counter()
     raw, data = Path(raw).resolve(), Path(data).resolve()
     if engine.engine not in ENGINES:
         raise ValueError(f"unknown engine {engine.engine!r}; choose one of {', '.join(ENGINES)}")
     if data == raw or raw in data.parents:
         raise ValueError(f"output {data} must not be inside the input {raw}")
-    discovery = discover(raw, cfg.layout)
     data.mkdir(parents=True, exist_ok=True)
+    with BuildLock(data) as lock:
+        out = _build_locked(raw, data, cfg, engine, progress, lock.build_id, retry_failed, max_attempts, t0)
+        _log(data, engine, out)
+    return out
+
+
+def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig, progress, build_id: str,
+                  retry_failed: bool, max_attempts: int, t0: float) -> BuildResult:  # fmt: skip
+    discovery = discover(raw, cfg.layout)
     fps = {u.unit_id: fingerprint(raw, u, cfg) for u in discovery.units}
-    todo = [u for u in discovery.units if cached_summary(data, u.unit_id, fps[u.unit_id]) is None]
+    todo, attempts = [], {}
+    for u in discovery.units:
+        done = cached_summary(data, u.unit_id, fps[u.unit_id])
+        if done is None:
+            todo.append(u)
+        elif transient_reasons(done) and (retry_failed or attempt_of(data, u.unit_id) < max_attempts):
+            attempts[u.unit_id] = attempt_of(data, u.unit_id) + 1
+            todo.append(u)
+    if attempts:
+        log.info("running %d unit(s) with transient failures again: %s", len(attempts), sorted(attempts))
     units_json = [json.dumps(unit_to_dict(u), sort_keys=True) for u in todo]
-    ctx = WorkContext(str(raw), str(data), cfg.to_dict())
+    ctx = WorkContext(str(raw), str(data), cfg.to_dict(), build_id, attempts)
     bar = progress(len(todo)) if (progress and todo) else None
     if todo:
         with _Progress(units_dir(data), {u.unit_id for u in todo}, bar) as prog:
@@ -122,26 +171,53 @@ def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineCon
     if bar is not None:
         bar.close()
 
-    units = []
+    units, changed = [], []
     for u in discovery.units:
-        summary = cached_summary(data, u.unit_id, fps[u.unit_id])
+        fp = fingerprint(raw, u, cfg)
+        summary = cached_summary(data, u.unit_id, fp)
         if summary is None:
-            raise RuntimeError(f"unit {u.unit_id} has no committed result after the engine finished")
+            changed.append(u.unit_id)
+            fp, summary = _redo_changed(raw, data, cfg, ctx, u)
+        fps[u.unit_id] = fp
         units.append((u.unit_id, units_dir(data) / u.unit_id, summary))
     _prune(data, {u.unit_id for u in discovery.units})
     result = commit(data, discovery, units, cfg, code_version(), fps)
-    out = BuildResult(
+    processed = sorted({u.unit_id for u in todo} | set(changed))
+    return BuildResult(
         layout=discovery.layout,
         detected=discovery.detected,
         units=len(discovery.units),
-        processed=len(todo),
-        reused=len(discovery.units) - len(todo),
+        processed=len(processed),
+        reused=len(discovery.units) - len(processed),
         seconds=time.perf_counter() - t0,
         commit=result,
-        processed_units=sorted(u.unit_id for u in todo),
+        processed_units=processed,
+        retried_units=sorted(attempts),
+        changed_units=changed,
     )
-    _log(data, engine, out)
-    return out
+
+
+def _redo_changed(raw: Path, data: Path, cfg: BuildConfig, ctx: WorkContext,
+                  unit: MediaUnit | StillUnit) -> tuple[str, UnitSummary]:  # fmt: skip
+    """A unit without a result for its inputs as they are now: they changed during the build (or a worker
+    gave up). Run it once more here; if its inputs change again meanwhile, record it as ``input_changed``,
+    a transient reject, so that the next build takes it up again. Returns (fingerprint, summary)."""
+    before = input_stats(raw, unit)
+    log.warning("unit %s: its inputs changed during the build; building it again", unit.unit_id)
+    work.run_unit(ctx, json.dumps(unit_to_dict(unit), sort_keys=True))
+    fp = fingerprint(raw, unit, cfg)
+    summary = cached_summary(data, unit.unit_id, fp)
+    if summary is None:
+        after = input_stats(raw, unit)
+        moved = [a[0] for a in after if a not in before] or [e[0] for e in before if e not in after]
+        source = moved[0] if moved else (unit.input_paths() or [unit.unit_id])[0]
+        detail = "changed (size or mtime) while the build read it; the next build reads it again"
+        reject = Reject(source, RejectReason.INPUT_CHANGED, detail, getattr(unit, "session", None))
+        write_unit_reject(data, unit, fp, cfg, reject, ctx.attempts.get(unit.unit_id, 1))
+        log.warning("unit %s: rejected as input_changed (%s)", unit.unit_id, source)
+        summary = cached_summary(data, unit.unit_id, fp)
+    assert summary is not None  # written just above, with this fingerprint
+    return fp, summary
 
 
 def _prune(data: Path, keep: set[str]) -> None:
@@ -157,6 +233,8 @@ def _prune(data: Path, keep: set[str]) -> None:
 def _log(data: Path, engine: EngineConfig, result: BuildResult) -> None:
     """One JSON line per build: the counters that prove what a rerun redid."""
     entry = {
+        "retried_units": result.retried_units,
+        "changed_units": result.changed_units,
         "engine": engine.engine,
         "units": result.units,
         "processed": result.processed,

@@ -1,7 +1,8 @@
 """Publishing a build: unit results become DATA/shards, index.parquet, rejects.parquet, manifest.json.
 
 The manifest is removed first and written last, so a reader never takes a half-committed dataset for a
-finished one. Shards are hard links to the unit parts (no copy), each placed with an atomic rename.
+finished one; ``pipelines/dataset.py`` is the readers' side of this protocol. Shards are hard links to the
+unit parts (no copy), each placed with an atomic rename.
 Shard names are assigned in sorted unit order, so the same inputs always give the same names.
 """
 
@@ -17,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import storage
+from pipelines import storage, work
+from pipelines.lock import manifest_lock
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 from transforms.config import BuildConfig
 from transforms.layouts import Discovery
@@ -45,6 +47,17 @@ def commit(
     code_version: str,
     input_fingerprints: dict[str, str],
 ) -> CommitResult:
+    """Publish the units' results as DATA's dataset (the caller holds DATA's build lock).
+
+    Holds the manifest lock throughout, so ``validate`` never writes its verdict into a half-committed
+    dataset; readers use ``pipelines.dataset.open_dataset``, which detects a commit that ran under them.
+    """
+    with manifest_lock(data):
+        return _commit(data, discovery, units, cfg, code_version, input_fingerprints)
+
+
+def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitSummary]], cfg: BuildConfig,
+            code_version: str, input_fingerprints: dict[str, str]) -> CommitResult:  # fmt: skip
     shards_dir = data / "shards"
     shards_dir.mkdir(parents=True, exist_ok=True)
     (data / "manifest.json").unlink(missing_ok=True)
@@ -107,6 +120,7 @@ def commit(
         "version": version,
         "layout": discovery.layout,
         "code_version": code_version,
+        "libraries": work.library_versions(),  # what the unit fingerprints hold too
         "config": cfg.to_dict(),
         "inputs": dict(sorted(input_fingerprints.items())),
         "counts": {

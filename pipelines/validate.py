@@ -31,6 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import storage
+from pipelines.dataset import DatasetChanged
+from pipelines.lock import manifest_lock
 from schemas.expectations import (
     BUILD,
     BUILD_COLUMNS,
@@ -166,7 +168,7 @@ def _clips_table(index: pd.DataFrame) -> pd.DataFrame:
             "session": index["session"],
             "split": index["split"],
             "shard": index["shard"],
-            "shard_split": index["shard"].str.partition("-")[0],
+            "shard_split": index["shard"].str.split("-", n=1).str[0],  # (partition() fails on an empty index)
             "layout": index["layout"],
             "clip_duration_s": duration.astype("float64"),
         }
@@ -359,6 +361,7 @@ def validate(
     tables_dir = quality / TABLES_DIR
     tables_dir.mkdir(parents=True, exist_ok=True)
 
+    opened = json.loads(manifest_path.read_text())  # the version validated: checked again before the verdict
     tables = derive_tables(data, verify_hashes)
     for name, df in tables.items():
         if name not in (INDEX, REJECTS):
@@ -388,18 +391,22 @@ def validate(
             "data_docs": docs_index.relative_to(data).as_posix(),
         },
     )
-    # re-read: the manifest is the build's; only "validation" is ours
-    manifest = json.loads(manifest_path.read_text())
-    manifest["validation"] = {
-        "status": "passed" if passed else "failed",
-        "published": passed,
-        "failed_expectations": failed,
-        "thresholds": thresholds.to_dict(),
-        "expectations": len(results),
-        "report": (quality / VALIDATION_JSON).relative_to(data).as_posix(),
-        "data_docs": docs_index.relative_to(data).as_posix(),
-    }
-    _atomic_json(manifest_path, manifest)
+    # re-read: the manifest is the build's; only "validation" is ours. Under the manifest lock, and only when
+    # no build committed another version meanwhile (pipelines/lock.py: manifest_lock).
+    with manifest_lock(data):
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        if any(manifest.get(k) != opened.get(k) for k in ("version", "counts")):
+            raise DatasetChanged(f"{data}: a build committed another version during validation; validate again")
+        manifest["validation"] = {
+            "status": "passed" if passed else "failed",
+            "published": passed,
+            "failed_expectations": failed,
+            "thresholds": thresholds.to_dict(),
+            "expectations": len(results),
+            "report": (quality / VALIDATION_JSON).relative_to(data).as_posix(),
+            "data_docs": docs_index.relative_to(data).as_posix(),
+        }
+        _atomic_json(manifest_path, manifest)
     return ValidationOutcome(
         passed=passed,
         results=results,

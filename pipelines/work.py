@@ -1,15 +1,25 @@
 """Running one unit of work safely: fingerprints, a watchdog child process, atomic unit commits.
 
 Native decoders can segfault or hang on hostile input. Each unit therefore runs in a child process
-forked from a preloaded server; the child announces every file it opens, and the parent kills it when
-one file takes longer than ``decode_timeout_s``. A crash or a timeout becomes a reject record for the
-file, never a failed build. Messages cross the pipe as JSON bytes.
+forked from a preloaded server; the child announces every file it opens (with its size, and its media
+duration once probed), and the parent kills it when a file outlives its decode budget (``decode_budget``:
+``decode_timeout_s`` at least, more for long or large files, never the time earlier files took). A crash
+or a timeout becomes a reject record for the file, never a failed build. Messages cross the pipe as JSON.
+
+Such rejects are *transient* (``schemas.reasons.TRANSIENT``): the unit records its attempt number, and
+the next build runs it again, up to ``MAX_ATTEMPTS`` times (``bindset build --retry-failed``: at once).
+
+A worker writes into DATA only while the build that started it holds DATA's lock
+(``pipelines.lock.build_alive``): it checks before it creates its temporary folder, every watchdog tick,
+and before its final rename, so the workers of a killed driver stop writing within a fraction of a second.
+Workers log each unit's start, end, seconds and rejects by reason (logger ``pipelines.work``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -18,19 +28,32 @@ import stat
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from pipelines.lock import build_alive
 from pipelines.storage import replace_dir
-from schemas.reasons import RejectReason
+from schemas.reasons import TRANSIENT, RejectReason
 from transforms.config import BuildConfig
 from transforms.layouts import MediaUnit, StillUnit, unit_from_dict, unit_to_dict
 from transforms.paths import walk
 from transforms.records import SUMMARY, Reject, UnitSink, UnitSummary
 
+log = logging.getLogger(__name__)
+
 WORK = "_work"
 _CODE_DIRS = ("transforms", "schemas", "pipelines")
+#: A unit whose result holds a transient reject is rerun by later builds until it has run this many times.
+MAX_ATTEMPTS = 3
+ATTEMPT_FILE = "attempt.json"  # beside summary.json: {"attempt": n}, how many runs this result took
+
+# Decode budget per file (decode_budget). FFmpeg decodes the 320p-1080p streams bindset reads at 10-100x
+# real time and a depth PNG at ~50 MB/s on one core, so these allow a machine ~40x slower than that
+# before a file times out; a hung decoder still dies after decode_timeout_s (the floor) for small files.
+DECODE_S_PER_MEDIA_S = 4.0
+DECODE_S_PER_MB = 2.0
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 @lru_cache(maxsize=1)
@@ -43,6 +66,57 @@ def code_version() -> str:
             h.update(p.name.encode())
             h.update(p.read_bytes())
     return h.hexdigest()[:16]
+
+
+#: Distributions whose versions decide output bytes: codecs (PyAV and its FFmpeg), image codecs (OpenCV,
+#: Pillow and their libjpeg/libpng), the arithmetic of mel and resampling (numpy, torch, torchaudio) and
+#: the Parquet writer.
+_OUTPUT_LIBRARIES = ("av", "opencv-python-headless", "opencv-python", "numpy", "torch", "torchaudio", "pillow",
+                     "pyarrow")  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that produce output bytes, and of the native libraries inside them.
+
+    Part of every unit's fingerprint: after an upgrade, cached units are rebuilt rather than mixed with
+    fresh ones whose bytes differ. Package versions come from installed metadata (no import); the FFmpeg
+    libraries from ``av.library_versions``, the JPEG/PNG codecs from OpenCV's build information and Pillow.
+    """
+    from importlib import metadata
+
+    out: dict[str, str] = {}
+    for dist in _OUTPUT_LIBRARIES:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        import av
+
+        out.update({f"ffmpeg.{k}": ".".join(map(str, v)) for k, v in sorted(av.library_versions.items())})
+    except ImportError:
+        pass
+    try:
+        import cv2
+
+        # e.g. "    JPEG:                        libjpeg-turbo (ver 3.0.3-70)"; the "Media I/O:" block
+        wanted = ("JPEG:", "PNG:", "ZLib:", "FFMPEG:")
+        for line in cv2.getBuildInformation().splitlines():
+            item = line.strip()
+            if item.startswith(wanted):
+                name, _, value = item.partition(":")
+                out[f"cv2.{name.lower()}"] = " ".join(value.split())
+    except ImportError:
+        pass
+    try:
+        from PIL import features
+
+        for name in ("jpg", "zlib", "libjpeg_turbo"):
+            out[f"pillow.{name}"] = str(features.version(name))
+    except ImportError:
+        pass
+    return out
 
 
 def _stat_entries(root: Path, rel: str) -> list:
@@ -59,17 +133,24 @@ def _stat_entries(root: Path, rel: str) -> list:
     return sorted(found, key=lambda e: e[0])
 
 
+def input_stats(root: Path, unit: MediaUnit | StillUnit) -> list:
+    """[RAW-relative path, size, mtime_ns] of every file a unit reads (size None: missing)."""
+    return [e for rel in unit.input_paths() for e in _stat_entries(root, rel)]
+
+
 def fingerprint(root: Path, unit: MediaUnit | StillUnit, cfg: BuildConfig) -> str:
-    """What a unit's outputs depend on: its description, its files (path, size, mtime), config, code.
+    """What a unit's outputs depend on: its description, its files (path, size, mtime), config, code and the
+    versions of the libraries that write its bytes (``library_versions``).
 
     Size and mtime rather than content hashes: a nightly build over a large archive must not reread
     every byte to find out that nothing changed.
     """
-    stats = [e for rel in unit.input_paths() for e in _stat_entries(root, rel)]
+    stats = input_stats(root, unit)
     blob = json.dumps(
-        {"unit": unit_to_dict(unit), "files": stats, "config": cfg.to_dict(), "code": code_version()},
+        {"unit": unit_to_dict(unit), "files": stats, "config": cfg.to_dict(), "code": code_version(),
+         "libraries": library_versions()},
         sort_keys=True,
-    )
+    )  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -80,9 +161,11 @@ class WorkContext:
     raw: str
     data: str
     config: dict
+    build_id: str = ""  # the build that owns DATA's lock; "" = no lock (a unit run outside a build)
+    attempts: dict[str, int] = field(default_factory=dict)  # unit_id -> the attempt this build makes (default 1)
 
     def to_json(self) -> str:
-        return json.dumps({"raw": self.raw, "data": self.data, "config": self.config}, sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> WorkContext:
@@ -104,6 +187,29 @@ def cached_summary(data: Path, unit_id: str, fp: str) -> UnitSummary | None:
     return summary if summary.fingerprint == fp else None
 
 
+def attempt_of(data: Path, unit_id: str) -> int:
+    """How many runs the committed result of a unit took (1 for results from before attempts were counted)."""
+    try:
+        return int(json.loads((units_dir(data) / unit_id / ATTEMPT_FILE).read_text())["attempt"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1
+
+
+def transient_reasons(summary: UnitSummary) -> list[str]:
+    """The transient reject reasons in a unit's result (empty: its outcome is final)."""
+    return sorted(r for r in summary.reasons if r in TRANSIENT)
+
+
+def decode_budget(floor_s: float, size_bytes: int | None, duration_s: float | None) -> float:
+    """Seconds one file may take to decode: ``max(floor_s, 4 s per media second + 2 s per MB)``.
+
+    A function of the file alone, so whether a file times out does not depend on what ran before it.
+    ``floor_s`` is BuildConfig.decode_timeout_s; the rates are DECODE_S_PER_MEDIA_S and DECODE_S_PER_MB.
+    """
+    est = DECODE_S_PER_MEDIA_S * (duration_s or 0.0) + DECODE_S_PER_MB * (size_bytes or 0) / 1e6
+    return max(floor_s, est)
+
+
 # ------------------------------------------------------------------------------------------ child side
 
 
@@ -122,7 +228,35 @@ def _fault_for(spec: str, path: str) -> str | None:
     return None
 
 
-def _child_main(conn, ctx_json: str, unit_json: str, tmp: str, fp: str, fault: str = "") -> None:
+def _media_duration(path: Path) -> float | None:
+    """Seconds of media in a container, from its header (None for images and unreadable files)."""
+    if path.suffix.lower() in _IMAGE_SUFFIXES:
+        return None
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            return c.duration / av.time_base if c.duration else None
+    except (av.error.FFmpegError, OSError, ValueError):
+        return None  # the decode that follows reports the problem with its own reason
+
+
+def _exit_when_orphaned(data: str, build_id: str, watchdog_pid: int) -> None:
+    """Child-side guard: stop at once when the watchdog or the build is gone, before writing more into DATA."""
+    while True:
+        time.sleep(0.25)
+        try:
+            os.kill(watchdog_pid, 0)
+            alive = build_alive(data, build_id)
+        except ProcessLookupError:
+            alive = False
+        if not alive:
+            os._exit(3)
+
+
+def _child_main(conn, ctx_json: str, unit_json: str, tmp: str, fp: str, fault: str = "", watchdog_pid: int = 0) -> None:
+    import threading
+
     import torch
 
     from transforms.unit import process_unit
@@ -135,13 +269,23 @@ def _child_main(conn, ctx_json: str, unit_json: str, tmp: str, fp: str, fault: s
     cfg = BuildConfig.from_dict(ctx.config)
     unit = unit_from_dict(json.loads(unit_json))
     raw = Path(ctx.raw)
+    if ctx.build_id and watchdog_pid:
+        guard = threading.Thread(target=_exit_when_orphaned, args=(ctx.data, ctx.build_id, watchdog_pid), daemon=True)
+        guard.start()
 
     def heartbeat(path: str) -> None:
         # a crash or timeout reject names the file relative to RAW, like every other reject
         p = Path(path)
-        path = p.relative_to(raw).as_posix() if p.is_relative_to(raw) else path
-        conn.send_bytes(json.dumps({"file": path}).encode())
-        kind = _fault_for(fault, path) if fault else None
+        rel = p.relative_to(raw).as_posix() if p.is_relative_to(raw) else path
+        try:
+            size = p.stat().st_size
+        except OSError:
+            size = None
+        conn.send_bytes(json.dumps({"file": rel, "bytes": size}).encode())
+        duration = _media_duration(p) if size else None
+        if duration:
+            conn.send_bytes(json.dumps({"file": rel, "bytes": size, "duration_s": duration}).encode())
+        kind = _fault_for(fault, rel) if fault else None
         if kind == "segv":
             os.kill(os.getpid(), signal.SIGSEGV)
         while kind == "hang":
@@ -172,8 +316,22 @@ class _Failure:
     detail: str
 
 
-def _watch(proc, conn, timeout_s: float, first_source: str) -> _Failure | None:
-    current, started = first_source, time.monotonic()
+class _Abandoned(Exception):
+    """The build that launched this unit is gone: its worker stops and writes nothing more."""
+
+
+def _watch(proc, conn, floor_s: float, first_source: str, extra_bytes: int, alive) -> _Failure | None:
+    """Relay the child's messages; kill it when the file it reads outlives its budget, or the build is gone.
+
+    Each announced file gets ``decode_budget(floor, its bytes + extra_bytes, its duration)`` from its
+    announcement (extended when the duration arrives); the deadline only moves later, so a file announced
+    while another is still decoding (video + separate audio) never shortens the first one's time.
+    ``extra_bytes``: the unit's files that are read without an announcement (depth/thermal frames, IMU).
+    """
+    current = first_source
+    budget = decode_budget(floor_s, extra_bytes, None)
+    announced = time.monotonic()
+    deadline = announced + budget
     while True:
         if conn.poll(0.2):
             try:
@@ -184,7 +342,10 @@ def _watch(proc, conn, timeout_s: float, first_source: str) -> _Failure | None:
                 proc.join(5)
                 break
             if "file" in msg:
-                current, started = msg["file"], time.monotonic()
+                if msg["file"] != current or "duration_s" not in msg:
+                    current, announced = msg["file"], time.monotonic()
+                budget = decode_budget(floor_s, (msg.get("bytes") or 0) + extra_bytes, msg.get("duration_s"))
+                deadline = max(deadline, announced + budget)
             elif "done" in msg:
                 proc.join()
                 return None
@@ -193,10 +354,15 @@ def _watch(proc, conn, timeout_s: float, first_source: str) -> _Failure | None:
                 return _Failure(RejectReason.INTERNAL_ERROR, current, msg["error"].strip().splitlines()[-1][:2000])
         elif not proc.is_alive():
             break
-        if time.monotonic() - started > timeout_s:
+        if not alive():
             proc.kill()
             proc.join()
-            return _Failure(RejectReason.DECODE_TIMEOUT, current, f"no progress within {timeout_s:g} s; decoder killed")
+            raise _Abandoned
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.join()
+            detail = f"not decoded within its budget of {budget:g} s (decode_budget); decoder killed"
+            return _Failure(RejectReason.DECODE_TIMEOUT, current, detail)
     code = proc.exitcode
     if code is not None and code < 0:
         name = signal.Signals(-code).name
@@ -204,34 +370,87 @@ def _watch(proc, conn, timeout_s: float, first_source: str) -> _Failure | None:
     return _Failure(RejectReason.DECODER_CRASH, current, f"worker exited with code {code} while reading this file")
 
 
+def _extra_bytes(root: Path, unit: MediaUnit | StillUnit) -> int:
+    """Bytes of a recording's side files (depth/thermal frames, IMU), read while its media files decode."""
+    if not isinstance(unit, MediaUnit):
+        return 0
+    announced = {unit.video, unit.audio}
+    return sum(e[1] or 0 for rel in unit.input_paths() if rel not in announced for e in _stat_entries(root, rel))
+
+
+def write_unit_reject(data: Path, unit: MediaUnit | StillUnit, fp: str, cfg: BuildConfig, reject: Reject,
+                      attempt: int, tmp: Path | None = None) -> None:  # fmt: skip
+    """Commit a unit whose whole outcome is one reject (a crash, a timeout, an input that changed)."""
+    tmp = tmp or data / WORK / "tmp" / f"{unit.unit_id}.{uuid.uuid4().hex[:8]}"
+    shutil.rmtree(tmp, ignore_errors=True)  # keep nothing a child half-wrote
+    sink = UnitSink(tmp, unit.unit_id, fp, cfg)
+    sink.reject(reject)
+    sink.summary.failed = True
+    sink.close()
+    (tmp / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
+    replace_dir(tmp, units_dir(data) / unit.unit_id)
+
+
 def run_unit(ctx: WorkContext, unit_json: str) -> dict:
-    """Process one unit (unless its committed result is current) and commit its folder atomically."""
+    """Process one unit (unless its committed result is current) and commit its folder atomically.
+
+    Returns ``{"unit_id", "processed": bool, "abandoned": bool}``; abandoned: the build that launched the
+    unit was gone (``pipelines.lock.build_alive``), and nothing was written. A result is current when its
+    fingerprint matches and it is not a transient failure from an earlier attempt than ``ctx.attempts``
+    asks for (engines may run a task twice; the second run then finds the first one's result).
+    """
+    t0 = time.perf_counter()
     data = Path(ctx.data)
     cfg = BuildConfig.from_dict(ctx.config)
     unit = unit_from_dict(json.loads(unit_json))
+    attempt = ctx.attempts.get(unit.unit_id, 1)
+    out = {"unit_id": unit.unit_id, "processed": False, "abandoned": False}
+
+    def alive() -> bool:
+        return not ctx.build_id or build_alive(data, ctx.build_id)
+
     fp = fingerprint(Path(ctx.raw), unit, cfg)
     done = cached_summary(data, unit.unit_id, fp)
-    if done is not None:
-        return {"unit_id": unit.unit_id, "processed": False}
+    if done is not None and (not transient_reasons(done) or attempt_of(data, unit.unit_id) >= attempt):
+        return out
+    if not alive():
+        log.warning("unit %s: not started, its build %s is gone", unit.unit_id, ctx.build_id)
+        return dict(out, abandoned=True)
+    log.info("unit %s: start (attempt %d)", unit.unit_id, attempt)
     tmp = data / WORK / "tmp" / f"{unit.unit_id}.{uuid.uuid4().hex[:8]}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     parent_conn, child_conn = _context().Pipe(duplex=False)
     fault = os.environ.get(FAULT_ENV, "")
-    proc = _context().Process(target=_child_main, args=(child_conn, ctx.to_json(), unit_json, str(tmp), fp, fault))
+    args = (child_conn, ctx.to_json(), unit_json, str(tmp), fp, fault, os.getpid())
+    proc = _context().Process(target=_child_main, args=args)
     proc.start()
     child_conn.close()
     first = unit.input_paths()[0] if unit.input_paths() else unit.unit_id
-    failure = _watch(proc, parent_conn, cfg.decode_timeout_s, first)
-    parent_conn.close()
-    if failure is not None:
-        # keep nothing the child half-wrote; the unit's outcome is this one reject
+    try:
+        failure = _watch(proc, parent_conn, cfg.decode_timeout_s, first, _extra_bytes(Path(ctx.raw), unit), alive)
+    except _Abandoned:
         shutil.rmtree(tmp, ignore_errors=True)
-        sink = UnitSink(tmp, unit.unit_id, fp, cfg)
-        sink.reject(Reject(failure.source, failure.reason, failure.detail, getattr(unit, "session", None)))
-        sink.summary.failed = True
-        sink.close()
-    replace_dir(tmp, units_dir(data) / unit.unit_id)
-    return {"unit_id": unit.unit_id, "processed": True}
+        log.warning("unit %s: stopped, its build %s is gone; nothing written", unit.unit_id, ctx.build_id)
+        return dict(out, abandoned=True)
+    finally:
+        parent_conn.close()
+    if not alive():  # the last moment before the result becomes visible
+        shutil.rmtree(tmp, ignore_errors=True)
+        return dict(out, abandoned=True)
+    if failure is not None:
+        reject = Reject(failure.source, failure.reason, failure.detail, getattr(unit, "session", None))
+        write_unit_reject(data, unit, fp, cfg, reject, attempt, tmp)
+        log.warning("unit %s: end in %.2f s, failed: %s on %s (%s)", unit.unit_id, time.perf_counter() - t0,
+                    failure.reason.value, failure.source, failure.detail)  # fmt: skip
+    else:
+        (tmp / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
+        replace_dir(tmp, units_dir(data) / unit.unit_id)
+        summary = cached_summary(data, unit.unit_id, fp)
+        if summary is not None:
+            took = time.perf_counter() - t0
+            log.info("unit %s: end in %.2f s, %d sample(s) of %d window(s), rejects by reason %s", unit.unit_id,
+                     took, summary.samples, summary.windows_planned, summary.reasons or "{}")  # fmt: skip
+    return dict(out, processed=True)
 
 
 def run_unit_json(ctx_json: str, unit_json: str) -> dict:

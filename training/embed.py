@@ -167,9 +167,8 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
         storage.atomic_write_parquet(emb / f"{m}.parquet", table_out)
         kinds[m] = _write_index(v, emb / "index" / f"{m}.faiss")
         counts[m] = len(r)
-    manifest = json.loads((data / "manifest.json").read_text())
     meta = {"run": str(Path(run).resolve()), "run_id": lr.run_id, "data": str(data),
-            "dataset_version": manifest.get("version"), "dim": dim, "counts": counts, "index": kinds,
+            "dataset_version": table.version, "dim": dim, "counts": counts, "index": kinds,
             "tower": lr.cfg.to_dict()["tower"]}  # fmt: skip
     storage.atomic_write_json(emb / META, meta, indent=1)  # last: its presence marks a complete EMB folder
     return EmbedResult(emb, counts, lr.run_id)

@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
+from pipelines.dataset import ShardPins, open_dataset
 from pipelines.storage import TarReader
 from schemas import modalities
 from schemas.modalities import TRAINABLE, TRAINABLE_MEMBER
@@ -42,6 +42,8 @@ class SampleTable:
     captions: list[str | None]
     has: dict[str, np.ndarray]  # modality -> bool per sample
     allowed: dict[str, np.ndarray]  # modality -> bool per sample: may this sample train that modality?
+    pins: ShardPins | None = None  # the snapshot's shard files (pipelines/dataset.py); None: read whatever is there
+    version: str = ""  # the dataset version the table was read from
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -53,7 +55,8 @@ class SampleTable:
         # pyarrow, not pandas: the loop also runs on machines that have only torch, numpy and pyarrow
         has_columns = {m: modalities.BY_NAME[m].has_column for m in TRAINABLE}
         columns = ["key", "shard", "split", "session", "label", "caption", *has_columns.values()]
-        index = pq.read_table(data / "index.parquet", columns=columns)
+        snap = open_dataset(data)  # one committed version: index and shards agree, or a later read raises
+        index = snap.index.select(columns)
         if split is not None:
             index = index.filter(pc.equal(index.column("split"), split))
             if not index.num_rows:
@@ -65,7 +68,8 @@ class SampleTable:
         if pairing == "disjoint":
             allowed = _disjoint(np.array(sessions, object), has, trained)
         return cls(data=data, keys=col("key"), shards=col("shard"), splits=col("split"), sessions=sessions,
-                   labels=col("label"), captions=col("caption"), has=has, allowed=allowed)  # fmt: skip
+                   labels=col("label"), captions=col("caption"), has=has, allowed=allowed, pins=snap.pins,
+                   version=snap.version)  # fmt: skip
 
 
 def _disjoint(sessions: np.ndarray, has: dict[str, np.ndarray], modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -148,7 +152,10 @@ class SampleReader(torch.utils.data.Dataset):
     def _tar(self, shard: str) -> TarReader:
         # the first use of a shard reads its headers; the file then stays open for reads by offset
         if shard not in self._tars:
-            self._tars[shard] = TarReader(self.table.data / "shards" / shard)
+            pins = self.table.pins
+            # a shard a rebuild replaced since the table was read raises DatasetChanged (pipelines/dataset.py)
+            path = pins.check_path(shard) if pins is not None else self.table.data / "shards" / shard
+            self._tars[shard] = TarReader(path)
         return self._tars[shard]
 
     def __getitem__(self, i: int) -> dict:

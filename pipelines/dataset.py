@@ -1,0 +1,186 @@
+"""Readers' protocol: ``open_dataset(DATA)`` returns one committed version of a dataset, or raises.
+
+    snap = bindset.open_dataset("DATA")          # manifest, index table, shards of one committed version
+    with snap.open_shard(snap.index["shard"][0].as_py()) as f: ...   # raises DatasetChanged after a rebuild
+
+A build commits in place (``pipelines/commit.py``): it removes ``manifest.json``, places the shards (hard
+links, each by an atomic rename), writes ``index.parquet``, ``rejects.parquet``, ``shards/sizes.json`` and
+writes ``manifest.json`` last. A reader that checks the manifest only before reading can therefore see a new
+index beside old shards, or, after a session whose name sorts first was added, read shard names that now
+hold other samples. The protocol closes both gaps:
+
+1. read the manifest (none: wait for a commit in progress, up to ``wait_s``, else :class:`DatasetNotCommitted`);
+2. read the index and ``sizes.json`` and record each shard file's identity (device, inode, size, mtime);
+3. read the manifest again: the same file (inode, mtime, bytes) means no commit ran in between, so 1-2 saw
+   one version; otherwise start again.
+
+Shard files are opened later, by name, through :meth:`Snapshot.open_shard`, which checks the opened file
+against the recorded identity: a shard replaced by a later commit raises :class:`DatasetChanged` instead of
+returning samples the index does not describe. (Unit parts are written once and linked, so an unchanged
+shard keeps its inode across commits, and a reader is only interrupted when what it reads really changed.)
+
+Issue 17's write-once commit (a new version folder per commit, then one atomic pointer switch) makes this
+trivial: a snapshot is then just the folder the pointer names, and nothing in it ever changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.errors import UserError
+
+MANIFEST = "manifest.json"
+
+
+class DatasetNotCommitted(UserError):
+    """DATA holds no committed dataset (no build yet, or a commit did not finish within the wait)."""
+
+
+class DatasetChanged(UserError):
+    """A build committed a new version while this snapshot was being read: open the dataset again."""
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """One shard of a snapshot: where it is, how many samples it holds, and which file it was."""
+
+    name: str
+    path: Path
+    samples: int
+    size: int  # bytes
+    identity: tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class ShardPins:
+    """The shard identities of a snapshot, small and picklable (for DataLoader worker processes)."""
+
+    folder: Path
+    identities: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+
+    def check_path(self, name: str) -> Path:
+        """The shard's path, after checking that the file there is still the snapshot's (else DatasetChanged)."""
+        path = self.folder / name
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise DatasetChanged(f"{path}: gone since the dataset was opened (a rebuild); open it again") from None
+        self._check(name, st)
+        return path
+
+    def open(self, name: str) -> IO[bytes]:
+        """Open a shard for reading; raises DatasetChanged if a later commit replaced it."""
+        path = self.folder / name
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - returned to the caller
+        except FileNotFoundError:
+            raise DatasetChanged(f"{path}: gone since the dataset was opened (a rebuild); open it again") from None
+        try:
+            self._check(name, os.fstat(f.fileno()))
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def _check(self, name: str, st: os.stat_result) -> None:
+        want = self.identities.get(name)
+        if want is None:
+            raise KeyError(f"{name}: not a shard of this snapshot")
+        if _identity(st) != want:
+            raise DatasetChanged(f"{self.folder / name}: replaced by a rebuild since the dataset was opened; "
+                                 "open it again")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One committed version of DATA: its manifest, index (INDEX_SCHEMA), rejects and shards."""
+
+    data: Path
+    manifest: dict
+    index: pa.Table
+    shards: dict[str, ShardFile]
+    pins: ShardPins
+    manifest_id: tuple = ()  # the manifest file's (device, inode, mtime, bytes) when the snapshot was taken
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", ""))
+
+    def rejects(self) -> pa.Table:
+        """rejects.parquet (read on demand; checked against the same manifest)."""
+        table = pq.read_table(self.data / "rejects.parquet")
+        if _read_manifest(self.data)[0] != self.manifest_id:
+            raise DatasetChanged(f"{self.data}: rebuilt while its rejects were read; open it again")
+        return table
+
+    def open_shard(self, name: str) -> IO[bytes]:
+        """Open shard ``name`` for reading (``KEY.suffix`` tar members); DatasetChanged if a rebuild replaced it."""
+        return self.pins.open(name)
+
+
+def _read_manifest(data: Path) -> tuple[tuple, bytes] | tuple[None, None]:
+    path = data / MANIFEST
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            blob = f.read()
+    except FileNotFoundError:
+        return None, None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, blob), blob
+
+
+def _read_version(data: Path, manifest_blob: bytes) -> Snapshot | None:
+    """Steps 2 of the protocol: index, sizes and shard identities; None when they are not all there."""
+    try:
+        manifest = json.loads(manifest_blob)
+        index = pq.read_table(data / "index.parquet")
+        sizes = json.loads((data / "shards" / "sizes.json").read_text())
+        shards = {}
+        for name, samples in sorted(sizes.items()):
+            st = os.stat(data / "shards" / name)
+            shards[name] = ShardFile(name, data / "shards" / name, int(samples), st.st_size, _identity(st))
+    except (FileNotFoundError, ValueError, pa.ArrowInvalid):
+        return None  # a commit is replacing these files right now
+    if index.num_rows != sum(s.samples for s in shards.values()):
+        return None
+    if index.num_rows and not set(index.column("shard").to_pylist()) <= set(shards):
+        return None
+    pins = ShardPins(data / "shards", {n: s.identity for n, s in shards.items()})
+    return Snapshot(data, manifest, index, shards, pins)
+
+
+def open_dataset(data: Path | str, *, wait_s: float = 60.0) -> Snapshot:
+    """A consistent snapshot of the committed dataset in DATA.
+
+    Waits up to ``wait_s`` seconds while a commit is in progress (no manifest, or files changing under
+    the read). Raises :class:`DatasetNotCommitted` (a UserError, exit 2) when DATA holds no committed
+    dataset by then. Reading is cheap: the index, sizes.json and one ``stat`` per shard.
+    """
+    data = Path(data)
+    deadline = time.monotonic() + wait_s
+    while True:
+        first, blob = _read_manifest(data)
+        if first is not None:
+            snap = _read_version(data, blob)
+            again, _ = _read_manifest(data)
+            if snap is not None and again == first:
+                return replace(snap, manifest_id=first)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    if not (data / MANIFEST).exists():
+        raise DatasetNotCommitted(f"{data / MANIFEST}: no committed dataset here (run `bindset build`, or wait "
+                                  "for the build in progress to commit)")  # fmt: skip
+    raise DatasetNotCommitted(f"{data}: the dataset kept changing for {wait_s:g} s; open it again later")
