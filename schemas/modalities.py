@@ -4,7 +4,7 @@ Each sample carries up to six modalities (SPEC §3–4). Which tar member holds 
 columns describe it, which reject reasons are its own, and whether training learns an encoder for it are
 facts of the output contract; they live here once, and the unit (``transforms/unit.py``), the shard
 reader (``training/shards.py``), the expectations (``schemas/expectations.py``), the index schema
-(``schemas/tables.py``) and the report (``pipelines/report.py``) read them from here.
+(``schemas/tables.py``) and the report (``pipelines/report/``) read them from here.
 
 Words used across the code base:
 
@@ -120,4 +120,3 @@ MEMBERS: tuple[str, ...] = (
 def present(members: dict[str, bytes] | set[str] | frozenset[str]) -> dict[str, bool]:
     """Modality name -> whether its primary member is among ``members`` (the sample's tar members)."""
     return {m.name: m.member in members for m in REGISTRY}
-

@@ -220,3 +220,37 @@ def test_chromium_check_catches_network_use(report, browser, tmp_path):
     page.write_text(report.read_text().replace("</main>", "<img src='https://example.invalid/x.png'></main>", 1))
     result = load_page(browser, page, None)
     assert result.errors and any("example.invalid" in e for e in result.errors), result.errors
+
+
+def test_rejects_by_reason_are_data_in_the_view_model(data, report):
+    from pipelines.report.view import build_view, load
+
+    view = build_view(load(data, 0), gallery=0, seed=0)
+    rejects = pq.read_table(data / "rejects.parquet").to_pandas()
+    counts = rejects["reason"].value_counts()
+    rows = view.rejects.reasons
+    assert {r.reason: r.rows for r in rows} == counts.to_dict()
+    assert [r.rows for r in rows] == sorted(counts, reverse=True)
+    for r in rows:
+        assert sum(r.by_kind.values()) == r.rows == sum(r.by_where.values()), r
+        assert r.sessions == rejects.loc[rejects["reason"] == r.reason, "session"].nunique()
+    assert view.rejects.total == len(rejects)
+    # every reason is a table row the page can address
+    assert set(re.findall(r"<tr data-reason='([a-z_]+)'>", report.read_text())) == set(counts.index)
+
+
+def test_text_from_the_data_is_escaped_never_markup(data, tmp_path):
+    import pyarrow as pa
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy, ignore=shutil.ignore_patterns("quality"))
+    rejects = pq.read_table(copy / "rejects.parquet").to_pandas()
+    rejects.loc[0, "detail"] = "<script>alert('x')</script> & more"
+    pq.write_table(pa.Table.from_pandas(rejects, schema=REJECTS_SCHEMA, preserve_index=False), copy / "rejects.parquet")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["code_version"] = "<b>v1</b>"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    html = write_report(copy, gallery=1).read_text()
+    assert "<script" not in html and "<b>v1</b>" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in html
+    assert "&lt;b&gt;v1&lt;/b&gt;" in html
