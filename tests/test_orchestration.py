@@ -180,8 +180,8 @@ def test_settings_resolved_once_come_back_from_json_whatever_the_variables_say_n
     sent_b, sent_t = json.dumps(b.to_dict()), json.dumps(t.to_dict())
     assert "tok-1" not in sent_b + sent_t  # the XCom is in the metadata DB and the UI
 
-    edited = {k: v.replace("d1", "d2").replace("r1", "r2").replace("7", "8").replace("0.9", "0.5")
-              for k, v in variables.items()}  # fmt: skip
+    edited = {**variables, "bindset_data_root": str(tmp_path / "d2"), "bindset_run_root": str(tmp_path / "r2"),
+              "bindset_quality_thresholds": '{"mostly": 0.5}', "bindset_train_config": '{"max_steps": 8}'}  # fmt: skip
     after = DictSource(edited, {"bindset_ray": conn})
     assert resolve_build_settings({}, after).data_root == tmp_path / "d2"  # the edit is real...
     got_b = BuildSettings.from_dict(json.loads(sent_b), after)
