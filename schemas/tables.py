@@ -49,6 +49,10 @@ INDEX_SCHEMA = pa.schema(
         _f64("imu_max_gap_ms"),
         # distance between the frame a modality was paired with and the first video frame
         *[_f64(m.sync_column) for m in REGISTRY if m.has_sync],
+        # video geometry applied to the coded frames (transforms/media.py): the counter-clockwise rotation
+        # of the display matrix / rotate tag (0, 90, 180, 270), and the pixel aspect ratio (stored at 1:1)
+        pa.field("video_rotation_deg", pa.int32(), nullable=True),
+        _f64("video_sar"),
         pa.field("label", pa.string(), nullable=True),
         pa.field("caption", pa.string(), nullable=True),
         pa.field("label_change", pa.bool_(), nullable=False),

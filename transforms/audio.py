@@ -325,10 +325,26 @@ class WindowCutter:
         self._buf = None if self._buf is None else self._buf[:, :0]
         return out
 
-    def _emit(self, *, final: bool) -> list[CutWindow]:
+    def finish_segment(self) -> tuple[list[CutWindow], list[WindowRequest]]:
+        """End the track here, but only for windows that start before its end; the rest are handed back.
+
+        For a track that continues after a break (a format change, a timestamp gap): the windows that
+        start inside this piece come out as they would at the end of a track (OUT_OF_RANGE when more
+        than the tolerance is missing); those starting at or after its end are returned, not emitted,
+        for the cutter of the next piece.
+        """
+        out = self._emit(final=True, starting_before=self._total)
+        rest = [p.request for p in self._pending[self._next :]]
+        self._next = len(self._pending)
+        self._buf = None if self._buf is None else self._buf[:, :0]
+        return out, rest
+
+    def _emit(self, *, final: bool, starting_before: int | None = None) -> list[CutWindow]:
         out: list[CutWindow] = []
         while self._next < len(self._pending):
             pending = self._pending[self._next]
+            if starting_before is not None and pending.first >= starting_before:
+                break
             before = max(0, -pending.first)
             end = pending.first + self.window_samples
             # Missing-before is known at once; the end is known once the stream passed it or ended.
@@ -439,8 +455,21 @@ class AudioQuality:
     clipped_frac: float
 
 
+def mel_channels(window: np.ndarray, channels: ChannelMode) -> np.ndarray:
+    """The (1, n) signal the mel is built from: channel 0 (``first``, what fbank reads) or the channel mean."""
+    if channels == "mean":
+        return np.asarray(window, np.float32).mean(axis=0, keepdims=True)
+    if channels != "first":
+        raise ValueError(f"channels must be 'first' or 'mean', got {channels!r}")
+    return np.asarray(window)[:1]
+
+
 def audio_quality(window: np.ndarray) -> AudioQuality:
-    """Loudness and clipping of the raw window (all channels, before mean removal)."""
+    """Loudness and clipping of the raw window, over the channels given, before mean removal.
+
+    Callers pass ``mel_channels(window, mode)`` so the figures describe exactly what the mel is built
+    from: a 5.1 track with sound only in its centre channel is silent under ``first``.
+    """
     x = np.asarray(window, dtype=np.float64)
     if x.size == 0:
         return AudioQuality(RMS_FLOOR_DBFS, 0.0)
@@ -512,7 +541,7 @@ def finish_window(cut: CutWindow, channels: ChannelMode) -> AudioWindowResult:
         start_s=cut.start_s,
         status=cut.status,
         mel=log_mel(cut.samples, channels),
-        quality=audio_quality(cut.samples),
+        quality=audio_quality(mel_channels(cut.samples, channels)),
         reject_reason=None,
         detail=detail,
         first_sample_s=cut.first_sample_s,

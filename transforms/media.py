@@ -10,6 +10,7 @@ transforms/audio.py), and at most a few windows' results are in flight between t
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import deque
@@ -25,9 +26,11 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from schemas.reasons import RejectReason
 from transforms import audio as A
 from transforms.config import BuildConfig
-from transforms.images import encode_frame_jpeg, fit_short_side, luma, luma_diff, luma_quality
+from transforms.images import encode_frame_jpeg, fit_short_side, luma, luma_diff, luma_quality, orient
 from transforms.layouts import ClockSpec
 from transforms.plan import Window
+
+logger = logging.getLogger(__name__)
 
 
 class MediaInputError(Exception):
@@ -45,6 +48,8 @@ class MediaInfo:
     video_end_s: float | None  # declared end of the video stream on its own clock
     width: int = 0
     height: int = 0
+    frame_period_s: float | None = None  # 1 / the stream's average frame rate; None when it declares none
+    video_start_s: float = 0.0  # first presentation time of the video stream on its own clock (late: MKV offsets)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class VideoWindow:
     diff: float | None  # mean abs luma difference first vs last: ~0 for frozen video
     reason: RejectReason | None = None
     detail: str = ""
+    orientation: int = 1  # EXIF-numbered orientation applied to the coded frames (1: none), see VideoGeometry
+    rotation_deg: int = 0  # the counter-clockwise rotation in it (0, 90, 180, 270)
+    sar: float = 1.0  # sample (pixel) aspect ratio of the coded frames; stored frames are at display aspect
 
 
 @dataclass(frozen=True)
@@ -107,20 +115,44 @@ def probe(path: Path, max_side: int) -> MediaInfo:
             vs = c.streams.video[0] if c.streams.video else None
             has_audio = bool(c.streams.audio)
             end = None
+            start = 0.0
             w = h = 0
             if vs is not None:
                 w, h = vs.codec_context.width, vs.codec_context.height
                 if w <= 0 or h <= 0 or w > max_side or h > max_side:
                     raise MediaInputError(rel, RejectReason.ABSURD_DIMENSIONS, f"video declares {w}x{h} pixels")
+                if vs.start_time is not None:
+                    start = float(vs.start_time * vs.time_base)
                 if vs.duration is not None:
                     end = float((vs.start_time or 0) + vs.duration) * float(vs.time_base)
-                elif c.duration is not None:
-                    end = c.duration / av.time_base
-            return MediaInfo(vs is not None, has_audio, end, w, h)
+                else:
+                    # Matroska/WebM declare no stream duration, and what the container declares is not
+                    # reliably a duration (FFmpeg's muxer writes the last timestamp: 53 s for 8 s of media
+                    # starting at 45 s); the last packets say where the stream really ends.
+                    end = _scan_end(c, vs)
+                    if end is None and c.duration is not None:
+                        end = c.duration / av.time_base
+            rate = (vs.average_rate or vs.guessed_rate) if vs is not None else None
+            period = 1.0 / float(rate) if rate else None
+            return MediaInfo(vs is not None, has_audio, end, w, h, period, start)
     except av.error.FFmpegError as exc:
         if _top_level_boxes_truncated(path):
             raise MediaInputError(rel, RejectReason.TRUNCATED_MEDIA, f"file is cut off: {exc}") from None
         raise MediaInputError(rel, RejectReason.DECODE_ERROR, f"cannot open: {exc}") from None
+
+
+def _scan_end(c: av.container.InputContainer, vs: av.video.stream.VideoStream) -> float | None:
+    """End (last pts + duration) of a video stream, from its packets after a seek to its last keyframe."""
+    try:
+        c.seek(2**62, backward=True, any_frame=False, stream=vs)
+        end = None
+        for packet in c.demux(vs):
+            if packet.pts is not None:
+                t = packet.pts + (packet.duration or 0)
+                end = t if end is None else max(end, t)
+        return None if end is None else float(end * vs.time_base)
+    except av.error.FFmpegError:
+        return None
 
 
 # Shrinking happens inside libswscale while it converts YUV to RGB: box ("area") filtering, like
@@ -135,6 +167,10 @@ _SHRINK = Interpolation.AREA | Interpolation.ACCURATE_RND | Interpolation.BITEXA
 # Results (a window's frames, a block's audio windows) still being computed by the file's worker
 # thread before decode_media waits for the oldest: bounds the frames and samples held meanwhile.
 _MAX_IN_FLIGHT = 8
+
+# Video packets remembered while their frames are still inside a (frame-threaded) decoder; more than
+# a decoder holds (threads + reorder delay), so the packet behind an error is among them.
+_MAX_IN_FLIGHT_PACKETS = 64
 
 
 # Helper threads run at a lower scheduling priority than the decoding thread and the decoder's own
@@ -162,6 +198,136 @@ def _done(value) -> Future:
     return f
 
 
+# A display matrix's 2x2 part, each entry -1/0/1 (x' = a x + c y, y' = b x + d y; FFmpeg's
+# libavutil/display.h layout: a = m[0], b = m[1], c = m[3], d = m[4]) -> the EXIF orientation whose
+# transform (transforms.images.orient) is the same pixel mapping. 90 degrees counter-clockwise, what
+# `ffmpeg -metadata:s:v:0 rotate=90` writes, is (0, -1, 1, 0) -> 8, as FFmpeg's own autorotate shows it.
+_MATRIX_TO_EXIF = {
+    (1, 0, 0, 1): 1, (-1, 0, 0, 1): 2, (-1, 0, 0, -1): 3, (1, 0, 0, -1): 4,
+    (0, 1, 1, 0): 5, (0, 1, -1, 0): 6, (0, -1, -1, 0): 7, (0, -1, 1, 0): 8,
+}  # fmt: skip
+# counter-clockwise degrees of each orientation's rotation part (the mirrored ones: after the mirror)
+_EXIF_ROTATION = {1: 0, 2: 0, 3: 180, 4: 180, 5: 270, 6: 270, 7: 90, 8: 90}
+# legacy `rotate` tags (FFmpeg < 5, some Matroska writers) give the clockwise rotation for display
+_ROTATE_TAG_TO_EXIF = {0: 1, 90: 6, 180: 3, 270: 8}
+
+
+@dataclass(frozen=True)
+class VideoGeometry:
+    """How coded frames become what is stored: pixel aspect first, then the orientation.
+
+    ``orientation`` uses EXIF's numbering (1..8), the same transforms as still images, so stills and
+    video frames are turned by one function. ``source`` says where it came from: "display_matrix",
+    "rotate_tag" or "none"; ``unsupported`` notes a matrix that is not a multiple of 90 degrees (stored
+    as decoded, and said so).
+    """
+
+    orientation: int = 1
+    sar: float = 1.0
+    source: str = "none"
+    unsupported: str = ""
+
+    @property
+    def rotation_deg(self) -> int:
+        return _EXIF_ROTATION[self.orientation]
+
+
+def video_geometry(frame: av.VideoFrame, stream_metadata: dict[str, str], sar: float | None) -> VideoGeometry:
+    """The geometry of a stream from its first decoded frame (display matrix side data), its metadata
+    (a legacy ``rotate`` tag) and its sample aspect ratio. Pure: no state, no I/O."""
+    sar_f = float(sar) if sar and float(sar) > 0 else 1.0
+    for sd in frame.side_data:
+        if sd.type is av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            m = np.frombuffer(bytes(sd), dtype=np.int32)
+            if len(m) >= 9:
+                unit = np.array([m[0], m[1], m[3], m[4]], np.float64) / 65536.0
+                key = tuple(int(round(v)) for v in unit)
+                if key in _MATRIX_TO_EXIF and np.allclose(unit, key, atol=1e-3):
+                    return VideoGeometry(_MATRIX_TO_EXIF[key], sar_f, "display_matrix")
+                why = f"display matrix {unit.tolist()} is not a multiple of 90°"
+                return VideoGeometry(1, sar_f, "display_matrix", why)
+    tag = next((v for k, v in stream_metadata.items() if k.lower() == "rotate"), None)
+    if tag is not None:
+        try:
+            deg = int(round(float(tag))) % 360
+        except ValueError:
+            deg = -1
+        if deg in _ROTATE_TAG_TO_EXIF:
+            return VideoGeometry(_ROTATE_TAG_TO_EXIF[deg], sar_f, "rotate_tag")
+        return VideoGeometry(1, sar_f, "rotate_tag", f"rotate tag {tag!r} is not a multiple of 90°")
+    return VideoGeometry(1, sar_f)
+
+
+def display_size(width: int, height: int, sar: float) -> tuple[int, int]:
+    """Coded size -> display size (square pixels): the axis that non-square pixels shrink is widened, so
+    no coded pixel is discarded (SAR 2:1 at 80x100 -> 160x100; SAR 1:2 at 160x50 -> 160x100)."""
+    if abs(sar - 1.0) < 1e-6:
+        return width, height
+    if sar > 1.0:
+        return max(1, round(width * sar)), height
+    return width, max(1, round(height / sar))
+
+
+class _FrameClock:
+    """Presentation times of decoded video frames, chosen as FFmpeg's best-effort timestamp is.
+
+    FFmpeg (libavcodec/decode.c, guess_correct_pts) counts how often the frames' pts and their packets'
+    dts fail to increase and uses whichever fails less; a container without reliable pts (H.264 with
+    B-frames in AVI) gives pts that come out of order, while the dts run in presentation order. FFmpeg
+    decides frame by frame; here the counts of a few frames ahead are included (frames are held back
+    that long), so the first frames of such a file get the same clock as the rest. Where pts never
+    fail (MP4, MKV, WebM) the pts are used, as before.
+    """
+
+    LOOKAHEAD = 8
+
+    def __init__(self):
+        self.faulty_pts = self.faulty_dts = 0
+        self.last_pts = self.last_dts = None
+        self.held: deque[tuple[av.VideoFrame, str]] = deque()
+        self.released: int | None = None  # ticks given to the last frame let out, and the step before it
+        self.step: int | None = None
+
+    def push(self, frame: av.VideoFrame, note: str = "") -> list[tuple[av.VideoFrame, int | None, str]]:
+        """``note`` travels with the frame (why it is damaged, if it is)."""
+        pts, dts = frame.pts, frame.dts
+        if dts is not None:
+            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        elif pts is not None:
+            self.last_dts = pts
+        if pts is not None:
+            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        elif dts is not None:
+            self.last_pts = dts
+        self.held.append((frame, note))
+        return self._release(self.LOOKAHEAD)
+
+    def flush(self) -> list[tuple[av.VideoFrame, int | None, str]]:
+        return self._release(0)
+
+    def _release(self, keep: int) -> list[tuple[av.VideoFrame, int | None, str]]:
+        out = []
+        while len(self.held) > keep:
+            f, note = self.held.popleft()
+            if f.pts is not None and self.faulty_pts <= self.faulty_dts:
+                ticks = f.pts
+            elif f.dts is not None:
+                ticks = f.dts
+            elif self.released is not None:
+                # the frames drained from the decoder at the end carry no dts (FFmpeg reports no
+                # best-effort time for them): they follow the last one at the stream's frame step
+                ticks = self.released + (self.step or 0)
+            else:
+                ticks = f.pts
+            if ticks is not None and self.released is not None and ticks > self.released:
+                self.step = ticks - self.released
+            self.released = ticks if ticks is not None else self.released
+            out.append((f, ticks, note))
+        return out
+
+
 class _VideoTracker:
     """Assigns decoded frames to windows: the first and the last frame whose time is in [s, e).
 
@@ -176,16 +342,40 @@ class _VideoTracker:
         self.first: dict[int, Future] = {}  # window index -> Future of (FramePick, luma)
         self.latest: dict[int, tuple[float, av.VideoFrame]] = {}
         self.reformatter = VideoReformatter()  # used on the worker only
+        self.geometry = VideoGeometry()  # set by the caller from the first frame
+        # damage: windows with a packet that failed to decode, or a frame decoded from damaged references
+        self.tainted: dict[int, str] = {}
+
+    def damage(self, lo: float, hi: float, detail: str) -> None:
+        """Video packets somewhere in session times [lo, hi] failed to decode: the windows there are damaged.
+
+        With frame threading the decoder reports an error a few packets after the bad one, so the
+        caller passes the span of the packets still in flight. The frames decoded after it, from
+        missing references, come in through ``push(..., damaged=True)`` until the next keyframe.
+        """
+        for w in self.windows[self.lo :]:
+            if w.start_s > hi:
+                break
+            if lo < w.end_s:
+                self.tainted.setdefault(w.index, detail)
+
+    def _taint(self, t: float, detail: str) -> None:
+        self.damage(t, t, detail)
 
     def _rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        """The frame as stored: RGB with the short side at most max_short_side, never upscaled."""
-        size = fit_short_side(frame.width, frame.height, self.cfg.max_short_side)
+        """The frame as stored: at display aspect (square pixels), RGB with the short side at most
+        max_short_side (never upscaled beyond the display size), turned as its orientation says."""
+        geo = self.geometry
+        dw, dh = display_size(frame.width, frame.height, geo.sar)
+        size = fit_short_side(dw, dh, self.cfg.max_short_side)
         if (size.width, size.height) == (frame.width, frame.height):
-            return frame.to_ndarray(format="rgb24")
-        small = self.reformatter.reformat(
-            frame, width=size.width, height=size.height, format="gbrp", interpolation=_SHRINK, threads=1
-        )
-        return small.to_ndarray()  # (H, W, 3) RGB, contiguous
+            rgb = frame.to_ndarray(format="rgb24")
+        else:
+            small = self.reformatter.reformat(
+                frame, width=size.width, height=size.height, format="gbrp", interpolation=_SHRINK, threads=1
+            )
+            rgb = small.to_ndarray()  # (H, W, 3) RGB, contiguous
+        return orient(rgb, geo.orientation) if geo.orientation != 1 else rgb
 
     def _pick(self, t: float, frame: av.VideoFrame, *, quality: bool = True) -> tuple[FramePick, np.ndarray]:
         """The stored JPEG and the luma of a picked frame; quality figures only where asked for.
@@ -199,8 +389,11 @@ class _VideoTracker:
         jpg = encode_frame_jpeg(rgb, max_short_side=self.cfg.max_short_side, quality=self.cfg.jpeg_quality)
         return FramePick(t, jpg, q and q.brightness, q and q.sharpness), gray
 
-    def push(self, frame: av.VideoFrame, t: float) -> list[Future]:
-        """``t``: the frame's session time. Runs for every decoded frame, so it stays lean."""
+    def push(self, frame: av.VideoFrame, t: float, damaged: str = "") -> list[Future]:
+        """``t``: the frame's session time; ``damaged``: why the frame cannot be trusted, if so.
+        Runs for every decoded frame, so it stays lean."""
+        if damaged:
+            self._taint(t, damaged)
         windows = self.windows
         n = len(windows)
         done = []
@@ -219,12 +412,21 @@ class _VideoTracker:
             i += 1
         return done
 
-    def _close(self, w: Window, reason: RejectReason = RejectReason.NO_FRAMES_IN_WINDOW, why: str = "") -> Future:
+    def _close(
+        self, w: Window, reason: RejectReason = RejectReason.NO_FRAMES_IN_WINDOW, why: str = "", final: bool = False
+    ) -> Future:
         first = self.first.pop(w.index, None)
         latest = self.latest.pop(w.index, None)
+        damage = self.tainted.pop(w.index, None)
+        if damage is not None and not (final and reason is RejectReason.TRUNCATED_MEDIA):
+            return _done(self._reject(w.index, RejectReason.CORRUPT_PACKETS, damage))
         if first is None:
-            return _done(VideoWindow(w.index, None, None, None, reason, why or "no decoded frame falls in the window"))
+            return _done(self._reject(w.index, reason, why or "no decoded frame falls in the window"))
         return self.worker.submit(self._finish_window, w.index, first, latest)
+
+    def _reject(self, index: int, reason: RejectReason, detail: str) -> VideoWindow:
+        g = self.geometry
+        return VideoWindow(index, None, None, None, reason, detail, g.orientation, g.rotation_deg, g.sar)
 
     def _finish_window(self, index: int, first: Future, latest: tuple[float, av.VideoFrame]) -> VideoWindow:
         pick, gray = first.result()  # submitted earlier to this same single thread: already done
@@ -234,12 +436,26 @@ class _VideoTracker:
             # the index reports the first frame's quality figures only
             last, last_gray = self._pick(*latest, quality=False)
             diff = luma_diff(gray, last_gray)
-        return VideoWindow(index, pick, last, diff)
+        g = self.geometry
+        return VideoWindow(index, pick, last, diff, None, "", g.orientation, g.rotation_deg, g.sar)
 
     def finish(self, reason: RejectReason, why: str) -> list[Future]:
-        out = [self._close(w, reason, why) for w in self.windows[self.lo :]]
+        out = [self._close(w, reason, why, final=True) for w in self.windows[self.lo :]]
         self.lo = len(self.windows)
         return out
+
+
+# Audio frames whose pts stray from where the previous samples end by less than this are taken as
+# contiguous: container time bases round (Matroska's 1 ms ticks put AAC frames up to 0.5 ms off).
+_AUDIO_JITTER_S = 0.002
+
+
+@dataclass(frozen=True)
+class _Break:
+    """Why one stretch of audio ends and the next begins (a format change, a jump in the timestamps)."""
+
+    reason: RejectReason
+    detail: str
 
 
 class _AudioTracker:
@@ -251,6 +467,14 @@ class _AudioTracker:
     resampled, cut and turned into log-mels on ``worker`` (one thread: blocks are processed in order),
     and comes back as a Future of the windows it completed. The resampler's output does not depend on
     the block sizes (see StreamingResampler), so the blocking is free to choose.
+
+    Audio is placed by its timestamps. A track is a series of stretches, each of one sample rate and
+    channel count and contiguous in time; each stretch is resampled on its own (the whole-track
+    torchaudio result when there is one stretch). Small pts deviations are absorbed: a hole up to the
+    audio tolerance is filled with silence, an overlap that small is trimmed. A larger jump, a change of
+    rate or layout, or a packet the decoder refused start a new stretch; the windows that reach across
+    the break by more than the tolerance are rejected with the break's reason (``audio_gap``,
+    ``audio_format_change``, ``corrupt_packets``), and the windows on either side are kept.
     """
 
     BLOCK = 96000
@@ -258,53 +482,123 @@ class _AudioTracker:
     def __init__(self, windows: list[Window], clock: ClockSpec, cfg: BuildConfig, worker: ThreadPoolExecutor):
         self.requests = [A.WindowRequest(w.index, float(clock.to_stream(w.start_s))) for w in windows]
         self.clock, self.cfg, self.worker = clock, cfg, worker
-        self.resampler: A.StreamingResampler | None = None  # both used on the worker only
-        self.cutter: A.WindowCutter | None = None
-        self.pending: list[av.AudioFrame] = []  # decoded, not yet handed to the worker
+        self.tolerance = cfg.audio_tolerance_s
+        # decoding thread: the current stretch
+        self.fmt: tuple[int, int] | None = None  # (sample rate, channels)
+        self.piece_start = 0.0  # stream time of its first sample
+        self.piece_n = 0  # samples placed in it so far (fills included)
+        self.bad_packets = 0  # packets the decoder refused since the last frame
+        self.pending: list[av.AudioFrame | np.ndarray] = []  # decoded, not yet handed to the worker
         self.pending_n = 0
         self.channels = 0
+        # worker thread: the current stretch's resampler and cutter, and the windows still to come
+        self.resampler: A.StreamingResampler | None = None
+        self.cutter: A.WindowCutter | None = None
+        self.left: list[A.WindowRequest] = list(self.requests)
+        self.cause: _Break | None = None  # what began the worker's current stretch
+        self.cause_start = 0.0
+
+    def decode_error(self) -> None:
+        """A packet of this stream failed to decode (skipped): its samples are a hole."""
+        self.bad_packets += 1
 
     def push(self, frame: av.AudioFrame, start_s: float | None = None) -> list[Future]:
         """``start_s``: the frame's stream time (pts * time_base), when it has a pts."""
-        if self.resampler is None:
-            self.resampler = A.StreamingResampler(frame.sample_rate)
-            self.cutter = A.WindowCutter(
-                self.requests, stream_start_s=start_s or 0.0, tolerance_s=self.cfg.audio_tolerance_s
-            )
-            self.channels = frame.layout.nb_channels
-        self.pending.append(frame)
-        self.pending_n += frame.samples
-        return self._flush() if self.pending_n >= self.BLOCK else []
+        rate, channels = frame.sample_rate, frame.layout.nb_channels
+        data: av.AudioFrame | np.ndarray = frame
+        n = frame.samples
+        out: list[Future] = []
+        if self.fmt is None:
+            out += self._begin(rate, channels, start_s or 0.0, None)
+        else:
+            expected = self.piece_start + self.piece_n / self.fmt[0]
+            gap = 0.0 if start_s is None else start_s - expected
+            brk = None
+            if (rate, channels) != self.fmt:
+                brk = _Break(RejectReason.AUDIO_FORMAT_CHANGE,
+                             f"audio format changes at {expected:.3f}s: {self.fmt[0]} Hz x{self.fmt[1]} -> "
+                             f"{rate} Hz x{channels}")  # fmt: skip
+            elif self.bad_packets and gap > _AUDIO_JITTER_S:
+                lost = f"{self.bad_packets} audio packet(s) failed to decode: {gap:.3f}s lost at {expected:.3f}s"
+                brk = _Break(RejectReason.CORRUPT_PACKETS, lost)
+            elif abs(gap) > self.tolerance:
+                what = "jump over a hole" if gap > 0 else "step back"
+                brk = _Break(RejectReason.AUDIO_GAP, f"audio timestamps {what} of {abs(gap):.3f}s at {expected:.3f}s")
+            elif gap > _AUDIO_JITTER_S:  # a small hole: silence, so later samples stay at their times
+                fill = round(gap * rate)
+                self.pending.append(np.zeros((channels, fill), np.float32))
+                self.pending_n += fill
+                self.piece_n += fill
+            elif gap < -_AUDIO_JITTER_S:  # a small overlap: drop what was already placed
+                cut = min(n, round(-gap * rate))
+                data, n = A.frame_to_float(frame)[:, cut:], n - cut
+            if brk is not None:
+                out += self._flush()
+                out += self._begin(rate, channels, start_s if start_s is not None else expected, brk)
+        self.bad_packets = 0
+        if n:
+            self.pending.append(data)
+            self.pending_n += n
+            self.piece_n += n
+        if self.pending_n >= self.BLOCK:
+            out += self._flush()
+        return out
+
+    def _begin(self, rate: int, channels: int, start_s: float, cause: _Break | None) -> list[Future]:
+        self.fmt, self.channels, self.piece_start, self.piece_n = (rate, channels), channels, start_s, 0
+        return [self.worker.submit(self._open, rate, start_s, cause)]
 
     def _flush(self) -> list[Future]:
         if not self.pending:
             return []
         pending, self.pending, self.pending_n = self.pending, [], 0
-        return [self.worker.submit(self._block, pending)]
+        return [self.worker.submit(self._block, pending, self.channels)]
 
-    def _samples(self, frame: av.AudioFrame) -> np.ndarray | tuple[np.ndarray, ...]:
+    @staticmethod
+    def _samples(frame: av.AudioFrame | np.ndarray, channels: int) -> np.ndarray | tuple[np.ndarray, ...]:
         """(channels, n) float32 samples, as views of the frame's planes where it is planar float."""
-        if frame.format.name == "fltp" and frame.layout.nb_channels == self.channels:
+        if isinstance(frame, np.ndarray):
+            return frame
+        if frame.format.name == "fltp" and frame.layout.nb_channels == channels:
             n = frame.samples
             return tuple(np.frombuffer(p, np.float32, n) for p in frame.planes)
         return A.frame_to_float(frame)
 
-    def _block(self, frames: list[av.AudioFrame]) -> list[A.AudioWindowResult]:
-        pending = [self._samples(f) for f in frames]
-        channels = len(pending[0])
-        if any(len(p) != channels for p in pending):  # the layout changed mid-stream: let concatenate say so
-            block = np.concatenate([np.asarray(p) for p in pending], axis=1)
-        else:
-            block = np.empty((channels, sum(len(p[0]) for p in pending)), np.float32)
-            for c in range(channels):
-                np.concatenate([p[c] for p in pending], out=block[c])
+    # ---- worker thread
+
+    def _open(self, rate: int, start_s: float, cause: _Break | None) -> list[A.AudioWindowResult]:
+        """Start a stretch: close the previous one first (its windows reaching past its end are cut)."""
+        out = []
+        if self.cutter is not None:
+            cuts = self.cutter.push(self.resampler.finish())
+            more, self.left = self.cutter.finish_segment()
+            out = self._finish(cuts + more, cause)
+        self.resampler = A.StreamingResampler(rate)
+        self.cutter = A.WindowCutter(self.left, stream_start_s=start_s, tolerance_s=self.tolerance)
+        self.cause, self.cause_start = cause, start_s
+        return out
+
+    def _block(self, frames: list, channels: int) -> list[A.AudioWindowResult]:
+        pending = [self._samples(f, channels) for f in frames]
+        block = np.empty((channels, sum(len(p[0]) for p in pending)), np.float32)
+        for c in range(channels):
+            np.concatenate([p[c] for p in pending], out=block[c])
         return self._finish(self.cutter.push(self.resampler.push(block)))
 
-    def _finish(self, cuts) -> list[A.AudioWindowResult]:
-        return [A.finish_window(c, self.cfg.audio_channels) for c in cuts]
+    def _finish(self, cuts, end_cause: _Break | None = None) -> list[A.AudioWindowResult]:
+        out = []
+        for c in cuts:
+            r = A.finish_window(c, self.cfg.audio_channels)
+            if r.reject_reason is RejectReason.AUDIO_OUT_OF_RANGE:
+                # missing before this stretch began, or past its end: say which break, if any, caused it
+                cause = self.cause if c.start_s < self.cause_start - self.tolerance else end_cause
+                if cause is not None:
+                    r = replace(r, reject_reason=cause.reason, detail=f"{cause.detail} ({r.detail})")
+            out.append(r)
+        return out
 
     def finish(self) -> list[Future]:
-        if self.resampler is None:  # an audio stream without a single decodable frame
+        if self.fmt is None:  # an audio stream without a single decodable frame
             cutter = A.WindowCutter(self.requests, tolerance_s=self.cfg.audio_tolerance_s)
             return [_done(self._finish(cutter.finish()))]
         out = self._flush()
@@ -345,6 +639,7 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
     end_reason, end_detail = RejectReason.NO_FRAMES_IN_WINDOW, ""
     t_now = -1e18
     audio_end = -1e18  # stream time the audio decode reached
+    video_frames = bad_video = 0
     queue: deque[tuple[float, bool, Future]] = deque()  # (event time, is video, result), oldest first
 
     def ready(wait_beyond: int) -> Iterator[MediaEvent]:
@@ -371,12 +666,59 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                 aud = c.streams.audio[0]
                 streams.append(aud)
                 a_num, a_den = aud.time_base.numerator, aud.time_base.denominator
+            frame_clock = _FrameClock()
+            in_flight: dict[int, None] = {}  # pts of video packets sent whose frames have not come out
+            damaged = ""  # why frames decoded now are untrustworthy (a bad packet before them), until a keyframe
+
+            def push_video(released) -> None:
+                nonlocal t_now, video_frames
+                for frame, ticks, note in released:
+                    if video_frames == 0:
+                        vt.geometry = video_geometry(frame, dict(vs.metadata), vs.sample_aspect_ratio)
+                        if vt.geometry.unsupported:
+                            logger.warning("%s: %s; frames stored as decoded", path, vt.geometry.unsupported)
+                    video_frames += 1
+                    if ticks is not None:
+                        t_now = video_clock.to_session(ticks * v_num / v_den)
+                    for fut in vt.push(frame, t_now, note):
+                        queue.append((t_now, True, fut))
+
             for packet in c.demux(*streams):
-                for frame in packet.decode():
+                if vt is not None and packet.stream.type == "video" and packet.pts is not None:
+                    in_flight[packet.pts] = None
+                    if len(in_flight) > _MAX_IN_FLIGHT_PACKETS:
+                        del in_flight[next(iter(in_flight))]
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError as exc:
+                    # a damaged packet: skip it as FFmpeg does and keep decoding; the windows it
+                    # touches are rejected (video) or see a hole (audio), the rest are kept
+                    if vt is not None and packet.stream.type == "video":
+                        bad_video += 1
+                        # the bad packet is one of those sent whose frames have not come out yet
+                        ticks = [*in_flight, *(t for t in (packet.pts, packet.dts) if t is not None)]
+                        in_flight.clear()
+                        if ticks:
+                            lo, hi = (
+                                float(video_clock.to_session(x * v_num / v_den)) for x in (min(ticks), max(ticks))
+                            )
+                            damaged = f"video packet(s) between {lo:.3f}s and {hi:.3f}s failed to decode ({exc})"
+                            vt.damage(lo, hi, damaged)
+                        else:
+                            damaged = f"a video packet without timestamps failed to decode ({exc})"
+                    elif at is not None:
+                        at.decode_error()
+                    continue
+                for frame in frames:
                     if isinstance(frame, av.VideoFrame):
-                        t_now = video_clock.to_session(frame.pts * v_num / v_den)
-                        for fut in vt.push(frame, t_now):
-                            queue.append((t_now, True, fut))
+                        if frame.pts is not None:
+                            in_flight.pop(frame.pts, None)
+                        if damaged and frame.key_frame and not frame.is_corrupt:
+                            damaged = ""  # a keyframe refers to nothing: the damage ends here
+                        note = damaged and f"decoded after damage: {damaged}"
+                        if frame.is_corrupt and not note:
+                            note = "the decoder marked the frame corrupt"
+                        push_video(frame_clock.push(frame, note))
                     else:
                         start = None
                         if frame.pts is not None:
@@ -387,12 +729,19 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                             queue.append((t_now, False, fut))
                 if queue:
                     yield from ready(_MAX_IN_FLIGHT)
+            if vt is not None:
+                push_video(frame_clock.flush())
     except av.error.FFmpegError as exc:
         truncated = _top_level_boxes_truncated(path)
         end_reason = RejectReason.TRUNCATED_MEDIA if truncated else RejectReason.DECODE_ERROR
         end_detail = f"decoding stopped: {exc}"
     if not end_detail and _top_level_boxes_truncated(path):
         end_reason, end_detail = RejectReason.TRUNCATED_MEDIA, "file is cut off before this window"
+    if vt is not None and video_frames == 0 and bad_video:
+        vt.tainted.clear()  # nothing decoded at all: the stream is cut off or undecodable, not damaged in places
+        if end_reason is not RejectReason.TRUNCATED_MEDIA:
+            end_reason = RejectReason.DECODE_ERROR
+            end_detail = end_detail or f"none of {bad_video} video packet(s) could be decoded"
     if vt is not None:
         for fut in vt.finish(end_reason, end_detail):
             queue.append((t_now, True, fut))
@@ -400,7 +749,11 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
     if at is not None:
         for fut in at.finish():
             for aw in fut.result():
-                if end_detail and aw.mel is None and aw.start_s + A.WINDOW_S > audio_end:
+                if (
+                    end_detail
+                    and aw.reject_reason is RejectReason.AUDIO_OUT_OF_RANGE
+                    and aw.start_s + A.WINDOW_S > audio_end
+                ):
                     # audio missing because the file stops early, not because the window lies off the track
                     aw = replace(aw, reject_reason=end_reason, detail=f"{end_detail}: {aw.detail}")
                 yield MediaEvent(t_now, audio=aw)

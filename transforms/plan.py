@@ -30,12 +30,18 @@ def sample_key(session: str, start_s: float) -> str:
 
 
 def plan_windows(end_s: float, cfg: BuildConfig, start_s: float = 0.0) -> list[Window]:
-    """Windows [s, s+clip) on a grid anchored at session time 0, inside [max(0, start), end]."""
-    first = max(0, math.ceil((start_s - _EPS) / cfg.stride_s)) if start_s > 0 else 0
+    """Windows [s, s+clip) that end by ``end_s``, all times on the session timeline (seconds).
+
+    The grid is anchored at session time 0, as ImageBind's clip sampler is for a video starting at 0;
+    a recording that starts later than that (``start_s`` >= one stride: an MKV whose timestamps start at
+    45 s, a camera that joined the session late) gets a grid anchored at its own start instead (rounded
+    up to the millisecond, the keys' unit), so no stretch of media before the first window is left out.
+    """
+    origin = math.ceil(start_s * 1000 - 1e-6) / 1000 if start_s >= cfg.stride_s - _EPS else 0.0
     out = []
-    k = first
-    while k * cfg.stride_s + cfg.clip_s <= end_s + _EPS:
-        s = round(k * cfg.stride_s, 6)
+    k = 0
+    while origin + k * cfg.stride_s + cfg.clip_s <= end_s + _EPS:
+        s = round(origin + k * cfg.stride_s, 6)
         out.append(Window(len(out), s, round(s + cfg.clip_s, 6)))
         k += 1
     return out

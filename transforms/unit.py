@@ -184,7 +184,9 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
     if info.video_end_s is None:
         sink.reject(Reject(unit.video, RejectReason.BAD_TIMESTAMPS, "video declares no duration", session))
         return
-    windows = plan_windows(float(unit.video_clock.to_session(info.video_end_s)), cfg)
+    # the grid follows where the video's timestamps start (an MKV starting at pts 45 s), see plan_windows
+    start_s, end_s = (float(unit.video_clock.to_session(t)) for t in (info.video_start_s, info.video_end_s))
+    windows = plan_windows(end_s, cfg, start_s)
     if not windows:
         sink.reject(Reject(unit.video, RejectReason.PARTIAL_WINDOW, "recording is shorter than one clip", session))
         return
@@ -304,8 +306,14 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
         "frame_sharpness": vw.first.sharpness,
         "frame_diff": vw.diff,
         "sync_err_video_ms": (vw.first.t_s - w.start_s) * 1000.0,
+        "video_rotation_deg": vw.rotation_deg,
+        "video_sar": vw.sar,
     }
     meta: dict = {"frame_times_s": [vw.first.t_s, vw.last.t_s]}
+    if vw.orientation != 1 or vw.sar != 1.0:
+        # frames are stored upright at display aspect; this says what was done to the coded pixels
+        meta["video_orientation"] = {"exif": vw.orientation, "rotation_ccw_deg": vw.rotation_deg,
+                                     "sar": vw.sar}  # fmt: skip
     # audio
     if unit.audio is not None:
         row["source_audio"] = unit.audio
@@ -333,7 +341,13 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
         if pick.png is None:
             modality_reject(pick.source or side.source, pick.reason, pick.detail, side.name)
             continue
-        members[modalities.BY_NAME[side.name].member] = pick.png
+        png = pick.png
+        if vw.orientation != 1:
+            # a rig's depth/thermal frames share the camera's sensor orientation (they carry no display
+            # matrix of their own): turned with the video so that a pair is never rotated against itself
+            png = encode_png16(orient(pick.array, vw.orientation))
+            meta[f"{side.name}_orientation"] = vw.orientation
+        members[modalities.BY_NAME[side.name].member] = png
         row[f"source_{side.name}"] = pick.source
         row[f"sync_err_{side.name}_ms"] = pick.delta_ms
         meta[f"{side.name}_t_s"] = pick.t_s
@@ -342,7 +356,12 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
             row["depth_valid_frac"] = depth_quality(pick.array)
             meta["depth_units"] = "mm"
             if spec.intrinsics:
-                meta["depth_intrinsics"] = spec.intrinsics
+                h, w_px = pick.array.shape[:2]
+                meta["depth_intrinsics"] = (
+                    orient_intrinsics(spec.intrinsics, w_px, h, vw.orientation)
+                    if vw.orientation != 1 and {"cx", "cy", "fx", "fy"} <= set(spec.intrinsics)
+                    else spec.intrinsics
+                )
         else:
             q = thermal_quality(pick.array)
             row["thermal_min"], row["thermal_max"] = q.min, q.max
