@@ -35,6 +35,7 @@ test: env
 
 lint: env
 	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

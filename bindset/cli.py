@@ -99,11 +99,19 @@ def _cmd_schema(args: argparse.Namespace, run) -> int:
 
 
 def build_config_from(args: argparse.Namespace):
-    """BuildConfig from ``--config FILE`` (if given) with the typed flags on top; errors name file and key."""
+    """BuildConfig from ``--config FILE`` (if given), then the ``filters`` of a ``--thresholds FILE``, then the
+    typed flags; errors name the file and the key."""
     from schemas.config import read_mapping
     from transforms.config import BuildConfig
 
     values = read_mapping(args.config) if args.config else {}
+    if getattr(args, "thresholds", None) is not None:
+        from schemas.expectations import Thresholds
+
+        Thresholds.from_file(args.thresholds)  # the whole file is checked, typos in "gate" included
+        filters = read_mapping(args.thresholds).get("filters")
+        if filters:
+            values = merge(values, {"filters": filters})
     source = f"{args.config}" if args.config else "build flags"
     return BuildConfig.from_dict(merge(values, given_flags(args, BuildConfig, dest_prefix="cfg_")), source=source)
 
@@ -113,9 +121,9 @@ def _cmd_build(args: argparse.Namespace, run, extra: list[str]) -> int:
 
     from pipelines.build import EngineConfig, build
 
+    _need(args.thresholds, "--thresholds", "file")
     cfg = build_config_from(args)
     _need(args.raw, "input folder RAW", "dir")
-    _need(args.thresholds, "--thresholds", "file")
     engine = EngineConfig(args.engine, extra, args.ray_address, args.workers or None)
     kwargs: dict[str, Any] = {}
     if args.retry_failed:
@@ -327,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
     b.add_argument("--workers", type=int, default=0, help="ray: CPUs of the local instance (default: all)")
     b.add_argument("--no-validate", action="store_true", help="skip the quality gate (the dataset stays unpublished)")
-    b.add_argument("--thresholds", type=Path, default=None, help="JSON file of quality thresholds for the gate")
+    b.add_argument("--thresholds", type=Path, default=None,
+                   help='JSON/YAML file of thresholds: {"filters": {...per-sample...}, "gate": {...dataset...}}')
     b.add_argument("--retry-failed", action="store_true",
                    help="process again the units whose earlier run failed (default: keep their recorded failure)")
     add_config_flags(b.add_argument_group("build settings (BuildConfig)"), BuildConfig, dest_prefix="cfg_")
@@ -343,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("data", type=Path)
     v.add_argument("--thresholds", type=Path, default=None,
-                   help="JSON object overriding QualityThresholds fields, e.g. {\"max_reject_rate\": 0.1}")  # fmt: skip
+                   help='JSON/YAML thresholds file; validate reads its "gate", e.g. {"gate": {"max_reject_rate": 0.1}}')
     v.set_defaults(func=_cmd_validate)
 
     r = sub.add_parser(

@@ -38,6 +38,7 @@ from pipelines.work import (
     units_dir,
     write_unit_reject,
 )
+from schemas.errors import InputError
 from schemas.reasons import RejectReason
 from transforms.config import BuildConfig
 from transforms.layouts import MediaUnit, StillUnit, discover, unit_to_dict
@@ -78,6 +79,8 @@ class BuildResult:
             f"  windows planned {c.windows_planned}: {c.samples} samples in shards + {c.window_rejects} rejected",
             f"  shards: {', '.join(f'{k} {v}' for k, v in c.shards.items())}; reject rows: {c.rejects}",
             *(f"    {reason}: {n}" for reason, n in c.reasons.items()),
+            *([f"  retried after a transient failure: {', '.join(self.retried_units)}"] if self.retried_units else []),
+            *([f"  inputs changed during the build: {', '.join(self.changed_units)}"] if self.changed_units else []),
             f"  dataset version {c.version} at {data}",
         ]
 
@@ -131,7 +134,7 @@ def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineCon
     if engine.engine not in ENGINES:
         raise ValueError(f"unknown engine {engine.engine!r}; choose one of {', '.join(ENGINES)}")
     if data == raw or raw in data.parents:
-        raise ValueError(f"output {data} must not be inside the input {raw}")
+        raise InputError(f"output {data} must not be inside the input {raw}")
     data.mkdir(parents=True, exist_ok=True)
     with BuildLock(data) as lock:
         out = _build_locked(raw, data, cfg, engine, progress, lock.build_id, retry_failed, max_attempts, t0)

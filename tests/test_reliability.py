@@ -242,7 +242,7 @@ def clean_samples(clean: Path) -> int:
     return json.loads((clean / "manifest.json").read_text())["counts"]["samples"]
 
 
-def test_attempts_are_bounded_and_retry_failed_ignores_the_bound(raw, tmp_path, monkeypatch):
+def test_attempts_are_bounded_and_retry_failed_ignores_the_bound(raw, tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     monkeypatch.setenv(FAULT_ENV, f"segv:{B}/")
     runs = [build(raw, data, BuildConfig(), EngineConfig("local"), max_attempts=2) for _ in range(3)]
@@ -251,6 +251,11 @@ def test_attempts_are_bounded_and_retry_failed_ignores_the_bound(raw, tmp_path, 
     forced = build(raw, data, BuildConfig(), EngineConfig("local"), max_attempts=2, retry_failed=True)
     assert forced.retried_units == [B] and _attempt(data, B) == 3
     assert forced.commit.reasons.get("decoder_crash") == 1  # still failing: the reject stays
+    # the command line: 3 attempts by default, then only --retry-failed runs the unit again
+    args = ["build", str(raw), str(data), "--engine", "local", "--quiet", "--no-validate"]
+    assert main(args) == 0 and _attempt(data, B) == 3
+    assert main([*args, "--retry-failed"]) == 0 and _attempt(data, B) == 4
+    assert f"retried after a transient failure: {B}" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------- decode budget
@@ -404,11 +409,13 @@ def test_snapshot_refuses_a_shard_replaced_by_a_rebuild(raw, clean, tmp_path):
         snap.open_shard(names[0]).close()
 
 
-def _read_all(snap) -> int:
-    """Read every sample's frame through the snapshot and check it against the index; returns rows read."""
+def _read_all(snap, pause_s: float = 0.0) -> int:
+    """Read every sample's frame through the snapshot and check it against the index; returns rows read.
+    ``pause_s`` before each shard: a slow reader, so that commits land in the middle of its reads."""
     want = {(r["shard"], r["key"]): r["sha256_jpg"] for r in snap.index.select(["shard", "key", "sha256_jpg"])
             .to_pylist()}  # fmt: skip
     for name in sorted(snap.shards):
+        time.sleep(pause_s)
         with snap.open_shard(name) as f:
             with TarReader(snap.shards[name].path) as tar:
                 got = {(name, m.key): m for m in tar.members() if m.suffix == "jpg"}
@@ -431,7 +438,7 @@ def test_reader_looping_during_rebuilds_sees_one_version(raw, tmp_path):
         while not stop.is_set():
             try:
                 snap = open_dataset(data, wait_s=120)
-                n = _read_all(snap)
+                n = _read_all(snap, pause_s=0.01)
                 seen.append((snap.version, n))
             except DatasetChanged:
                 changed.append(1)
@@ -454,4 +461,4 @@ def test_reader_looping_during_rebuilds_sees_one_version(raw, tmp_path):
     assert {v for v, _ in seen} >= {versions[-1].version}  # it kept reading, up to the last version
     counts = {c.version: c.samples for c in versions}
     assert all(n == counts[v] for v, n in seen if v in counts)  # each read saw its version's samples, no mix
-    assert len(seen) >= 4
+    assert len(seen) >= 4 and len(seen) + len(changed) > 20
