@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from schemas import modalities as M
 from training.embed import META, load_run, read_vectors
 
 QUERY_KINDS = ("text", "image", "audio", "depth", "thermal", "key")
@@ -74,15 +75,14 @@ def query_vector(emb: Path, kind: str, value: str, source: str | None = None) ->
             return lr.towers.encode_text([value], lr.device)[0].cpu().numpy()
         path = Path(value)
         if kind == "image":
-            sample = {"index": 0, "loader_worker": 0, "jpg": _read_image(path, cv2.IMREAD_COLOR)[:, :, ::-1].copy()}
+            rgb = _read_image(path, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+            sample = {"index": 0, "loader_worker": 0, M.PAIRED_IMAGE.member: rgb}
             frames = lr.inputs.frames(collate([sample]), lr.device, train=False)
             return lr.towers.image_embedding(frames, "first")[0].cpu().numpy()
         if kind not in lr.cfg.modalities:
             raise ValueError(f"run {meta['run_id']} has no {kind} encoder (it trained {', '.join(lr.cfg.modalities)})")
-        if kind == "audio":
-            sample = {"index": 0, "loader_worker": 0, "mel.npy": _audio_mel(path)}
-        else:
-            sample = {"index": 0, "loader_worker": 0, f"{kind}.png": _read_image(path, cv2.IMREAD_UNCHANGED)}
+        value_in = _audio_mel(path) if kind == "audio" else _read_image(path, cv2.IMREAD_UNCHANGED)
+        sample = {"index": 0, "loader_worker": 0, M.TRAINABLE_MEMBER[kind]: value_in}
         enc_in, _ = lr.inputs.encoders(collate([sample]), lr.device, (kind,))
         return lr.model(enc_in)[kind][0].cpu().numpy()
 

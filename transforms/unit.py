@@ -293,7 +293,7 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
     if vw.first is None:
         sink.reject(Reject(unit.video, vw.reason, vw.detail, session, key, w.start_s, w.end_s))
         return
-    members = {"jpg": vw.first.jpg, "frame1.jpg": vw.last.jpg}
+    members = dict(zip(modalities.VIDEO.members, (vw.first.jpg, vw.last.jpg), strict=True))  # first, last frame
     row: dict = {
         "session": session,
         "layout": unit.layout,
@@ -322,7 +322,7 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
         elif aw.mel is None:
             modality_reject(unit.audio, aw.reject_reason, aw.detail, "audio")
         else:
-            members["mel.npy"] = npy_bytes(aw.mel)
+            members[modalities.AUDIO.member] = npy_bytes(aw.mel)
             row["audio_rms_dbfs"] = aw.quality.rms_dbfs
             row["audio_clipped_frac"] = aw.quality.clipped_frac
             row["sync_err_audio_ms"] = (float(unit.audio_clock.to_session(aw.first_sample_s)) - w.start_s) * 1000.0
@@ -368,7 +368,7 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
             meta["thermal_units"] = spec.units
     label, caption, change = _label_for(unit, w)
     if caption:
-        members["txt"] = caption.encode()
+        members[modalities.TEXT.member] = caption.encode()
     row.update(label=label, caption=caption, label_change=change)
     _finish_sample(sink, split, key, members, row, meta, session, unit.layout, w.start_s, w.end_s)
 
@@ -383,7 +383,7 @@ def _imu_part(side: _Side, w: Window, cfg: BuildConfig, row, members, meta, moda
     if not iw.ok:
         modality_reject(side.source, iw.reason, iw.detail, "imu")
         return
-    members["imu.npy"] = npy_bytes(iw.data)
+    members[modalities.IMU.member] = npy_bytes(iw.data)
     t = side.track.t
     i = int(np.clip(np.searchsorted(t, center), 1, len(t) - 1))
     nearest = t[i - 1] if center - t[i - 1] <= t[i] - center else t[i]
@@ -401,7 +401,7 @@ def _finish_sample(sink, split, key, members, row, meta, session, layout, start_
         present=sorted(m for m, ok in present.items() if ok),
         label=row.get("label"), caption=row.get("caption"),
     )  # fmt: skip
-    members["json"] = json_bytes(meta)
+    members[modalities.META_MEMBER] = json_bytes(meta)
     row.setdefault("label_change", False)
     sink.sample(split, key, members, row)
 
@@ -428,7 +428,8 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
         # stored as meant to be seen; the partner follows the image's tag (framestream, "Still pairs")
         rgb = orient(rgb, header.orientation)
         q = frame_quality(rgb)
-        members = {"jpg": encode_frame_jpeg(rgb, max_short_side=cfg.max_short_side, quality=cfg.jpeg_quality)}
+        jpg = encode_frame_jpeg(rgb, max_short_side=cfg.max_short_side, quality=cfg.jpeg_quality)
+        members = {modalities.PAIRED_IMAGE.member: jpg}
         row = {
             "session": pair.session, "layout": unit.layout, "clip_start_s": 0.0, "clip_end_s": 0.0,
             "source_video": pair.image, f"source_{pair.kind}": pair.partner,
@@ -452,7 +453,7 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
             arr = None
             sink.reject(Reject(pair.partner, exc.reason, str(exc), pair.session, key, modality=pair.kind))
         if arr is not None:
-            members[f"{pair.kind}.png"] = encode_png16(arr)
+            members[modalities.BY_NAME[pair.kind].member] = encode_png16(arr)
             if pair.kind == "depth":
                 row["depth_valid_frac"] = depth_quality(arr)
                 meta["depth_units"] = "mm"
@@ -466,7 +467,7 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
                 row["thermal_min"], row["thermal_max"] = q2.min, q2.max
                 meta["thermal_units"] = "gray8"
         if pair.caption:
-            members["txt"] = pair.caption.encode()
+            members[modalities.TEXT.member] = pair.caption.encode()
         row.update(label=pair.caption, caption=pair.caption, label_change=False)
         split = split_for(pair.session, cfg, pair.split)
         _finish_sample(sink, split, key, members, row, meta, pair.session, unit.layout, 0.0, 0.0)

@@ -273,6 +273,8 @@ class SampleCard:
     text_missing: Tile | None = None
     sync: str = ""
     error: str | None = None  # cannot render: the exception, in one line
+    imu_member: str = M.IMU.member
+    text_member: str = M.TEXT.member
 
 
 @dataclass(frozen=True)
