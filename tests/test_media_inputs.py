@@ -251,6 +251,8 @@ def videos(tmp_path_factory) -> tuple[Path, Built]:
     # a mirrored orientation: 90° counter-clockwise plus a horizontal flip (EXIF 7, "transverse")
     remux(base, raw / "transverse.mp4", display=(90, True))
     remux(base, raw / "rot180.mp4", display=(180, False))
+    # a legacy `rotate` tag (clockwise degrees, as FFmpeg < 5 and some Matroska writers left it), no matrix
+    ffmpeg("-i", str(base), "-c", "copy", "-metadata:s:v:0", "ROTATE=90", str(raw / "legacy.mkv"))
     # 80x100 coded pixels, SAR 2:1: displays at 160x100
     write_video(raw / "sar.mp4", w=80, extra=("-vf", "setsar=2/1"), audio=False)
     # H.264 with 3 B-frames in AVI: pts come out of order
@@ -280,7 +282,9 @@ def _mdat(data: bytes) -> tuple[int, int]:
 
 
 def _frame_index(t_s: float, start_s: float = 0.0) -> int:
-    return int(round((t_s - start_s) * FPS))
+    """Index of the frame shown at t_s (a stream may start a fraction of a frame late: Matroska copies of
+    an MP4 with AAC start their video at 23 ms)."""
+    return int(np.floor((t_s - start_s) * FPS + 1e-6))
 
 
 def test_every_window_is_accounted_for(videos):
@@ -289,14 +293,19 @@ def test_every_window_is_accounted_for(videos):
     assert not [r for r in b.rejects if r["reason"] in (R.INTERNAL_ERROR, R.DECODE_ERROR)]
 
 
-@pytest.mark.parametrize(("session", "exif", "degrees"), [("rot90", 8, 90), ("transverse", 7, 90), ("rot180", 3, 180)])
-def test_orientation_frames_stored_as_meant_to_be_seen(videos, session, exif, degrees):
+@pytest.mark.parametrize(
+    ("name", "exif", "degrees"),
+    [("rot90.mp4", 8, 90), ("transverse.mp4", 7, 90), ("rot180.mp4", 3, 180), ("legacy.mkv", 6, 270)],
+)
+def test_orientation_frames_stored_as_meant_to_be_seen(videos, name, exif, degrees):
     root, b = videos
+    session = name.split(".")[0]
     keys = b.keys(session)
     assert len(keys) == 6
-    # the convention is FFmpeg's own: its autorotated picture of frame 0 is the coded frame turned by `exif`
-    shown = ffmpeg_frame(root / "raw" / f"{session}.mp4", 0)
-    assert np.abs(shown.astype(int) - orient(code_frame(0), exif)).mean() < 6
+    if name.endswith(".mp4"):  # FFmpeg >= 5 ignores legacy tags; its display-matrix convention is the reference
+        # FFmpeg's own autorotated picture of frame 0 is the coded frame turned by `exif`
+        shown = ffmpeg_frame(root / "raw" / name, 0)
+        assert np.abs(shown.astype(int) - orient(code_frame(0), exif)).mean() < 6
     for key in keys:
         row = b.index[key]
         assert row["video_rotation_deg"] == degrees
@@ -308,6 +317,51 @@ def test_orientation_frames_stored_as_meant_to_be_seen(videos, session, exif, de
         # undoing the orientation gives back the coded frame, whose code is the frame's index
         assert read_code(orient(stored, {8: 6, 6: 8}.get(exif, exif))) == k % 256
         assert b.meta(key)["video_orientation"]["exif"] == exif
+
+
+def _depth_frame(w: int = W, h: int = H) -> np.ndarray:
+    """16-bit depth in mm: 500 mm on the left rising to 3000 mm on the right, a 4000 mm block top-right
+    (where the video's red marker is: they are the same sensor's picture)."""
+    d = np.tile(np.linspace(500, 3000, w), (h, 1)).astype(np.uint16)
+    d[: h // 5, w - w // 5 :] = 4000
+    return d
+
+
+def test_depth_is_turned_with_its_video(tmp_path):
+    """A rig recording with a 90° display matrix: the depth frames (no matrix of their own, the camera's
+    sensor orientation) are stored turned the same way, so the pair stays aligned; the intrinsics follow."""
+    src, raw = tmp_path / "src", tmp_path / "raw"
+    src.mkdir()
+    base = write_video(src / "base.mp4", n=4 * FPS, audio=False)
+    ffmpeg("-i", str(base), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(src / "rot.mp4"))
+    intrinsics = {"fx": 120.0, "fy": 110.0, "cx": 70.0, "cy": 40.0, "baseline_m": 0.075}
+    depth = {"frames": "depth", "units": "mm", "intrinsics": intrinsics, "clock": {"offset_s": 0.0, "drift_ppm": 0.0},
+             "timestamps": {"path": "depth_timestamps.csv", "source": "csv", "unit": "ms"}}  # fmt: skip
+    folder = captures_session(raw, "rig", src / "rot.mp4", depth=depth)
+    (folder / "depth").mkdir()
+    rows = ["file,timestamp"]
+    for i in range(40):
+        cv2.imwrite(str(folder / "depth" / f"{i:06d}.png"), _depth_frame())
+        rows.append(f"{i:06d}.png,{i * 100}")
+    (folder / "depth_timestamps.csv").write_text("\n".join(rows) + "\n")
+    b = run_build(raw, tmp_path / "data", layout="captures")
+    b.assert_accounting()
+    keys = b.keys("rig")
+    assert len(keys) == 2
+    for key in keys:
+        assert b.index[key]["has_depth"] and b.index[key]["video_rotation_deg"] == 90
+        stored = cv2.imdecode(np.frombuffer(b.members[f"{key}.depth.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(stored, orient(_depth_frame(), 8))
+        # the depth marker sits where the image's red marker sits
+        rgb = b.image(key)
+        assert stored.shape == rgb.shape[:2]
+        red = (rgb[..., 0] > 180) & (rgb[..., 1] < 90)
+        assert np.all(stored[red] == 4000)
+        meta = b.meta(key)
+        assert meta["depth_orientation"] == 8
+        # 90° counter-clockwise: x' = y, y' = (W - 1) - x; fx and fy swap
+        want = {"fx": 110.0, "fy": 120.0, "cx": 40.0, "cy": W - 1 - 70.0, "baseline_m": 0.075}
+        assert meta["depth_intrinsics"] == pytest.approx(want)
 
 
 def test_unrotated_video_records_no_rotation(videos):
