@@ -76,11 +76,11 @@ def run(args) -> dict:
     from training.shards import SampleTable
 
     cfg = PRESETS[args.preset]
-    data_cfg = replace(cfg.data, loader_workers=args.loader_workers, pairing="joint", pin_memory=not args.no_pin,
-                       cache_image_embeddings=args.cached, augment=not args.cached)  # fmt: skip
-    cfg = replace(cfg, data=data_cfg, batch_size=args.batch_size or cfg.batch_size, epochs=10**6,
-                  max_steps=args.steps, checkpoint_every=10**9, checkpoint_at_epoch_end=False,
-                  precision="bf16" if args.device == "cuda" else "fp32")  # fmt: skip
+    data_cfg = cfg.data.replace(loader_workers=args.loader_workers, pairing="joint", pin_memory=not args.no_pin,
+                                cache_image_embeddings=args.cached, augment=not args.cached)  # fmt: skip
+    cfg = cfg.replace(data=data_cfg, batch_size=args.batch_size or cfg.batch_size, epochs=10**6,
+                      max_steps=args.steps, checkpoint_every=10**9, checkpoint_at_epoch_end=False,
+                      precision="bf16" if args.device == "cuda" else "fp32")  # fmt: skip
     if args.cached:
         from training.image_cache import build_image_cache
 

@@ -23,7 +23,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from bindset.logs import EXIT_GATE, EXIT_OK, EXIT_USAGE, OneLineParser
 from schemas.config import add_config_flags, given_flags, merge
@@ -117,22 +116,15 @@ def build_config_from(args: argparse.Namespace):
 
 
 def _cmd_build(args: argparse.Namespace, run, extra: list[str]) -> int:
-    import inspect
-
     from pipelines.build import EngineConfig, build
 
     _need(args.thresholds, "--thresholds", "file")
     cfg = build_config_from(args)
     _need(args.raw, "input folder RAW", "dir")
     engine = EngineConfig(args.engine, extra, args.ray_address, args.workers or None)
-    kwargs: dict[str, Any] = {}
-    if args.retry_failed:
-        if "retry_failed" not in inspect.signature(build).parameters:
-            raise UserError("--retry-failed: this version of the build engine cannot retry failed units")
-        kwargs["retry_failed"] = True
     log.info("build config: %s", cfg.to_dict())
-    result = build(args.raw, args.data, cfg, engine, progress=_progress(run, f"build ({args.engine})", "unit",
-                                                                         args.quiet), **kwargs)  # fmt: skip
+    bar = _progress(run, f"build ({args.engine})", "unit", args.quiet)
+    result = build(args.raw, args.data, cfg, engine, progress=bar, retry_failed=args.retry_failed)
     print("\n".join(result.summary_lines(args.data)))
     print(f"  log: {run.path}")
     if args.no_validate:
@@ -338,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--thresholds", type=Path, default=None,
                    help='JSON/YAML file of thresholds: {"filters": {...per-sample...}, "gate": {...dataset...}}')
     b.add_argument("--retry-failed", action="store_true",
-                   help="process again the units whose earlier run failed (default: keep their recorded failure)")
+                   help="run units with a transient reject (decode_timeout, decoder_crash, io_error, ...) again now, "
+                   "whatever their attempt count (default: up to 3 runs in all)")
     add_config_flags(b.add_argument_group("build settings (BuildConfig)"), BuildConfig, dest_prefix="cfg_")
     b.set_defaults(func=_cmd_build, passthrough=True)
 

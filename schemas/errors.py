@@ -11,3 +11,15 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Usage, config or input error: the message is one line that names the flag, key or path (exit 2)."""
+
+
+class InputError(UserError, ValueError):
+    """A bad input or usage the user can fix (DATA inside RAW, an unreadable query file, a wrong --from): exit 2.
+
+    Also a ``ValueError``, so callers that caught the ValueError raised before keep working."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """Something a command needs is not there (no built dataset, no trained model, no index): exit 2.
+
+    Also a ``FileNotFoundError``; the message names the path and what to run first."""

@@ -56,7 +56,7 @@ def load_run(run: Path | str, device: str | torch.device = "cpu") -> LoadedRun:
 
     final = Path(run) / "model"
     if not (final / MODEL).exists():
-        raise FileNotFoundError(f"{run}: no trained model ({final / MODEL} missing); run `bindset train` first")
+        raise MissingInputError(f"{run}: no trained model ({final / MODEL} missing); run `bindset train` first")
     cfg = TrainConfig.from_dict(json.loads((final / STATE).read_text())["config"])
     device = torch.device(device)
     towers = FrozenTowers(cfg.tower, device)
@@ -178,7 +178,7 @@ def read_vectors(emb: Path | str, modality: str) -> tuple[pa.Table, np.ndarray]:
     """A modality's rows (without the vector column) and its vectors as an N x D float32 matrix."""
     path = Path(emb) / f"{modality}.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no {modality} embeddings")
+        raise MissingInputError(f"{path}: no {modality} embeddings")
     t = pq.read_table(path)
     col = t.column("vector").combine_chunks()
     dim = col.type.list_size

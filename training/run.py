@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines import storage
+from schemas.errors import InputError, MissingInputError
 from training.checkpoint import MODEL, STATE, read_state
 from training.config import TrainConfig
 
@@ -51,7 +52,7 @@ def train(data: Path | str, run: Path | str, cfg: TrainConfig, *, workers: int =
           engine: str = "ray", ray_address: str | None = None, progress=None) -> TrainResult:  # fmt: skip
     data, run = Path(data).resolve(), Path(run).resolve()
     if not (data / "index.parquet").exists():
-        raise FileNotFoundError(f"{data}: no built dataset (index.parquet missing); run `bindset build` first")
+        raise MissingInputError(f"{data}: no built dataset (index.parquet missing); run `bindset build` first")
     if engine not in ("ray", "local"):
         raise ValueError(f"unknown training engine {engine!r}; choose ray or local")
     run.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ def train(data: Path | str, run: Path | str, cfg: TrainConfig, *, workers: int =
         from training.loop import LocalRuntime, train_loop
 
         if workers > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            raise ValueError("--engine local runs one process; for several without Ray use torchrun")
+            raise InputError("--engine local runs one process; for several without Ray use torchrun")
         rt = LocalRuntime(run, gpu, cfg.keep_checkpoints)
         train_loop(data, run, cfg, rt)
         checkpoint = rt.checkpoints.latest()

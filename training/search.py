@@ -7,12 +7,13 @@
 
 The query is embedded with the run that made EMB (its path is in EMB/meta.json): text by the frozen text
 tower, an image by the frozen image tower, an audio file's first 2 s by the audio encoder (ImageBind's
-log-mel), a depth or thermal PNG by its encoder; ``--key`` reuses a stored vector.
+log-mel), a depth or thermal PNG by its encoder; ``--key`` reuses a stored vector. The search goes to the
+modality's FAISS index (exact, or IVF with the ``nprobe`` meta.json records) and reads back only the parts
+that hold the hits (training/emb_store.py).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,10 @@ import numpy as np
 import torch
 
 from schemas import modalities as M
-from training.embed import META, load_run, read_vectors
+from schemas.errors import InputError, MissingInputError
+from training import emb_store as S
+from training.embed import load_run
+from training.vector_index import read_index
 
 QUERY_KINDS = ("text", "image", "audio", "depth", "thermal", "key")
 
@@ -41,7 +45,7 @@ def _audio_mel(path: Path) -> np.ndarray:
 
     (result,) = decode_windows(path, [WindowRequest("query", 0.0)], tolerance_s=WINDOW_S)
     if result.mel is None:
-        raise ValueError(f"{path}: no usable audio ({result.detail})")
+        raise InputError(f"{path}: no usable audio ({result.detail})")
     return result.mel
 
 
@@ -50,7 +54,7 @@ def _read_image(path: Path, flags: int) -> np.ndarray:
 
     img = cv2.imdecode(np.fromfile(path, np.uint8), flags)
     if img is None:
-        raise ValueError(f"{path}: not a readable image")
+        raise InputError(f"{path}: not a readable image")
     return img
 
 
@@ -62,11 +66,11 @@ def query_vector(emb: Path, kind: str, value: str, source: str | None = None) ->
     emb = Path(emb)
     if kind == "key":
         if not source:
-            raise ValueError("--key needs --from MODALITY (which of the sample's embeddings to query with)")
+            raise InputError("--key needs --from MODALITY (which of the sample's embeddings to query with)")
         rows, vectors = read_vectors(emb, source)
         hit = [i for i, k in enumerate(rows.column("key").to_pylist()) if k == value]
         if not hit:
-            raise ValueError(f"no {source} embedding for key {value!r} in {emb}")
+            raise InputError(f"no {source} embedding for key {value!r} in {emb}")
         return vectors[hit[0]]
     meta = json.loads((emb / META).read_text())
     lr = load_run(meta["run"])
@@ -80,7 +84,7 @@ def query_vector(emb: Path, kind: str, value: str, source: str | None = None) ->
             frames = lr.inputs.frames(collate([sample]), lr.device, train=False)
             return lr.towers.image_embedding(frames, "first")[0].cpu().numpy()
         if kind not in lr.cfg.modalities:
-            raise ValueError(f"run {meta['run_id']} has no {kind} encoder (it trained {', '.join(lr.cfg.modalities)})")
+            raise InputError(f"run {meta['run_id']} has no {kind} encoder (it trained {', '.join(lr.cfg.modalities)})")
         value_in = _audio_mel(path) if kind == "audio" else _read_image(path, cv2.IMREAD_UNCHANGED)
         sample = {"index": 0, "loader_worker": 0, M.TRAINABLE_MEMBER[kind]: value_in}
         enc_in, _ = lr.inputs.encoders(collate([sample]), lr.device, (kind,))
@@ -94,7 +98,7 @@ def search(emb: Path | str, kind: str, value: str, *, to: str = "image", k: int 
     emb = Path(emb)
     index_path = emb / "index" / f"{to}.faiss"
     if not index_path.exists():
-        raise FileNotFoundError(f"{index_path}: no {to} index (was it embedded?)")
+        raise MissingInputError(f"{index_path}: no {to} index (was it embedded?)")
     q = query_vector(emb, kind, value, source).astype(np.float32)[None]
     index = faiss.read_index(str(index_path))
     scores, ids = index.search(q / np.linalg.norm(q), k)
