@@ -94,7 +94,7 @@ def read_pointer(link: Path | str) -> str | None:
 
 
 def switch_pointer(link: Path | str, target: Path | str) -> None:
-    """Point ``link`` at ``target`` (relative to the link's folder) atomically: a new symlink renamed over the old one."""
+    """Point ``link`` at ``target`` (relative to the link's folder) atomically: a new symlink renamed over it."""
     link = Path(link)
     if link.exists() and not link.is_symlink():
         raise ValueError(f"{link} exists but is not a symlink; move it away so it can be a version pointer")
