@@ -7,13 +7,12 @@
 
 The query is embedded with the run that made EMB (its path is in EMB/meta.json): text by the frozen text
 tower, an image by the frozen image tower, an audio file's first 2 s by the audio encoder (ImageBind's
-log-mel), a depth or thermal PNG by its encoder; ``--key`` reuses a stored vector. The search goes to the
-modality's FAISS index (exact, or IVF with the ``nprobe`` meta.json records) and reads back only the parts
-that hold the hits (training/emb_store.py).
+log-mel), a depth or thermal PNG by its encoder; ``--key`` reuses a stored vector.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,7 @@ import torch
 
 from schemas import modalities as M
 from schemas.errors import InputError, MissingInputError
-from training import emb_store as S
-from training.embed import load_run
-from training.vector_index import read_index
+from training.embed import META, load_run, read_vectors
 
 QUERY_KINDS = ("text", "image", "audio", "depth", "thermal", "key")
 
