@@ -1,0 +1,162 @@
+"""Activity signals: how much each stream changes over time, the common currency of clock synchronisation.
+
+Every function takes arrays and their timestamps (seconds, on the session timeline as the declared clock puts
+them) and returns ``(times_s, values)``: one value per change between consecutive frames or analysis windows,
+timed at the midpoint between them (the unbiased estimate of when a change between them happened).
+``transforms/sync.py:to_grid`` puts them on a common grid. Which signal each stream gives:
+
+- video, depth, thermal: frame-difference energy (mean absolute difference of consecutive frames, in the
+  frames' units per pixel). Scene cuts, impacts and motion starts show as peaks in every camera at once.
+- video where the camera moves: global motion (``camera_rotation_rate``: median optical-flow speed over the
+  focal length, rad/s), the visual counterpart of the gyro, as camera-IMU calibration tools use
+  (e.g. Kalibr; Furgale et al., IROS 2013).
+- audio: spectral flux (sum over bins of the absolute change of the magnitude spectrum between adjacent
+  40 ms windows; Bello et al., "A Tutorial on Onset Detection in Music Signals", IEEE TSAP 2005).
+- IMU: gyro magnitude ``|ω|`` (rad/s), and the multichannel flux of the gyro (the same flux as audio, over
+  the three axes): a change of motion (a class change, a start or stop) is a peak there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import cv2
+import numpy as np
+from scipy import signal
+
+
+def _midpoints(times_s: np.ndarray) -> np.ndarray:
+    return 0.5 * (times_s[1:] + times_s[:-1])
+
+
+def frame_difference_energy(frames: Iterable[np.ndarray], times_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean absolute difference of consecutive frames, timed between them.
+
+    ``frames``: N arrays of one shape (H, W) or (H, W, C), any numeric dtype (compared as float32);
+    ``times_s``: (N,) seconds, increasing. Returns ``(times (N-1,), energy (N-1,))`` in the frames' units.
+    Raises ValueError on fewer than two frames, a count that differs from ``times_s`` or a shape change.
+    """
+    times_s = np.asarray(times_s, np.float64)
+    out = []
+    prev = None
+    n = 0
+    for f in frames:
+        cur = np.asarray(f, np.float32)
+        if prev is not None:
+            if cur.shape != prev.shape:
+                raise ValueError(f"frame_difference_energy: frame {n} has shape {cur.shape}, not {prev.shape}")
+            out.append(float(np.mean(np.abs(cur - prev))))
+        prev = cur
+        n += 1
+    if n < 2 or n != times_s.shape[0]:
+        raise ValueError(f"frame_difference_energy: {n} frames for {times_s.shape[0]} timestamps (need >= 2)")
+    return _midpoints(times_s), np.asarray(out, np.float64)
+
+
+def camera_rotation_rate(frames: Iterable[np.ndarray], times_s: np.ndarray, focal_px: float
+                         ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Camera rotation speed (rad/s) from dense optical flow between consecutive grayscale frames.
+
+    For a rotating camera, image motion at the centre is ``f · ω · dt`` pixels (pinhole model; small angles),
+    so ``ω ≈ median |flow| / (f · dt)``. Flow: OpenCV's Farnebäck (``cv2.calcOpticalFlowFarneback``; Farnebäck,
+    SCIA 2003). The median ignores independently moving objects. ``frames``: N (H, W) uint8 arrays;
+    ``focal_px``: focal length in pixels at the frames' resolution. Returns ``(times (N-1,), rad/s (N-1,))``.
+    """
+    times_s = np.asarray(times_s, np.float64)
+    speeds = []
+    prev = None
+    for f in frames:
+        g = np.asarray(f)
+        if g.ndim == 3:
+            g = cv2.cvtColor(g, cv2.COLOR_RGB2GRAY)
+        g = np.ascontiguousarray(g, np.uint8)
+        if prev is not None:
+            flow = cv2.calcOpticalFlowFarneback(prev, g, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+            speeds.append(float(np.median(np.hypot(flow[..., 0], flow[..., 1]))))
+        prev = g
+    if len(speeds) + 1 != times_s.shape[0] or not speeds:
+        raise ValueError(f"camera_rotation_rate: {len(speeds) + 1} frames for {times_s.shape[0]} timestamps")
+    dt = np.diff(times_s)
+    return _midpoints(times_s), np.asarray(speeds) / (focal_px * np.where(dt > 0, dt, np.nan))
+
+
+def spectral_flux(x: np.ndarray, rate_hz: float, win_s: float = 0.04, hop_s: float = 0.01, t0_s: float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Spectral flux of a (N,) or (C, N) regularly sampled signal (channels summed).
+
+    STFT (``scipy.signal.stft``, Hann window of ``win_s``, hop ``hop_s``); flux at each hop is the sum over
+    bins and channels of ``| |X(t + win/2)| - |X(t - win/2)| |`` between adjacent windows, timed at their
+    boundary t (full-wave: a sound or motion that stops is as much an event as one that starts).
+    ``t0_s``: session time of the first sample.
+    Returns ``(times (M,), flux (M,))``; ValueError when the signal is shorter than two windows.
+    """
+    x = np.atleast_2d(np.asarray(x, np.float64))
+    nper = max(4, int(round(win_s * rate_hz)))
+    hop = max(1, int(round(hop_s * rate_hz)))
+    if x.shape[1] < nper + hop:
+        raise ValueError(f"spectral_flux: {x.shape[1]} samples, need at least {nper + hop}")
+    _, t, z = signal.stft(x, fs=rate_hz, window="hann", nperseg=nper, noverlap=nper - hop, boundary=None,
+                          padded=False, detrend=False)  # fmt: skip
+    mag = np.abs(z)  # (C, F, M)
+    # Adjacent, non-overlapping windows, magnitudes not log-compressed: the difference is largest when the
+    # change sits exactly on their boundary. Overlapping windows on a log scale peak as soon as the leading
+    # window touches an onset, half a window early, which would bias every audio lag.
+    m = max(1, nper // hop)
+    if mag.shape[-1] <= m:
+        raise ValueError(f"spectral_flux: {x.shape[1]} samples, need more than two windows")
+    flux = np.abs(mag[..., m:] - mag[..., :-m]).sum(axis=(0, 1))
+    return t0_s + 0.5 * (t[m:] + t[:-m]), flux
+
+
+def gyro_magnitude(gyro: np.ndarray) -> np.ndarray:
+    """``|ω|`` of a (3, N) gyro in rad/s, (N,)."""
+    g = np.asarray(gyro, np.float64)
+    if g.ndim != 2 or g.shape[0] != 3:
+        raise ValueError(f"gyro_magnitude: expected (3, N), got {g.shape}")
+    return np.sqrt((g**2).sum(axis=0))
+
+
+def regular(times_s: np.ndarray, x: np.ndarray, rate_hz: float) -> tuple[float, np.ndarray]:
+    """Resample a (C, N) irregularly timed signal (jitter, dropped samples) onto ``t0 + k / rate_hz``.
+
+    Linear interpolation per channel; returns ``(t0_s, (C, M))``. ValueError on fewer than two samples.
+    """
+    times_s = np.asarray(times_s, np.float64)
+    x = np.atleast_2d(np.asarray(x, np.float64))
+    if times_s.shape[0] < 2 or x.shape[1] != times_s.shape[0]:
+        raise ValueError("regular: need at least two samples, one time per sample")
+    grid = times_s[0] + np.arange(int(np.floor((times_s[-1] - times_s[0]) * rate_hz)) + 1) / rate_hz
+    return float(times_s[0]), np.stack([np.interp(grid, times_s, c) for c in x])
+
+
+def imu_flux(times_s: np.ndarray, gyro: np.ndarray, rate_hz: float = 200.0, win_s: float = 0.16,
+             hop_s: float = 0.01) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Multichannel spectral flux of a (3, N) gyro (rad/s) sampled at ``times_s`` (irregular allowed)."""
+    t0, g = regular(times_s, gyro, rate_hz)
+    return spectral_flux(g, rate_hz, win_s, hop_s, t0)
+
+
+def novelty(times_s: np.ndarray, x: np.ndarray, rate_hz: float = 100.0, rms_s: float = 0.04, half_s: float = 0.5
+            ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Change of a (C, N) signal's short-time level: where its statistics switch (a motion starts or stops).
+
+    Each channel (median removed) becomes a log RMS envelope over ``rms_s`` on a ``rate_hz`` grid; the
+    novelty at t is the distance between the mean envelope over ``[t, t + half_s)`` and over
+    ``[t - half_s, t)`` (Foote, "Automatic audio segmentation using a measure of audio novelty", ICME 2000,
+    with a box kernel). A switch at t gives a triangular peak whose apex is t, however long the segments.
+    Periodic motion (walking, vibration) inside a segment averages out over ``half_s``.
+    Returns ``(times (M,), novelty (M,))`` in log-units.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    t0, g = regular(times_s, x, rate_hz)
+    g = g - np.median(g, axis=1, keepdims=True)
+    n = max(1, int(round(rms_s * rate_hz)))
+    env = np.log(np.sqrt(uniform_filter1d(g * g, n, axis=1, mode="nearest")) + 1e-6)
+    h = max(1, int(round(half_s * rate_hz)))
+    c = np.concatenate([np.zeros((env.shape[0], 1)), np.cumsum(env, axis=1)], axis=1)
+    k = np.arange(h, env.shape[1] - h + 1)  # change between sample k-1 and k
+    after = (c[:, k + h] - c[:, k]) / h
+    before = (c[:, k] - c[:, k - h]) / h
+    nov = np.sqrt(((after - before) ** 2).sum(axis=0))
+    return t0 + (k - 0.5) / rate_hz, nov

@@ -1,0 +1,335 @@
+"""Clock synchronisation from content: offset and drift of a stream against the video, pure numpy/scipy.
+
+A stream's activity signal (``transforms/activity.py``), placed on the session timeline with its *declared*
+clock, is a delayed copy of the video's activity when the declared clock is wrong: if the stream's true
+offset is the declared one plus ``δ`` seconds, the stream shows at declared session time ``τ`` what the
+video shows at ``τ + δ``. The lag that maximises their normalised cross-correlation is therefore ``δ``.
+
+- Offset: normalised cross-correlation (``scipy.signal.correlate``, FFT method; masks handle the parts where
+  only one stream has data) inside a search range around the declared offset, then a parabola through the
+  peak and its two neighbours for a sub-sample lag (the standard three-point interpolation, e.g. Smith,
+  "Spectral Audio Signal Processing", "Quadratic Interpolation of Spectral Peaks").
+- Confidence: the peak-to-sidelobe ratio (PSR: peak minus the sidelobes' mean, in units of their standard
+  deviation; Bolme et al., "Visual Object Tracking using Adaptive Correlation Filters", CVPR 2010) and the
+  ratio of the best sidelobe peak to the main peak (a periodic signal has several equal peaks and must not
+  be trusted). A stream whose activity is flat, or whose peak is not clearly the only one, is
+  ``unsynchronisable``; it never gets a confident estimate.
+- Drift: offsets of windows along a long session, a Theil–Sen line (``scipy.stats.theilslopes``, robust to
+  29% outliers) through the confident ones, windows further than ``outlier_s`` from that line rejected,
+  and the line fitted again by least squares on the rest.
+
+Clock convention (``schemas/manifest.py``): ``t_session = t_stream * (1 + drift_ppm * 1e-6) + offset_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import signal, stats
+
+log = logging.getLogger(__name__)
+
+CONFIDENT = "confident"
+UNSYNCHRONISABLE = "unsynchronisable"
+
+
+@dataclass(frozen=True)
+class Activity:
+    """An activity signal sampled on the session timeline: ``values[k]`` at ``t0_s + k / rate_hz`` seconds.
+
+    NaN marks samples where the stream has no data (before its first or after its last sample, gaps).
+    """
+
+    t0_s: float
+    rate_hz: float
+    values: np.ndarray  # float64 (N,)
+
+    @property
+    def t1_s(self) -> float:
+        return self.t0_s + len(self.values) / self.rate_hz
+
+    def times(self) -> np.ndarray:
+        return self.t0_s + np.arange(len(self.values)) / self.rate_hz
+
+
+@dataclass(frozen=True)
+class SyncParams:
+    """Settings of the estimators. Lags and windows in seconds; ``rate_hz`` is the common grid's rate."""
+
+    rate_hz: float = 100.0
+    search_s: float = 2.0  # ± around the declared offset
+    min_overlap_s: float = 4.0  # both streams must have data this long at the chosen lag
+    min_psr: float = 6.0  # peak-to-sidelobe ratio below which an estimate is not trusted
+    max_sidelobe_ratio: float = 0.75  # best sidelobe peak / main peak above which the peak is ambiguous
+    min_peak: float = 0.15  # normalised correlation at the peak below which the streams do not co-vary
+    min_activity_cv: float = 1e-3  # std/|mean| of the raw activity below which a stream is flat (static, silent)
+    highpass_s: float = 1.0  # moving mean removed before correlating: events matter, slow levels do not
+    drift_window_s: float = 60.0
+    drift_step_s: float = 30.0
+    drift_min_session_s: float = 300.0  # shorter sessions: drift is not estimated (too little lever arm)
+    outlier_s: float = 0.05  # window estimates further than this from the robust line are rejected
+    min_drift_windows: int = 4
+
+
+@dataclass(frozen=True)
+class LagEstimate:
+    """The lag δ (seconds) at which ``other(τ) ≈ ref(τ + δ)``, and how far to trust it."""
+
+    lag_s: float
+    peak: float  # normalised correlation at the peak, in [-1, 1]
+    psr: float  # peak-to-sidelobe ratio (dimensionless)
+    sidelobe_ratio: float  # best sidelobe peak / main peak
+    confidence: float  # in [0, 1]; 0 when unsynchronisable
+    status: str  # CONFIDENT | UNSYNCHRONISABLE
+    reason: str = ""  # why unsynchronisable
+
+
+@dataclass(frozen=True)
+class DriftEstimate:
+    """A line ``δ(τ) = intercept_s + slope * τ`` through windowed lags (τ: declared session time, seconds)."""
+
+    intercept_s: float
+    slope: float  # dimensionless (seconds per second); ppm = slope * 1e6
+    windows: int  # windows estimated
+    inliers: int  # confident windows kept after outlier rejection
+    residual_s: float  # RMS of the inliers' residuals
+    status: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ClockEstimate:
+    """A stream's clock in the manifest's convention, estimated from content."""
+
+    offset_s: float
+    drift_ppm: float
+    confidence: float
+    status: str
+    lag_s: float  # the correction at the stream's middle, against the declared clock
+    drift_estimated: bool
+    reason: str = ""
+
+
+# -------------------------------------------------------------------------------------------- signals
+
+
+def to_grid(times_s: np.ndarray, values: np.ndarray, rate_hz: float, t0_s: float | None = None,
+            t1_s: float | None = None, max_gap_s: float = 0.5) -> Activity:  # fmt: skip
+    """Resample an irregularly timed activity onto the grid ``k / rate_hz`` (session seconds).
+
+    Linear interpolation between samples; grid points further than ``max_gap_s`` from any sample, or outside
+    ``[times_s[0], times_s[-1]]``, are NaN. ``times_s`` must be increasing. Raises ValueError on fewer than
+    two samples or mismatched lengths.
+    """
+    times_s = np.asarray(times_s, np.float64)
+    values = np.asarray(values, np.float64)
+    if times_s.shape != values.shape or times_s.size < 2:
+        raise ValueError("to_grid: need at least two (time, value) samples of equal length")
+    lo = times_s[0] if t0_s is None else t0_s
+    hi = times_s[-1] if t1_s is None else t1_s
+    k0, k1 = int(np.ceil(lo * rate_hz)), int(np.floor(hi * rate_hz))
+    grid = np.arange(k0, k1 + 1) / rate_hz
+    out = np.interp(grid, times_s, values, left=np.nan, right=np.nan)
+    # distance to the nearest sample: gaps in the stream are not invented by interpolation
+    idx = np.clip(np.searchsorted(times_s, grid), 1, len(times_s) - 1)
+    near = np.minimum(np.abs(grid - times_s[idx - 1]), np.abs(times_s[idx] - grid))
+    out[near > max_gap_s] = np.nan
+    return Activity(k0 / rate_hz, rate_hz, out)
+
+
+def _prepare(a: Activity, highpass_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Log-compressed, high-passed, standardised values (0 where missing) and the validity mask."""
+    v = np.asarray(a.values, np.float64)
+    mask = np.isfinite(v)
+    x = np.where(mask, v, 0.0)
+    # log compression: one huge event (a scene cut) must not drown every other one
+    scale = np.median(np.abs(x[mask])) if mask.any() else 0.0
+    x = np.log1p(np.abs(x) / (scale + 1e-12))
+    n = max(1, int(round(highpass_s * a.rate_hz)))
+    if n > 1:
+        from scipy.ndimage import median_filter
+
+        # events stand above the local median; the texture of steady motion or noise below it is dropped
+        base = median_filter(np.where(mask, x, np.median(x[mask]) if mask.any() else 0.0), size=n | 1,
+                             mode="nearest")  # fmt: skip
+        x = np.clip(x - base, 0.0, None)
+    x = np.where(mask, x, 0.0)
+    if mask.sum() > 1:
+        mu = x[mask].mean()
+        sd = x[mask].std()
+        x = np.where(mask, (x - mu) / (sd if sd > 0 else 1.0), 0.0)
+    return x, mask.astype(np.float64)
+
+
+def _flat(a: Activity, min_cv: float) -> bool:
+    v = a.values[np.isfinite(a.values)]
+    if v.size < 3:
+        return True
+    return float(np.std(v)) <= min_cv * max(float(np.mean(np.abs(v))), 1e-12)
+
+
+def _parabolic(y_minus: float, y0: float, y_plus: float) -> float:
+    """Sub-sample offset in [-0.5, 0.5] of the vertex of the parabola through three equally spaced points."""
+    den = y_minus - 2.0 * y0 + y_plus
+    if den >= 0:  # not a maximum (flat or convex): keep the sample
+        return 0.0
+    return float(np.clip(0.5 * (y_minus - y_plus) / den, -0.5, 0.5))
+
+
+def _unsync(reason: str, lag: float = float("nan"), peak=float("nan"), psr=0.0, side=float("nan")) -> LagEstimate:
+    return LagEstimate(lag, peak, psr, side, 0.0, UNSYNCHRONISABLE, reason)
+
+
+def estimate_lag(ref: Activity, other: Activity, params: SyncParams = SyncParams(), center_s: float = 0.0
+                 ) -> LagEstimate:  # fmt: skip
+    """The lag δ (seconds) in ``[center_s - search_s, center_s + search_s]`` where ``other(τ) ≈ ref(τ + δ)``.
+
+    ``ref`` and ``other`` must share ``rate_hz`` (ValueError otherwise). Returns an ``UNSYNCHRONISABLE``
+    estimate (confidence 0, a reason) when either signal is flat, the streams overlap less than
+    ``min_overlap_s``, the peak is at the edge of the search range, weak, or not clearly unique.
+    """
+    if not np.isclose(ref.rate_hz, other.rate_hz):
+        raise ValueError(f"estimate_lag: rates differ ({ref.rate_hz} Hz vs {other.rate_hz} Hz)")
+    p = params
+    rate = ref.rate_hz
+    if _flat(ref, p.min_activity_cv) or _flat(other, p.min_activity_cv):
+        return _unsync("no activity")
+    r, mr = _prepare(ref, p.highpass_s)
+    o, mo = _prepare(other, p.highpass_s)
+    # correlate(r, o)[k] = sum_n r[n + k] o[n]; lags in samples of the arrays, shifted by their start times
+    num = signal.correlate(r, o, mode="full", method="fft")
+    e_r = signal.correlate(r * r, mo, mode="full", method="fft")
+    e_o = signal.correlate(mr, o * o, mode="full", method="fft")
+    overlap = signal.correlate(mr, mo, mode="full", method="fft")
+    lags = signal.correlation_lags(len(r), len(o), mode="full")
+    base = int(round((other.t0_s - ref.t0_s) * rate))  # other[n] sits at ref index n + base
+    lag_s = (lags - base) / rate
+    den = np.sqrt(np.clip(e_r, 0, None) * np.clip(e_o, 0, None))
+    ok = (overlap >= p.min_overlap_s * rate - 0.5) & (den > 1e-9)
+    ncc = np.where(ok, num / np.where(den > 0, den, 1.0), np.nan)
+    sel = np.abs(lag_s - center_s) <= p.search_s + 0.5 / rate
+    if not np.any(sel & ok):
+        return _unsync(f"streams overlap less than {p.min_overlap_s:.1f} s")
+    idx = np.flatnonzero(sel)
+    c = ncc[idx]
+    if not np.isfinite(c).any():
+        return _unsync(f"streams overlap less than {p.min_overlap_s:.1f} s")
+    c = np.where(np.isfinite(c), c, -np.inf)
+    i = int(np.argmax(c))
+    peak = float(c[i])
+    if i == 0 or i == len(c) - 1 or not np.isfinite(c[i - 1]) or not np.isfinite(c[i + 1]):
+        return _unsync("peak at the edge of the search range", float(lag_s[idx[i]]), peak)
+    frac = _parabolic(c[i - 1], c[i], c[i + 1])
+    lag = float(lag_s[idx[i]] + frac / rate)
+    # main lobe: down to half the peak on both sides (at least two samples)
+    lo = i
+    while lo > 0 and np.isfinite(c[lo - 1]) and c[lo - 1] > 0.5 * peak:
+        lo -= 1
+    hi = i
+    while hi < len(c) - 1 and np.isfinite(c[hi + 1]) and c[hi + 1] > 0.5 * peak:
+        hi += 1
+    guard = max(2, (hi - lo) // 2)
+    side_mask = np.isfinite(c)
+    side_mask[max(0, lo - guard) : hi + guard + 1] = False
+    side = c[side_mask]
+    if side.size < 10:
+        return _unsync("search range too small for a sidelobe estimate", lag, peak)
+    psr = float((peak - side.mean()) / (side.std() + 1e-12))
+    ratio = float(max(side.max(), 0.0) / peak) if peak > 0 else 1.0
+    if peak < p.min_peak:
+        return _unsync(f"weak correlation (peak {peak:.2f})", lag, peak, psr, ratio)
+    if psr < p.min_psr:
+        return _unsync(f"peak not distinct (PSR {psr:.1f})", lag, peak, psr, ratio)
+    if ratio > p.max_sidelobe_ratio:
+        return _unsync(f"ambiguous peak (sidelobe {ratio:.2f} of peak)", lag, peak, psr, ratio)
+    conf = float(np.clip((psr - p.min_psr) / p.min_psr, 0, 1) * 0.5 + np.clip(1 - ratio, 0, 1) * 0.5)
+    conf = max(conf, 0.05)
+    return LagEstimate(lag, peak, psr, ratio, conf, CONFIDENT)
+
+
+def window(a: Activity, t0_s: float, t1_s: float) -> Activity:
+    """The part of ``a`` inside ``[t0_s, t1_s)`` (session seconds)."""
+    k0 = max(0, int(np.ceil((t0_s - a.t0_s) * a.rate_hz - 1e-9)))
+    k1 = min(len(a.values), int(np.ceil((t1_s - a.t0_s) * a.rate_hz - 1e-9)))
+    return Activity(a.t0_s + k0 / a.rate_hz, a.rate_hz, a.values[k0 : max(k0, k1)])
+
+
+def estimate_drift(ref: Activity, other: Activity, params: SyncParams = SyncParams(), center_s: float = 0.0
+                   ) -> tuple[DriftEstimate, list[tuple[float, LagEstimate]]]:  # fmt: skip
+    """Robust line through the lags of windows of ``other`` (``drift_window_s`` long, every ``drift_step_s``).
+
+    Each window is searched within ``±search_s`` of ``center_s`` against the whole of ``ref``. Returns the
+    fit and the (window centre, estimate) pairs. The fit's status is ``UNSYNCHRONISABLE`` when fewer than
+    ``min_drift_windows`` confident windows survive outlier rejection.
+    """
+    p = params
+    wp = SyncParams(**{**p.__dict__, "min_overlap_s": min(p.min_overlap_s, 0.5 * p.drift_window_s)})
+    starts = np.arange(other.t0_s, other.t1_s - p.drift_window_s + 1e-9, p.drift_step_s)
+    found: list[tuple[float, LagEstimate]] = []
+    for s in starts:
+        w = window(other, float(s), float(s) + p.drift_window_s)
+        found.append((float(s) + p.drift_window_s / 2, estimate_lag(ref, w, wp, center_s)))
+    good = [(t, e.lag_s) for t, e in found if e.status == CONFIDENT]
+    if len(good) < p.min_drift_windows:
+        return DriftEstimate(float("nan"), 0.0, len(found), len(good), float("nan"), UNSYNCHRONISABLE,
+                             f"{len(good)} confident windows (need {p.min_drift_windows})"), found  # fmt: skip
+    t = np.array([g[0] for g in good])
+    y = np.array([g[1] for g in good])
+    slope, intercept, _, _ = stats.theilslopes(y, t)
+    keep = np.abs(y - (intercept + slope * t)) <= p.outlier_s
+    if keep.sum() < p.min_drift_windows:
+        return DriftEstimate(float(intercept), float(slope), len(found), int(keep.sum()), float("nan"),
+                             UNSYNCHRONISABLE, "windows disagree"), found  # fmt: skip
+    slope, intercept = np.polyfit(t[keep], y[keep], 1)
+    resid = y[keep] - (intercept + slope * t[keep])
+    rms = float(np.sqrt(np.mean(resid**2)))
+    return DriftEstimate(float(intercept), float(slope), len(found), int(keep.sum()), rms, CONFIDENT), found
+
+
+# ---------------------------------------------------------------------------------------------- clocks
+
+
+def corrected_clock(offset_s: float, drift_ppm: float, intercept_s: float, slope: float) -> tuple[float, float]:
+    """The clock that maps a stream to where its content really is, given a declared clock and a lag line.
+
+    With ``τ_d = t (1 + d) + o`` (declared) and the true session time ``τ = τ_d + intercept + slope · τ_d``:
+    ``1 + d' = (1 + slope)(1 + d)`` and ``o' = (1 + slope) o + intercept`` (exact, no small-drift
+    approximation). Returns ``(offset_s, drift_ppm)``.
+    """
+    d = drift_ppm * 1e-6
+    return (1 + slope) * offset_s + intercept_s, ((1 + slope) * (1 + d) - 1) * 1e6
+
+
+def clock_error_s(offset_a: float, drift_a: float, offset_b: float, drift_b: float, t_stream: float) -> float:
+    """How far apart two clocks put stream time ``t_stream`` on the session timeline (seconds, signed a - b).
+
+    The fair measure of an estimate: an offset fitted without drift absorbs ``t · drift`` of the truth, so
+    offsets alone are not comparable when the stream's epoch is far from the session start.
+    """
+    return (t_stream * (1 + drift_a * 1e-6) + offset_a) - (t_stream * (1 + drift_b * 1e-6) + offset_b)
+
+
+def estimate_clock(ref: Activity, other: Activity, declared_offset_s: float, declared_drift_ppm: float = 0.0,
+                   params: SyncParams = SyncParams()) -> ClockEstimate:  # fmt: skip
+    """A stream's clock from content, given its activity placed on the session timeline by its declared clock.
+
+    Sessions at least ``drift_min_session_s`` long also get a drift from windowed lags; shorter ones keep the
+    declared drift and get a constant correction. Raises nothing on weak input: the status says
+    ``unsynchronisable`` and the declared clock is returned unchanged with confidence 0.
+    """
+    whole = estimate_lag(ref, other, params)
+    span = other.t1_s - other.t0_s
+    if whole.status != CONFIDENT:
+        return ClockEstimate(declared_offset_s, declared_drift_ppm, 0.0, UNSYNCHRONISABLE,
+                             whole.lag_s, False, whole.reason)  # fmt: skip
+    mid = 0.5 * (other.t0_s + other.t1_s)
+    if span >= params.drift_min_session_s:
+        fit, _ = estimate_drift(ref, other, params, center_s=whole.lag_s)
+        if fit.status == CONFIDENT:
+            off, ppm = corrected_clock(declared_offset_s, declared_drift_ppm, fit.intercept_s, fit.slope)
+            return ClockEstimate(off, ppm, whole.confidence, CONFIDENT, fit.intercept_s + fit.slope * mid, True)
+        log.info("drift not estimated (%s); constant correction only", fit.reason)
+    off, ppm = corrected_clock(declared_offset_s, declared_drift_ppm, whole.lag_s, 0.0)
+    return ClockEstimate(off, ppm, whole.confidence, CONFIDENT, whole.lag_s, False)
