@@ -28,6 +28,7 @@ import torch
 
 from pipelines import storage
 from schemas import modalities as M
+from schemas.errors import MissingInputError
 from training.checkpoint import MODEL, STATE
 from training.config import TrainConfig
 from training.encoders import BindingModel
