@@ -163,6 +163,7 @@ for unit in discover(Path(ctx.raw), "auto").units:  # like an engine worker with
 """
 
 
+@pytest.mark.slow
 def test_worker_stops_writing_when_its_driver_is_killed(tmp_path):
     raw, data = tmp_path / "raw", tmp_path / "data"
     synth(raw, SynthConfig(sessions=4, seed=4, **TINY))
@@ -268,6 +269,7 @@ def test_decode_budget_grows_with_duration_and_size_above_a_floor():
     assert decode_budget(1.0, 5_000_000, 30.0) == pytest.approx(4.0 * 30 + 2.0 * 5)
 
 
+@pytest.mark.slow
 def test_hung_decoder_gets_its_files_budget_not_a_fixed_clock(raw, tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, f"hang:{A}/video")
     data = tmp_path / "data"
@@ -428,6 +430,7 @@ def _read_all(snap, pause_s: float = 0.0) -> int:
     return len(want)
 
 
+@pytest.mark.slow
 def test_reader_looping_during_rebuilds_sees_one_version(raw, tmp_path):
     src, data = tmp_path / "raw", tmp_path / "data"
     shutil.copytree(raw, src)
