@@ -61,6 +61,7 @@ class BuildConfig(StrictConfig):
     split_salt: str = Field("bindset", description="salt of the session hash that picks the split")
     # robustness
     decode_timeout_s: float = Field(
-        600.0, gt=0, description="seconds per file before a hung decoder is killed",
+        600.0, gt=0, description="floor of each file's decode budget (s): a decoder is killed after "
+        "max(this, 4 s per media second + 2 s per MB) on one file (pipelines/work.py: decode_budget)",
         json_schema_extra={"flag": "--decode-timeout"},
     )  # fmt: skip
