@@ -162,8 +162,10 @@ def run_logging(path: Path, verbose: int = 0, quiet: bool = False) -> Iterator[R
     console_handler.setLevel(level)
     console_handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
     console_handler.addFilter(_OwnOrLoud(third_party=verbose >= 2))
-    # handlers that libraries installed at import time (Beam, Ray) would print on their own
-    for h in list(root.handlers):
+    # handlers that libraries installed at import time (Beam, Ray) would print on their own; put back afterwards
+    # (an in-process caller's own handlers, e.g. pytest's log capture)
+    earlier_handlers = list(root.handlers)
+    for h in earlier_handlers:
         root.removeHandler(h)
     root.addHandler(file_handler)
     root.addHandler(console_handler)
@@ -188,6 +190,8 @@ def run_logging(path: Path, verbose: int = 0, quiet: bool = False) -> Iterator[R
         for h in run._handlers:
             root.removeHandler(h)
             h.close()
+        for h in earlier_handlers:
+            root.addHandler(h)
         root.setLevel(saved_levels[0])
         for name, lvl in saved_levels[1]:
             logging.getLogger(name).setLevel(lvl)
