@@ -5,6 +5,11 @@
 Runner flags pass through untouched to PipelineOptions. Without a runner, the DirectRunner runs in
 multi-processing mode with one worker per core. DATA must be a path every worker can write (on a
 cluster: a shared or mounted filesystem).
+
+Logging: Beam's workers log at its default level (INFO, ``--default_sdk_harness_log_level``), so their per-unit
+lines are kept. The DirectRunner's worker processes write to the stderr they inherit, and their WARNING lines
+also come back through the Fn logging API to the ``apache_beam`` loggers here; under the `bindset` CLI both end
+in the run's log file (bindset/logs.py points stderr at it), never on the console.
 """
 
 from __future__ import annotations
