@@ -551,6 +551,39 @@ def test_audio_figures_describe_the_channel_the_mel_is_built_from():
     assert A.finish_window(A.CutWindow("c", 0.0, A.WindowStatus.OK, clipped, 0.0), "first").quality.clipped_frac == 0
 
 
+def test_a_failure_in_the_audio_work_costs_only_the_audio(tmp_path, monkeypatch):
+    """Whatever goes wrong in the audio work (a bug, an input nobody foresaw), the video of every window is
+    kept and the audio of the windows not yet done is an internal_error reject, nothing vanishes."""
+    from transforms import media
+    from transforms.layouts import ClockSpec
+    from transforms.plan import Window
+
+    path = write_video(tmp_path / "v.mp4", n=8 * FPS)
+    real, calls = A.finish_window, []
+
+    def failing(cut, channels):
+        calls.append(cut.id)
+        if len(calls) == 2:
+            raise RuntimeError("planted")
+        return real(cut, channels)
+
+    monkeypatch.setattr(A, "finish_window", failing)
+    windows = [Window(i, 2.0 * i, 2.0 * i + 2) for i in range(4)]
+    events = list(media.decode_media(path, video_windows=windows, video_clock=ClockSpec(), audio_windows=windows,
+                                     audio_clock=ClockSpec(), cfg=BuildConfig()))  # fmt: skip
+    video = {e.video.index: e.video for e in events if e.video}
+    audio = {e.audio.id: e.audio for e in events if e.audio}
+    assert sorted(video) == sorted(audio) == [0, 1, 2, 3]
+    assert all(v.first is not None and read_code(_jpg(v.first.jpg)) == (i * 50) % 256
+               for i, v in video.items())  # fmt: skip
+    assert audio[0].mel is not None
+    assert all(audio[i].reject_reason is R.INTERNAL_ERROR and "planted" in audio[i].detail for i in (1, 2, 3))
+
+
+def _jpg(blob: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
 # ------------------------------------------------------------------------------------------ engines
 
 

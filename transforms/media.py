@@ -10,6 +10,7 @@ transforms/audio.py), and at most a few windows' results are in flight between t
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -146,13 +147,20 @@ def _scan_end(c: av.container.InputContainer, vs: av.video.stream.VideoStream) -
     try:
         c.seek(2**62, backward=True, any_frame=False, stream=vs)
         end = None
-        for packet in c.demux(vs):
+        for i, packet in enumerate(c.demux(vs)):
+            if i >= _SCAN_END_PACKETS:  # the seek did not get near the end (no index): keep what is declared
+                return None
             if packet.pts is not None:
                 t = packet.pts + (packet.duration or 0)
                 end = t if end is None else max(end, t)
         return None if end is None else float(end * vs.time_base)
     except av.error.FFmpegError:
         return None
+
+
+# A keyframe interval is rarely over a few hundred frames; a scan that reads more than this after seeking
+# to the end has not been taken there, and stops rather than read the whole file.
+_SCAN_END_PACKETS = 5000
 
 
 # Shrinking happens inside libswscale while it converts YUV to RGB: box ("area") filtering, like
@@ -458,6 +466,26 @@ class _Break:
     detail: str
 
 
+def _audio_guarded(job):
+    """A bug or an unforeseen input in the audio work costs the audio of the windows still to come,
+    never the session: the exception is logged and those windows are audio rejects (internal_error)."""
+
+    @functools.wraps(job)
+    def run(self, *args):
+        if self.failed:
+            return []
+        try:
+            out = job(self, *args)
+        except Exception as exc:  # noqa: BLE001 - recorded as internal_error rejects, with the traceback logged
+            logger.exception("audio processing failed; the remaining windows keep their video")
+            self.failed = f"audio processing failed: {type(exc).__name__}: {exc}"
+            return []
+        self.emitted.update(r.id for r in out)
+        return out
+
+    return run
+
+
 class _AudioTracker:
     """Decoded audio frames -> 16 kHz -> windows -> log-mel, with a bounded buffer.
 
@@ -497,6 +525,8 @@ class _AudioTracker:
         self.left: list[A.WindowRequest] = list(self.requests)
         self.cause: _Break | None = None  # what began the worker's current stretch
         self.cause_start = 0.0
+        self.emitted: set = set()  # window ids reported so far
+        self.failed = ""  # set when the audio work raised: the remaining windows lose their audio only
 
     def decode_error(self) -> None:
         """A packet of this stream failed to decode (skipped): its samples are a hole."""
@@ -566,6 +596,7 @@ class _AudioTracker:
 
     # ---- worker thread
 
+    @_audio_guarded
     def _open(self, rate: int, start_s: float, cause: _Break | None) -> list[A.AudioWindowResult]:
         """Start a stretch: close the previous one first (its windows reaching past its end are cut)."""
         out = []
@@ -578,6 +609,7 @@ class _AudioTracker:
         self.cause, self.cause_start = cause, start_s
         return out
 
+    @_audio_guarded
     def _block(self, frames: list, channels: int) -> list[A.AudioWindowResult]:
         pending = [self._samples(f, channels) for f in frames]
         block = np.empty((channels, sum(len(p[0]) for p in pending)), np.float32)
@@ -605,6 +637,15 @@ class _AudioTracker:
         return out + [self.worker.submit(self._final)]
 
     def _final(self) -> list[A.AudioWindowResult]:
+        out = self._final_cuts()
+        if self.failed:
+            out += [A.AudioWindowResult(r.id, r.start_s, A.WindowStatus.OUT_OF_RANGE, None, None,
+                                        RejectReason.INTERNAL_ERROR, self.failed)
+                    for r in self.requests if r.id not in self.emitted]  # fmt: skip
+        return out
+
+    @_audio_guarded
+    def _final_cuts(self) -> list[A.AudioWindowResult]:
         return self._finish(self.cutter.push(self.resampler.finish()) + self.cutter.finish())
 
 
