@@ -1,6 +1,7 @@
 """The `bindset` command line: thin wrappers over importable functions.
 
 bindset synth RAW/ --sessions 8 --seconds 30 --seed 0
+bindset sync RAW/ [--layout captures|ego4d] [--out sync.parquet] [--write-manifest OUT/]
 bindset build RAW/ DATA/ [--config FILE] [--engine beam|ray|local] [--no-validate] [runner flags]
 bindset validate DATA/ [--thresholds FILE]
 bindset report DATA/
@@ -66,6 +67,9 @@ def _cmd_synth(args: argparse.Namespace, run) -> int:
         depth_size=tuple(args.depth_size),
         thermal_size=tuple(args.thermal_size),
         workers=args.workers or SynthConfig().workers,
+        clocks=args.clocks,
+        impacts_per_minute=args.impacts,
+        long_drift=args.long_drift,
     )
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.sessions, desc=f"synth {cfg.layout}", unit="session", disable=args.quiet, file=run.console,
@@ -79,6 +83,30 @@ def _cmd_synth(args: argparse.Namespace, run) -> int:
     print(f"synth: {len(names)} {result.layout} session(s){span} x {cfg.seconds:g} s, seed {cfg.seed}")
     print(f"  wrote {result.files} files, {result.bytes / 1e6:.1f} MB under {result.raw} in {took:.1f} s")
     print(f"  ground truth: {result.raw / '_truth'} (never read by the pipeline)")
+    print(f"  log: {run.path}")
+    return EXIT_OK
+
+
+def _cmd_sync(args: argparse.Namespace, run) -> int:
+    from collections import Counter
+
+    from pipelines.sync import sync_raw
+    from transforms.sync import SyncParams
+
+    _need(args.raw, "RAW", "dir")
+    result = sync_raw(args.raw, args.layout, SyncParams(search_s=args.search_s), out=args.out,
+                      write_manifest=args.write_manifest)  # fmt: skip
+    for r in result.rows:
+        est = "-" if r.estimated_offset_s is None else f"{r.estimated_offset_s:+.4f} s {r.estimated_drift_ppm:+.1f} ppm"
+        lag = "" if r.lag_s is None else f" (moves it {r.lag_s * 1000:+.1f} ms)"
+        print(f"{r.session:>16} {r.stream:<8} declared {r.declared_offset_s:+.4f} s {r.declared_drift_ppm:+.1f} ppm  "
+              f"estimated {est}{lag}  confidence {r.confidence:.2f}  {r.status}  {r.reason}".rstrip())  # fmt: skip
+    counts = Counter(r.status for r in result.rows)
+    print(f"sync: {result.sessions} session(s) in {result.seconds:.1f} s; "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))  # fmt: skip
+    print(f"  table: {args.out}")
+    if args.write_manifest is not None:
+        print(f"  corrected manifests: {args.write_manifest}")
     print(f"  log: {run.path}")
     return EXIT_OK
 
@@ -198,8 +226,12 @@ def _cmd_embed(args: argparse.Namespace, run) -> int:
 
     _need_dataset(args.data)
     _need(args.run, "RUN", "dir")
-    result = embed(args.data, args.run, args.emb, batch_size=args.batch_size, gpu=args.gpu,
-                   progress=_progress(run, "embed", "batch", args.quiet))  # fmt: skip
+    from training.vector_index import IndexParams
+
+    index = IndexParams.from_dict(given_flags(args, IndexParams, dest_prefix="index_"), source="index flags")
+    result = embed(args.data, args.run, args.emb, batch_size=args.batch_size, gpu=args.gpu, engine=args.engine,
+                   ray_address=args.ray_address, workers=args.workers or None, index=index,
+                   progress=_progress(run, "embed", "part", args.quiet))  # fmt: skip
     print("\n".join(result.summary_lines()))
     print(f"  log: {run.path}")
     return EXIT_OK
@@ -281,8 +313,9 @@ def _common() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bindset.synth.generate import LAYOUTS, SynthConfig
+    from bindset.synth.generate import CLOCK_MODES, LAYOUTS, SynthConfig
     from training.config import add_train_config_arguments
+    from training.vector_index import IndexParams
     from transforms.config import BuildConfig
 
     parts = __doc__.split("\n\n")
@@ -309,7 +342,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--depth-size", type=int, nargs=2, metavar=("W", "H"), default=SynthConfig().depth_size)
     s.add_argument("--thermal-size", type=int, nargs=2, metavar=("W", "H"), default=SynthConfig().thermal_size)
     s.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
+    s.add_argument("--clocks", choices=CLOCK_MODES, default="exact",
+                   help="what captures manifests declare: exact (the truth), coarse (offsets off by up to 1.5 s, "
+                   "no drift), wrong (some streams off by 0.2-1.5 s); the truth stays in RAW/_truth/")  # fmt: skip
+    s.add_argument("--impacts", type=float, default=0.0, metavar="PER_MIN",
+                   help="shared impacts per minute that every stream registers (events to synchronise on)")
+    s.add_argument("--long-drift", action="store_true",
+                   help="depth, thermal and IMU clocks drift by 20-100 ppm (for long sessions)")
     s.set_defaults(func=_cmd_synth)
+
+    y = sub.add_parser(
+        "sync",
+        parents=common,
+        help="estimate each stream's clock offset and drift from content and compare with the manifest",
+        description="Per session and stream: the declared clock, the one estimated from content (activity "
+        "cross-correlated against the video), a confidence and a status (agrees, mismatch, unsynchronisable). "
+        "Writes a sync.parquet table; --write-manifest writes corrected manifests to a folder outside RAW.",
+    )
+    y.add_argument("raw", type=Path)
+    y.add_argument("--layout", default="auto", choices=("auto", "captures", "videos", "ego4d"))
+    y.add_argument("--out", type=Path, default=Path("sync.parquet"), help="the table (default ./sync.parquet)")
+    y.add_argument("--write-manifest", type=Path, default=None, metavar="OUT",
+                   help="write corrected captures manifests to OUT/<session>/manifest.json (never into RAW)")
+    y.add_argument("--search-s", type=float, default=2.0, help="search range around the declared offset (s)")
+    y.set_defaults(func=_cmd_sync)
 
     b = sub.add_parser(
         "build",
@@ -381,14 +437,22 @@ def build_parser() -> argparse.ArgumentParser:
         "embed",
         parents=common,
         help="materialise embeddings of every sample and modality, with FAISS indexes",
-        description="Run a trained model over every sample of DATA: EMB/<modality>.parquet (key, modality, "
-        "split, vector, run id) and EMB/index/<modality>.faiss.",
+        description="Run a trained model over every sample of DATA, one part per shard: "
+        "EMB/<modality>/part-NNNNNN.parquet (key, modality, split, session, label, run id, vector), "
+        "EMB/index/<modality>.faiss and EMB/meta.json last. A rerun embeds only the parts that are unfinished "
+        "or whose shard's content changed.",
     )
     e.add_argument("data", type=Path)
     e.add_argument("run", type=Path)
     e.add_argument("emb", type=Path)
     e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--gpu", action="store_true")
+    e.add_argument("--gpu", action="store_true", help="local: run on CUDA; ray: one GPU per actor")
+    e.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: a pool of Ray actors over parts")
+    e.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
+    e.add_argument("--workers", type=int, default=0, help="ray: actors (default: one per free CPU, or GPU)")
+    add_config_flags(e.add_argument_group("vector index (IndexParams)"), IndexParams,
+                     ("exact_max", "kind", "nlist", "nprobe", "target_recall", "pq_m"), dest_prefix="index_",
+                     flag_prefix="index-")  # fmt: skip
     e.set_defaults(func=_cmd_embed)
 
     q = sub.add_parser("search", parents=common, help="cross-modal nearest neighbours from a file, text or a key")

@@ -179,3 +179,178 @@ def test_camera_rotation_rate_from_optical_flow():
     frames = [world[:, int(round(focal * omega * t)) : int(round(focal * omega * t)) + 160] for t in times]
     _, w = act.camera_rotation_rate(frames, times, focal)
     assert np.median(w) == pytest.approx(omega, rel=0.1)
+
+
+# ------------------------------------------------------------------------ synthetic ground truth (synth)
+
+TINY = dict(width=64, height=48, depth_size=(32, 24), thermal_size=(32, 24), workers=1)
+SMALL = dict(width=96, height=72, depth_size=(48, 36), thermal_size=(40, 30), workers=2)
+
+
+def _truth(raw, session):
+    import json
+
+    return json.loads((raw / "_truth" / f"{session}.json").read_text())
+
+
+def _declared(raw, session):
+    import json
+
+    m = json.loads((raw / session / "manifest.json").read_text())
+    return {k: (v["clock"]["offset_s"], v["clock"]["drift_ppm"]) for k, v in m["streams"].items()}
+
+
+def test_synth_clock_modes_declare_what_they_say(tmp_path):
+    from bindset.synth.generate import SynthConfig, synth
+
+    raws = {}
+    for mode in ("exact", "coarse", "wrong"):
+        raws[mode] = tmp_path / mode
+        synth(raws[mode], SynthConfig(sessions=3, seconds=3, seed=41, clocks=mode, impacts_per_minute=40, **TINY))
+    n_wrong = 0
+    for i in range(3):
+        sid = f"s041_{i:03d}"
+        truth = _truth(raws["exact"], sid)
+        assert "declared_clocks" not in truth and truth["impacts_s"]
+        true = {k: (v["offset_s"], v["drift_ppm"]) for k, v in truth["clocks"].items()}
+        assert _declared(raws["exact"], sid) == true
+        coarse = _declared(raws["coarse"], sid)
+        assert coarse["video"] == true["video"]
+        for name in ("audio", "depth", "thermal", "imu"):
+            err = coarse[name][0] - true[name][0]
+            assert abs(err) <= 1.5 and coarse[name][1] == 0.0
+        wrong = _declared(raws["wrong"], sid)
+        errs = {k: wrong[k][0] - true[k][0] for k in true}
+        bad = [k for k, e in errs.items() if e != 0]
+        assert 1 <= len(bad) <= 3 and "video" not in bad
+        assert all(0.2 <= abs(errs[k]) <= 1.5 for k in bad)
+        n_wrong += len(bad)
+        assert _truth(raws["wrong"], sid)["declared_clocks"][bad[0]]["offset_s"] == wrong[bad[0]][0]
+    assert n_wrong >= 3
+
+
+def test_impacts_jolt_the_imu_at_their_session_time(tmp_path):
+    import csv
+
+    from bindset.synth.generate import SynthConfig, synth
+
+    synth(tmp_path, SynthConfig(sessions=1, seconds=4, seed=42, impacts_per_minute=30, **TINY))
+    truth = _truth(tmp_path, "s042_000")
+    imu = truth["clocks"]["imu"]
+    rows = list(csv.DictReader((tmp_path / "s042_000" / "imu.csv").open()))
+    t = np.array([float(r["component_timestamp_ms"]) / 1000 for r in rows]) * (1 + imu["drift_ppm"] * 1e-6)
+    t = t + imu["offset_s"]  # session time
+    acc = np.array([float(r["accl_x"]) for r in rows])
+    scale = 9.80665 if _declared_units(tmp_path) == "g" else 1.0
+    for e in truth["impacts_s"]:
+        near = (t >= e) & (t < e + 0.01)
+        before = (t > e - 0.2) & (t < e - 0.05)
+        assert acc[near].max() * scale > acc[before].max() * scale + 15  # a jolt of ~25 m/s^2
+
+
+def _declared_units(raw):
+    import json
+
+    return json.loads((raw / "s042_000" / "manifest.json").read_text())["streams"]["imu"]["units"]["accel"]
+
+
+def _stream_mid(truth, stream):
+    c = truth["clocks"][stream]
+    return (truth["seconds"] / 2 - c["offset_s"]) / (1 + c["drift_ppm"] * 1e-6)
+
+
+def _error_s(row, truth) -> float:
+    c = truth["clocks"][row.stream]
+    t = _stream_mid(truth, row.stream)
+    return sync.clock_error_s(row.estimated_offset_s, row.estimated_drift_ppm, c["offset_s"], c["drift_ppm"], t)
+
+
+@pytest.fixture(scope="module")
+def coarse_raw(tmp_path_factory):
+    from bindset.synth.generate import SynthConfig, synth
+
+    raw = tmp_path_factory.mktemp("coarse")
+    # held-back seed: the estimator's settings were tuned on other seeds
+    synth(raw, SynthConfig(sessions=4, seconds=30, seed=101, clocks="coarse", impacts_per_minute=20, **SMALL))
+    return raw
+
+
+@pytest.mark.slow
+def test_coarse_clocks_recovered_within_half_a_frame_on_held_back_seeds(coarse_raw, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.sync import SYNC_COLUMNS, sync_raw
+
+    out = tmp_path / "sync.parquet"
+    result = sync_raw(coarse_raw, out=out)
+    rows = [r for r in result.rows if r.stream != "video"]
+    assert len(rows) == 16
+    confident = [r for r in rows if r.estimated_offset_s is not None]
+    within = [r for r in confident if abs(_error_s(r, _truth(coarse_raw, r.session))) <= r.tolerance_s]
+    assert len(within) >= 0.95 * len(rows), [(r.session, r.stream, r.status, r.reason) for r in rows]
+    for r in confident:  # never confidently wrong by more than a frame period
+        assert abs(_error_s(r, _truth(coarse_raw, r.session))) <= 2 * r.tolerance_s
+    table = pq.read_table(out)
+    assert tuple(table.column_names[: len(SYNC_COLUMNS)]) == SYNC_COLUMNS and table.num_rows == 20
+    assert set(table.column("status").to_pylist()) <= {"agrees", "mismatch", "unsynchronisable"}
+
+
+@pytest.mark.slow
+def test_write_manifest_corrects_clocks_outside_raw(coarse_raw, tmp_path):
+    from pipelines.sync import sync_raw
+    from schemas.errors import UserError
+    from schemas.manifest import load_manifest
+
+    before = (coarse_raw / "s101_000" / "manifest.json").read_bytes()
+    with pytest.raises(UserError, match="outside RAW"):
+        sync_raw(coarse_raw, write_manifest=coarse_raw / "fixed")
+    out = tmp_path / "fixed"
+    result = sync_raw(coarse_raw, write_manifest=out)
+    assert (coarse_raw / "s101_000" / "manifest.json").read_bytes() == before
+    fixed_ok = 0
+    for r in result.rows:
+        if r.stream == "video":
+            continue
+        truth = _truth(coarse_raw, r.session)
+        clock = getattr(load_manifest(out / r.session / "manifest.json").streams, r.stream).clock
+        c = truth["clocks"][r.stream]
+        err = sync.clock_error_s(clock.offset_s, clock.drift_ppm, c["offset_s"], c["drift_ppm"],
+                                 _stream_mid(truth, r.stream))  # fmt: skip
+        if r.status == "mismatch":
+            assert abs(err) <= r.tolerance_s
+            fixed_ok += 1
+    assert fixed_ok >= 12
+
+
+@pytest.mark.slow
+def test_verify_flags_every_wrong_stream_and_no_right_one(tmp_path):
+    from bindset.synth.generate import SynthConfig, synth
+    from pipelines.sync import sync_raw
+
+    synth(tmp_path, SynthConfig(sessions=4, seconds=30, seed=202, clocks="wrong", impacts_per_minute=20, **SMALL))
+    result = sync_raw(tmp_path)
+    flagged, wrong = set(), set()
+    for r in result.rows:
+        truth = _truth(tmp_path, r.session)
+        if truth["declared_clocks"][r.stream] != truth["clocks"][r.stream]:
+            wrong.add((r.session, r.stream))
+        if r.status == "mismatch":
+            flagged.add((r.session, r.stream))
+        assert r.status != "unsynchronisable", (r.session, r.stream, r.reason)
+    assert wrong and flagged == wrong
+
+
+def test_cli_sync_prints_rows_and_writes_the_table(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from bindset.cli import main
+    from bindset.synth.generate import SynthConfig, synth
+
+    raw = tmp_path / "raw"
+    synth(raw, SynthConfig(sessions=1, seconds=12, seed=43, clocks="coarse", impacts_per_minute=30, **TINY))
+    out = tmp_path / "sync.parquet"
+    assert main(["sync", str(raw), "--out", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "s043_000 imu" in text and "sync: 1 session(s)" in text
+    assert pq.read_table(out).num_rows == 5
+    assert main(["sync", str(tmp_path / "nope"), "--out", str(out), "-q"]) == 2

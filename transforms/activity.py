@@ -129,9 +129,12 @@ def regular(times_s: np.ndarray, x: np.ndarray, rate_hz: float) -> tuple[float, 
     return float(times_s[0]), np.stack([np.interp(grid, times_s, c) for c in x])
 
 
-def imu_flux(times_s: np.ndarray, gyro: np.ndarray, rate_hz: float = 200.0, win_s: float = 0.16,
+def imu_flux(times_s: np.ndarray, gyro: np.ndarray, rate_hz: float = 200.0, win_s: float = 0.04,
              hop_s: float = 0.01) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Multichannel spectral flux of a (3, N) gyro (rad/s) sampled at ``times_s`` (irregular allowed)."""
+    """Multichannel spectral flux of a (C, N) IMU signal sampled at ``times_s`` (irregular allowed).
+
+    Gyro (rad/s) alone, or accel and gyro together ((6, N), m/s² and rad/s): jolts, steps and starts of
+    motion are sharp peaks; the steady rhythm of walking is not (its spectrum does not change)."""
     t0, g = regular(times_s, gyro, rate_hz)
     return spectral_flux(g, rate_hz, win_s, hop_s, t0)
 
@@ -160,3 +163,91 @@ def novelty(times_s: np.ndarray, x: np.ndarray, rate_hz: float = 100.0, rms_s: f
     before = (c[:, k] - c[:, k - h]) / h
     nov = np.sqrt(((after - before) ** 2).sum(axis=0))
     return t0 + (k - 0.5) / rate_hz, nov
+
+
+# --------------------------------------------------------------------------------- readers (decimated)
+# A separate, cheap pass over the inputs: video decoded and shrunk inside libswscale to a thumbnail, audio
+# resampled to 8 kHz mono by libswresample, frame streams read as reduced images. Nothing here touches the
+# build's decoding path. Times come back on the session timeline through the given clock.
+
+THUMB = (64, 48)  # video thumbnails (W, H): enough for frame differences and global motion
+AUDIO_RATE = 8000
+
+
+def read_video_activity(path, clock, thumb: tuple[int, int] = THUMB, focal_px: float | None = None
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """Frame-difference energy (gray levels) and, with ``focal_px`` (at thumbnail scale), camera rotation.
+
+    ``clock``: anything with ``to_session(t)`` (the video's declared clock). Returns ``{"frames": (t, e)}``
+    plus ``"rotation"`` when asked. Raises av.error.FFmpegError (unreadable file) or ValueError (< 2 frames).
+    """
+    import av
+
+    times, frames = [], []
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            times.append(float(frame.pts * frame.time_base))
+            frames.append(frame.reformat(width=thumb[0], height=thumb[1], format="gray",
+                                         interpolation="AREA").to_ndarray())  # fmt: skip
+    order = np.argsort(times, kind="stable")
+    t = clock.to_session(np.asarray(times, np.float64)[order])
+    frames = [frames[i] for i in order]
+    out = {"frames": frame_difference_energy(frames, t)}
+    if focal_px:
+        out["rotation"] = camera_rotation_rate(frames, t, focal_px)
+    return out
+
+
+def read_audio_activity(path, clock) -> tuple[np.ndarray, np.ndarray]:
+    """Spectral flux of the first audio stream of a file (mono, resampled to ``AUDIO_RATE`` Hz).
+
+    The first decoded sample's time is taken from its frame's pts (0 when missing); later samples follow
+    at the nominal rate, as a decoder plays them. Raises ValueError when there is no audio stream.
+    """
+    import av
+
+    chunks, start = [], None
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ValueError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+        for frame in container.decode(stream):
+            if start is None:
+                start = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    x = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    t, flux = spectral_flux(x, AUDIO_RATE)
+    # stream time of each flux value -> session time (the clock's drift applies to the stream's own seconds)
+    return clock.to_session((start or 0.0) + t), flux
+
+
+def read_frames_activity(files: list, times_s: np.ndarray, reduce: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Frame-difference energy of a depth/thermal PNG sequence (16-bit values as stored), images shrunk.
+
+    ``files``: readable paths in time order; ``times_s``: their session times. Unreadable frames are skipped
+    (their neighbours are compared instead). Raises ValueError when fewer than two frames are readable.
+    """
+    keep_t, frames = [], []
+    for path, t in zip(files, times_s, strict=True):
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            continue
+        if img.ndim == 3:
+            img = img.mean(axis=2)
+        h, w = img.shape[:2]
+        frames.append(cv2.resize(img.astype(np.float32), (max(1, w // reduce), max(1, h // reduce)),
+                                 interpolation=cv2.INTER_AREA))  # fmt: skip
+        keep_t.append(t)
+    if frames and any(f.shape != frames[0].shape for f in frames):
+        raise ValueError("frames change size")
+    return frame_difference_energy(frames, np.asarray(keep_t))

@@ -26,6 +26,8 @@ from bindset.synth.world import (
     FrameRenderer,
     Segment,
     class_at,
+    impact_envelope,
+    plan_impacts,
     plan_timeline,
     render_audio,
     render_depth,
@@ -41,6 +43,8 @@ AUDIO_RATE = 48000
 DEPTH_FPS = 15.0
 THERMAL_FPS = 8.7
 IMU_HZ = 200.0
+CLOCK_MODES = ("exact", "coarse", "wrong")
+SYNC_STREAMS = ("audio", "depth", "thermal", "imu")  # every stream but the reference video
 IMU_COLUMNS = [
     "component_idx",
     "component_timestamp_ms",
@@ -69,6 +73,10 @@ class SynthConfig:
     render_scale: int = 1  # render frames at 1/scale and upscale
     encoder_preset: str = "veryfast"
     encoder_threads: int = 1  # 0 = all cores (output then depends on the core count)
+    # Clock synchronisation ground truth (the defaults write today's files byte for byte):
+    clocks: str = "exact"  # what the captures manifests declare: exact | coarse | wrong (CLOCK_MODES)
+    impacts_per_minute: float = 0.0  # shared sharp events (world.plan_impacts) every stream registers
+    long_drift: bool = False  # depth, thermal, IMU (and a separate audio file) drift by ±20..100 ppm
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,8 @@ class SessionPlan:
     imu_units: tuple[str, str]
     imu_canonical: bool
     clocks: dict[str, TrueClock]
+    declared: dict[str, TrueClock] | None = None  # what the manifest says when it is not the truth
+    impacts: tuple[float, ...] = ()  # session seconds of shared impacts
 
 
 def session_id(seed: int, index: int) -> str:
@@ -123,17 +133,56 @@ def plan_session(cfg: SynthConfig, index: int) -> SessionPlan:
         "thermal": device(50.0, 80.0),
         "imu": device(100.0, 50.0) if realistic else TrueClock(0.0),
     }
+    segments = plan_timeline(rng, cfg.seconds)
+    # Everything below draws from generators of its own, so that the defaults leave the files above unchanged.
+    if cfg.long_drift:
+        clocks = _long_drift(clocks, separate_audio, np.random.default_rng([cfg.seed, index, 11]))
+    impacts = plan_impacts(np.random.default_rng([cfg.seed, index, 10]), cfg.seconds, cfg.impacts_per_minute)
     return SessionPlan(
         index=index,
         session_id=session_id(cfg.seed, index),
         seconds=cfg.seconds,
-        segments=plan_timeline(rng, cfg.seconds),
+        segments=segments,
         fps_mode={1: "29.97", 2: "vfr"}.get(index, "30"),
         separate_audio=separate_audio,
         imu_units=("g", "deg/s") if (realistic and index % 2 == 1) else ("m/s^2", "rad/s"),
         imu_canonical=index != 2,
         clocks=clocks,
+        declared=declared_clocks(clocks, cfg.clocks, np.random.default_rng([cfg.seed, index, 9])),
+        impacts=tuple(float(e) for e in impacts),
     )
+
+
+def _long_drift(clocks: dict[str, TrueClock], separate_audio: bool, rng: np.random.Generator) -> dict:
+    """Drifts of ±20..100 ppm (cheap device oscillators) on every clock but the video's (and its audio's)."""
+    out = dict(clocks)
+    for name in ("depth", "thermal", "imu") + (("audio",) if separate_audio else ()):
+        ppm = round(float(rng.choice([-1, 1]) * rng.uniform(20, 100)), 2)
+        out[name] = TrueClock(clocks[name].offset_s, ppm)
+    return out
+
+
+def declared_clocks(clocks: dict[str, TrueClock], mode: str, rng: np.random.Generator) -> dict | None:
+    """The clocks a manifest declares under ``--clocks`` (None: the truth, ``exact``).
+
+    ``coarse``: every stream but the video off by up to ±1.5 s and no drift declared (a rig synced by wall
+    clock). ``wrong``: one to three of the other streams off by 0.2..1.5 s (either sign), the rest exact.
+    """
+    if mode == "exact":
+        return None
+    if mode not in CLOCK_MODES:
+        raise ConfigError(f"--clocks: unknown mode {mode!r}; choose one of {', '.join(CLOCK_MODES)}")
+    out = dict(clocks)
+    if mode == "coarse":
+        for name in SYNC_STREAMS:
+            out[name] = TrueClock(round(clocks[name].offset_s + float(rng.uniform(-1.5, 1.5)), 6), 0.0)
+        return out
+    wrong = rng.choice(len(SYNC_STREAMS), size=int(rng.integers(1, 4)), replace=False)
+    for k in sorted(int(i) for i in wrong):
+        name = SYNC_STREAMS[k]
+        err = float(rng.choice([-1, 1]) * rng.uniform(0.2, 1.5))
+        out[name] = TrueClock(round(clocks[name].offset_s + err, 6), clocks[name].drift_ppm)
+    return out
 
 
 # ------------------------------------------------------------------------------------ stream writers
@@ -152,6 +201,9 @@ def _audio(plan: SessionPlan, rng: np.random.Generator) -> np.ndarray:
     n = int(np.floor(float(clock.to_stream(plan.seconds)) * AUDIO_RATE))
     t = clock.to_session(np.arange(n) / AUDIO_RATE)
     mono = render_audio(plan.segments, t, AUDIO_RATE, rng)
+    if plan.impacts:  # a thump: a decaying noise burst
+        thump = np.random.default_rng([plan.index, 12]).standard_normal(n)
+        mono = np.clip(mono + 0.6 * impact_envelope(np.asarray(plan.impacts), t) * thump, -1, 1).astype(np.float32)
     # stereo with a little decorrelation, so "first" and "mean" channel modes really differ
     right = 0.8 * mono + 0.01 * rng.standard_normal(n).astype(np.float32)
     return np.stack([mono, right]).astype(np.float32)
@@ -168,6 +220,9 @@ def _write_video(plan: SessionPlan, cfg: SynthConfig, path: Path, with_audio: bo
     def render(pts_s: float) -> np.ndarray:
         t = float(vclock.to_session(pts_s))
         frame = renderer.render(CLASSES[int(class_at(seg, t))], t)
+        if plan.impacts:  # a flash: the picture whitens for a few frames
+            flash = 110.0 * min(1.0, float(impact_envelope(np.asarray(plan.impacts), t)))
+            frame = np.clip(frame.astype(np.float32) + flash, 0, 255).astype(np.uint8)
         if scale > 1:
             frame = cv2.resize(frame, (cfg.width, cfg.height), interpolation=cv2.INTER_LINEAR)
         return frame
@@ -200,7 +255,14 @@ def _write_frames(plan, cfg, folder: Path, name: str, fps: float, size, render) 
         t = float(plan.clocks[name].to_session(t_dev))
         cls = CLASSES[int(class_at(plan.segments, t))]
         fname = f"{k:06d}.png"
-        (frames_dir / fname).write_bytes(media.png_bytes(render(cls, t, size[0], size[1], rng)))
+        img = render(cls, t, size[0], size[1], rng)
+        if plan.impacts:  # everything jolts nearer (depth) or a warm puff passes (thermal, +15 K)
+            env = min(1.0, float(impact_envelope(np.asarray(plan.impacts), t)))
+            if name == "depth":
+                img = (img.astype(np.float32) * (1 - 0.3 * env)).astype(np.uint16)
+            else:
+                img = np.clip(img.astype(np.float32) + 1500 * env, 0, 65535).astype(np.uint16)
+        (frames_dir / fname).write_bytes(media.png_bytes(img))
         rows.append((fname, f"{t_dev * 1000:.3f}"))
     media.write_csv(folder / f"{name}_timestamps.csv", ["file", "timestamp"], rows)
     return {"frames": len(rows)}
@@ -215,6 +277,9 @@ def _imu_rows(plan: SessionPlan, cfg: SynthConfig, video_aligned: bool) -> list[
     keep = rng.random(n) > 0.004  # a few dropped samples
     t_dev = t_dev[keep]
     data = render_imu(plan.segments, clock.to_session(t_dev), rng)
+    if plan.impacts:  # a jerk on every axis
+        env = impact_envelope(np.asarray(plan.impacts), clock.to_session(t_dev))
+        data = data + env[None, :] * np.array([25.0, 25.0, 25.0, 3.0, 3.0, 3.0])[:, None]
     acc, gyr = data[:3], data[3:]
     if plan.imu_units[0] == "g":
         acc = acc / 9.80665
@@ -234,7 +299,7 @@ def _imu_rows(plan: SessionPlan, cfg: SynthConfig, video_aligned: bool) -> list[
 
 
 def _truth(plan: SessionPlan, layout: str, **files) -> dict:
-    return {
+    truth = {
         "session_id": plan.session_id,
         "layout": layout,
         "seconds": plan.seconds,
@@ -245,10 +310,15 @@ def _truth(plan: SessionPlan, layout: str, **files) -> dict:
         "fps_mode": plan.fps_mode,
         "files": files,
     }
+    if plan.declared is not None:  # keys only when not the defaults: exact truth files stay byte-identical
+        truth["declared_clocks"] = {k: asdict(v) for k, v in plan.declared.items()}
+    if plan.impacts:
+        truth["impacts_s"] = list(plan.impacts)
+    return truth
 
 
 def _manifest(plan: SessionPlan, cfg: SynthConfig) -> dict:
-    c = plan.clocks
+    c = plan.declared or plan.clocks
 
     def clock(name):
         return {"offset_s": c[name].offset_s, "drift_ppm": c[name].drift_ppm}

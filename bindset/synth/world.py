@@ -383,3 +383,31 @@ def render_imu(segments: list[Segment], t_session: np.ndarray, rng: np.random.Ge
             out[3 + cls.gyro_axis, m] += cls.gyro_amp * rng.standard_normal(t.shape[0])
     out += rng.normal(0, 0.02, size=out.shape)  # sensor noise
     return out
+
+
+# ---------------------------------------------------------------------------------------------- impacts
+# Shared events for clock synchronisation: a knock or a drop that every sensor registers at the same session
+# time (a flash and a jolt in the picture, a thump, a dip in depth, a warm puff, a jerk of the IMU). Class
+# changes are shared events too, but a few per session; impacts add sharp ones, as real scenes have.
+
+IMPACT_DECAY_S = 0.06  # exponential decay of every impact's effect
+
+
+def plan_impacts(rng: np.random.Generator, duration_s: float, per_minute: float) -> np.ndarray:
+    """Sorted impact times (session seconds) in [0.5, duration - 0.5), at least 0.6 s apart; none at 0 per minute."""
+    if per_minute <= 0 or duration_s < 1.5:
+        return np.zeros(0)
+    n = max(1, int(round(per_minute * duration_s / 60.0)))
+    times = np.sort(rng.uniform(0.5, duration_s - 0.5, n))
+    keep = np.concatenate([[True], np.diff(times) >= 0.6])
+    return np.round(times[keep], 4)
+
+
+def impact_envelope(impacts: np.ndarray, t: np.ndarray | float) -> np.ndarray:
+    """Sum over impacts of ``exp(-(t - e) / IMPACT_DECAY_S)`` for ``t >= e`` (0 before): a sharp onset."""
+    t = np.asarray(t, np.float64)
+    out = np.zeros_like(t)
+    for e in impacts:  # each impact touches only the samples of its 10 decay times (t may be millions long)
+        m = (t >= e) & (t < e + 10 * IMPACT_DECAY_S)
+        out[m] += np.exp(-(t[m] - e) / IMPACT_DECAY_S)
+    return out
