@@ -41,6 +41,9 @@ from schemas.expectations import (
     COLUMNS,
     COLUMNS_COLUMNS,
     INDEX,
+    PAIRED_STREAMS,
+    REASONS,
+    REASONS_COLUMNS,
     REJECTS,
     ROW_ID,
     SESSIONS,
@@ -51,6 +54,7 @@ from schemas.expectations import (
     QualityThresholds,
     build_suites,
 )
+from schemas.reasons import RejectReason
 from schemas.tables import MEMBERS, member_column
 
 QUALITY = "quality"
@@ -171,9 +175,41 @@ def _clips_table(index: pd.DataFrame) -> pd.DataFrame:
             "shard_split": index["shard"].str.split("-", n=1).str[0],  # (partition() fails on an empty index)
             "layout": index["layout"],
             "clip_duration_s": duration.astype("float64"),
+            "clip_start_s": index["clip_start_s"].astype("float64"),
+            "sync_err_video_ms": _column(index, "sync_err_video_ms"),
         }
     )
+    # pairing errors in each stream's own frame periods (IMU: its sample period); null where either is absent
+    for stream in PAIRED_STREAMS:
+        err = _column(index, f"sync_err_{stream}_ms")
+        if stream == "imu":
+            period = 1000.0 / _column(index, "imu_rate_hz")
+        else:
+            period = _column(index, f"{stream}_frame_period_ms")
+        out[f"sync_{stream}_periods"] = (err / period.where(period > 0)).astype("float64")
     return out[list(CLIPS_COLUMNS)]
+
+
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    """A float column, all null when the table predates it (the index suite reports the schema mismatch)."""
+    if name in df:
+        return df[name].astype("float64")
+    return pd.Series(float("nan"), index=df.index, dtype="float64")
+
+
+def _reasons_table(manifest: dict, rejects: pd.DataFrame, t: QualityThresholds) -> pd.DataFrame:
+    """One row per reject reason code: how many windows it rejected whole or in one modality, and its bound."""
+    planned = int(manifest.get("counts", {}).get("windows_planned", 0))
+    keyed, modality = rejects["key"].notna(), rejects["modality"].notna()
+    codes = sorted({r.value for r in RejectReason} | set(rejects["reason"].dropna()))
+    rows = []
+    for code in codes:
+        mine = rejects["reason"] == code
+        window_rows = int((mine & keyed & ~modality).sum())
+        modality_rows = int((mine & keyed & modality).sum())
+        rate = (window_rows + modality_rows) / planned if planned else 0.0
+        rows.append((code, window_rows, modality_rows, int((mine & ~keyed).sum()), rate, t.reason_rate(code)))
+    return pd.DataFrame(rows, columns=list(REASONS_COLUMNS))
 
 
 def _sessions_table(index: pd.DataFrame) -> pd.DataFrame:
@@ -218,9 +254,15 @@ def _columns_table(tables: dict[str, pa.Table]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS_COLUMNS)).astype({"nonfinite": "int64"})
 
 
-def derive_tables(data: Path, verify_hashes: bool = True) -> dict[str, pd.DataFrame]:
-    """Every table the suites run over, by suite name, as GX will read them."""
+def derive_tables(
+    data: Path, verify_hashes: bool = True, thresholds: QualityThresholds | None = None
+) -> dict[str, pd.DataFrame]:
+    """Every table the suites run over, by suite name, as GX will read them.
+
+    ``thresholds`` gives the per-reason rate bounds the ``reasons`` table carries (default: the defaults).
+    """
     data = Path(data)
+    thresholds = thresholds or QualityThresholds()
     index_pa, rejects_pa = pq.read_table(data / "index.parquet"), pq.read_table(data / "rejects.parquet")
     index, rejects = pd.read_parquet(data / "index.parquet"), pd.read_parquet(data / "rejects.parquet")
     manifest = json.loads((data / "manifest.json").read_text())
@@ -231,6 +273,7 @@ def derive_tables(data: Path, verify_hashes: bool = True) -> dict[str, pd.DataFr
         SHARDS: _shards_table(data, index, verify_hashes),
         SESSIONS: _sessions_table(index),
         BUILD: _build_table(manifest, index, rejects),
+        REASONS: _reasons_table(manifest, rejects, thresholds),
         COLUMNS: _columns_table({INDEX: index_pa, REJECTS: rejects_pa}),
     }
 
@@ -362,7 +405,7 @@ def validate(
     tables_dir.mkdir(parents=True, exist_ok=True)
 
     opened = json.loads(manifest_path.read_text())  # the version validated: checked again before the verdict
-    tables = derive_tables(data, verify_hashes)
+    tables = derive_tables(data, verify_hashes, thresholds)
     for name, df in tables.items():
         if name not in (INDEX, REJECTS):
             df.to_parquet(tables_dir / f"{name}.parquet", index=False)

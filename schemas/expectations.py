@@ -12,23 +12,31 @@ manifest counts vs tables) or needs arithmetic (a clip's duration) cannot be sta
 | `shards`   | derived: `SHARDS_COLUMNS`, from the tars | shard file (tars read, vs index and sizes.json) |
 | `sessions` | derived: `SESSIONS_COLUMNS`             | session (how many splits it landed in)          |
 | `build`    | derived: `BUILD_COLUMNS`, manifest      | build (one row: counts, reject rate)            |
+| `reasons`  | derived: `REASONS_COLUMNS`              | reject reason code (rows, rate and its bound)   |
 | `columns`  | derived: `COLUMNS_COLUMNS`              | float column of index/rejects (non-finite count)|
 
 Every expectation carries ``meta["rule"]``, the promise it checks in words, and ``meta["kind"]``:
-``structure`` rules are exact (one bad row fails the dataset); ``quality`` rules are per-sample figures that
-tolerate a few outliers (``mostly``), because a real capture has the odd dark or silent clip.
+``structure`` rules are exact (one bad row fails the dataset); ``rate`` rules bound how often a reject reason
+occurs; ``quality`` rules (pairing within the stream's own frame period) tolerate a few outliers (``mostly``).
+
+Filters on samples, gates on datasets: a per-sample quality figure beyond its threshold (a silent window, a
+black frame) is not a gate failure but a reject with a reason, made by ``transforms/filters.py`` during the
+build; the gate fails once a reason's rate passes its bound. Input-level rows (key null) are inputs that
+could not be used, or repairs of one modality's file (a duplicated IMU row): reported, never rated.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+
+from pydantic import Field, field_validator
 
 from schemas import modalities
+from schemas.config import StrictConfig
 from schemas.modalities import MEMBERS
 from schemas.reasons import RejectReason
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA, member_column
+from transforms.filters import FilterThresholds
 
 # GX reads this when a context is created; set before the import so no usage statistics are ever sent.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -38,16 +46,30 @@ from great_expectations.expectations.row_conditions import Column  # noqa: E402
 
 E = gx.expectations
 
-INDEX, REJECTS, CLIPS, SHARDS, SESSIONS, BUILD, COLUMNS = (
-    "index", "rejects", "clips", "shards", "sessions", "build", "columns",
+INDEX, REJECTS, CLIPS, SHARDS, SESSIONS, BUILD, REASONS, COLUMNS = (
+    "index", "rejects", "clips", "shards", "sessions", "build", "reasons", "columns",
 )  # fmt: skip
-SUITES = (INDEX, REJECTS, CLIPS, SHARDS, SESSIONS, BUILD, COLUMNS)
+SUITES = (INDEX, REJECTS, CLIPS, SHARDS, SESSIONS, BUILD, REASONS, COLUMNS)
 
 #: Column that names a row of each table in failure reports.
 ROW_ID = {INDEX: "key", REJECTS: "source", CLIPS: "key", SHARDS: "shard", SESSIONS: "session",
-          BUILD: "version", COLUMNS: "column"}  # fmt: skip
+          BUILD: "version", REASONS: "reason", COLUMNS: "column"}  # fmt: skip
 
-CLIPS_COLUMNS = ("key", "session", "split", "shard", "shard_split", "layout", "clip_duration_s")
+#: Streams paired with the clip, and their pairing error in the stream's own frame periods (null when absent).
+PAIRED_STREAMS = ("video", "depth", "thermal", "imu")
+CLIPS_COLUMNS = (
+    "key", "session", "split", "shard", "shard_split", "layout", "clip_duration_s", "clip_start_s",
+    "sync_err_video_ms",  # the first frame's lag into its clip (the first window: the camera's start lag)
+    *(f"sync_{s}_periods" for s in PAIRED_STREAMS),  # sync_err_<s>_ms / <s>_frame_period_ms (IMU: 1/imu_rate_hz)
+)  # fmt: skip
+REASONS_COLUMNS = (
+    "reason",  # every code of schemas/reasons.py, one row each, present or not
+    "window_rows",  # rows of rejects.parquet with this reason that reject a whole window (the sample is lost)
+    "modality_rows",  # ... that reject one modality of a kept sample
+    "input_rows",  # ... without a sample key: a whole input, or an input-level repair of one modality's file
+    "rate",  # (window_rows + modality_rows) / windows planned
+    "max_rate",  # the gate's bound for this reason (QualityThresholds.reason_rate)
+)
 SHARDS_COLUMNS = (
     "shard",  # file name, from the tars on disk, the index and sizes.json together
     "tar_samples",  # samples a WebDataset reader sees (runs of one key), 0 when the file is missing
@@ -79,93 +101,90 @@ SHARD_REGEX = r"^(?:train|val)-[0-9]{6}\.tar$"
 
 #: has_<modality> -> the members that must be in the tar exactly when it is true (frame1.jpg: recordings only).
 MODALITY_MEMBERS = {m.name: (m.member,) for m in modalities.REGISTRY}
-SYNC_STREAMS = tuple(m.name for m in modalities.REGISTRY if m.has_sync)
 
-# Defaults for the pairing tolerances, from the stream rates they are meant for. A paired frame is the
-# nearest one, so it lies within half a frame period; 1 ms on top covers capture-time jitter.
-_JITTER_MS = 1.0
-VIDEO_MIN_FPS = 24.0  # the first frame of a window is at most one frame period after its start
+# Pairing tolerances are in each stream's own frame periods (``<stream>_frame_period_ms`` in the index): a
+# 15 fps webcam's first frame in a window lies up to 66.7 ms in, a 60 fps camera's up to 16.7 ms. The margins
+# above one period (video: the first frame is less than one period in) or half a period (depth and thermal:
+# the nearest frame) cover timestamp rounding and capture jitter.
+VIDEO_SYNC_PERIODS = 1.05
+SIDE_SYNC_PERIODS = 0.55
+IMU_SYNC_PERIODS = 1.05  # nearest sample; one dropped sample moves it a full period
 MEL_HOP_MS = 10.0  # the audio cut is on the 16 kHz grid; half a mel hop is far below what a listener notices
-DEPTH_FPS = 15.0
-THERMAL_FPS = 8.7  # the common uncooled-microbolometer rate
-IMU_MIN_HZ = 150.0
 
 
-@dataclass(frozen=True)
-class QualityThresholds:
-    """What a publishable dataset must satisfy. Quality figures hold for a ``mostly`` share of samples."""
+class QualityThresholds(StrictConfig):
+    """The dataset gate's bounds: structure is exact; reject rates per reason and overall are bounded.
 
-    mostly: float = 0.98
-    min_samples: int = 1
-    # audio: silence and clipping
-    audio_rms_dbfs_min: float = -60.0
-    audio_clipped_frac_max: float = 0.01
-    # frames: black/white, blur, frozen (first vs last frame of a clip)
-    frame_brightness_min: float = 10.0
-    frame_brightness_max: float = 245.0
-    # variance of the Laplacian: clean synthetic frames sit at 250+ (160x120) and 430+ (320x240); a
-    # Gaussian blur of sigma 1 px already brings them to 5..40, a black frame to 0
-    frame_sharpness_min: float = 50.0
-    frame_diff_min: float = 0.5
-    # depth and thermal
-    depth_valid_frac_min: float = 0.5
-    thermal_value_min: float = 0.0  # 16-bit counts / centikelvin, or 8-bit grey
-    thermal_value_max: float = 65535.0
-    # IMU (where a sample has one)
-    imu_rate_hz_min: float = IMU_MIN_HZ
-    imu_rate_hz_max: float = 1000.0
-    imu_max_gap_ms: float = 100.0
-    # |sync error| per stream, ms
-    sync_video_ms: float = 1000.0 / VIDEO_MIN_FPS
-    sync_audio_ms: float = MEL_HOP_MS / 2
-    sync_depth_ms: float = 1000.0 / DEPTH_FPS / 2 + _JITTER_MS
-    sync_thermal_ms: float = 1000.0 / THERMAL_FPS / 2 + _JITTER_MS
-    sync_imu_ms: float = 1000.0 / IMU_MIN_HZ  # nearest sample; one dropped sample moves it a full period
+    Per-sample figures are not gated here: the filters (``transforms/filters.py``, ``FilterThresholds``)
+    turn a figure beyond its threshold into a reject with a reason, and the gate bounds how often each
+    reason occurs. Strict (``schemas/config.py``): a typo or a wrong type raises ``ConfigError`` naming the key.
+    """
+
+    mostly: float = Field(0.98, gt=0, le=1, description="share of samples the pairing (sync) rules must hold for")
+    min_samples: int = Field(1, ge=0, description="the dataset has at least this many samples")
+    # Rates are rows of rejects.parquet that name a sample (window or modality rejects) over planned windows.
+    # A window reject loses the sample; a modality reject keeps it without that modality. One silent video
+    # among a few good ones is a normal dataset: audio_silent is bounded per reason, not per sample.
+    max_reject_rate: float = Field(0.2, ge=0, le=1, description="planned windows rejected whole, at most")
+    max_reason_rate: float = Field(
+        0.5, ge=0, le=1, description="windows rejected (whole or one modality) for any one reason, at most"
+    )
+    reason_rates: dict[str, float] = Field(
+        default_factory=dict, description='per-reason bounds overriding max_reason_rate, e.g. {"audio_silent": 0.1}'
+    )
+    # pairing, in the stream's own frame periods (audio: on the 16 kHz grid, in ms)
+    sync_video_periods: float = Field(
+        VIDEO_SYNC_PERIODS, ge=0, description="first frame's lag into its clip, in video frame periods"
+    )
+    sync_depth_periods: float = Field(
+        SIDE_SYNC_PERIODS, ge=0, description="|depth pairing error| in depth frame periods"
+    )
+    sync_thermal_periods: float = Field(
+        SIDE_SYNC_PERIODS, ge=0, description="|thermal pairing error| in thermal frame periods"
+    )
+    sync_imu_periods: float = Field(IMU_SYNC_PERIODS, ge=0, description="|IMU centre error| in IMU sample periods")
+    sync_audio_ms: float = Field(MEL_HOP_MS / 2, ge=0, description="|audio pairing error| (ms)")
     # A camera that starts after the session's clock zero leaves the first window's first frame late by
-    # its start lag; that window gets this bound instead of sync_video_ms.
-    video_start_lag_ms: float = 500.0
+    # its start lag; that window gets this bound instead of sync_video_periods.
+    video_start_lag_ms: float = Field(500.0, ge=0, description="first window's first frame may lag this much (ms)")
     # clips (non-still layouts)
-    clip_duration_s: float = 2.0
-    clip_duration_tol_s: float = 1e-6
-    # build
-    max_reject_rate: float = 0.2
+    clip_duration_s: float = Field(2.0, gt=0, description="clip length of recordings (s)")
+    clip_duration_tol_s: float = Field(1e-6, ge=0, description="tolerance on the clip length (s)")
 
-    def __post_init__(self):
-        if not 0 < self.mostly <= 1:
-            raise ValueError("mostly must be in (0, 1]")
-        for f in fields(self):
-            if f.name.startswith("sync_") and getattr(self, f.name) < 0:
-                raise ValueError(f"{f.name} must not be negative")
+    @field_validator("reason_rates")
+    @classmethod
+    def _known_reasons(cls, value: dict[str, float]) -> dict[str, float]:
+        known = {r.value for r in RejectReason}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown reject reason(s) {', '.join(unknown)} (codes of schemas/reasons.py)")
+        bad = sorted(k for k, v in value.items() if not 0 <= v <= 1)
+        if bad:
+            raise ValueError(f"rates must be within [0, 1]: {', '.join(bad)}")
+        return dict(sorted(value.items()))
 
-    def sync_tolerance_ms(self, stream: str) -> float:
-        return float(getattr(self, f"sync_{stream}_ms"))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def reason_rate(self, reason: str) -> float:
+        """The bound on one reason's rate: its own, else ``max_reason_rate``."""
+        return float(self.reason_rates.get(reason, self.max_reason_rate))
 
     @classmethod
     def from_file(cls, path: os.PathLike | str) -> QualityThresholds:
-        """A JSON object of overrides; an unknown name is an error (a typo must not pass silently)."""
-        import json
+        """The ``gate`` part of a thresholds file (see :class:`Thresholds`)."""
+        return Thresholds.from_file(path).gate
 
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read quality thresholds: {exc}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: quality thresholds must be a JSON object")
-        try:
-            return cls.from_dict(data)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
 
-    @classmethod
-    def from_dict(cls, data: dict) -> QualityThresholds:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown quality threshold(s): {', '.join(unknown)}")
-        return cls(**data)
+class Thresholds(StrictConfig):
+    """A ``--thresholds`` file: the per-sample filters and the dataset gate, each optional.
+
+        {"filters": {"frame_sharpness_min": 5.0}, "gate": {"reason_rates": {"audio_silent": 0.3}}}
+
+    JSON or YAML. ``bindset build`` takes ``filters`` into ``BuildConfig.filters`` (part of the unit
+    fingerprint: a changed filter rebuilds the units) and ``gate`` into the validation after the build;
+    ``bindset validate`` reads only ``gate``.
+    """
+
+    filters: FilterThresholds = Field(default_factory=FilterThresholds, description="per-sample quality filters")
+    gate: QualityThresholds = Field(default_factory=QualityThresholds, description="dataset gate bounds")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -182,6 +201,10 @@ def _exact(cls, rule: str, **kw):
 
 def _quality(cls, rule: str, t: QualityThresholds, **kw):
     return cls(meta=_meta(rule, "quality"), notes=rule, mostly=t.mostly, **kw)
+
+
+def _rate(cls, rule: str, **kw):
+    return cls(meta=_meta(rule, "rate"), notes=rule, **kw)
 
 
 def _is(column: str, value):
@@ -238,48 +261,10 @@ def index_suite(t: QualityThresholds) -> gx.ExpectationSuite:
         _exact(E.ExpectColumnPairValuesAToBeGreaterThanB, "the last frame does not precede the first",
                column_A="frame1_t_s", column_B="frame0_t_s", or_equal=True, ignore_row_if="either_value_is_missing"),
     ]  # fmt: skip
-    # quality figures
-    ex += [
-        _quality(E.ExpectColumnValuesToBeBetween, "audio is not silent", t, column="audio_rms_dbfs",
-                 min_value=t.audio_rms_dbfs_min),
-        _quality(E.ExpectColumnValuesToBeBetween, "audio is not clipped", t, column="audio_clipped_frac",
-                 min_value=0.0, max_value=t.audio_clipped_frac_max),
-        _quality(E.ExpectColumnValuesToBeBetween, "frames are neither black nor white", t, column="frame_brightness",
-                 min_value=t.frame_brightness_min, max_value=t.frame_brightness_max),
-        _quality(E.ExpectColumnValuesToBeBetween, "frames are not blurred or flat", t, column="frame_sharpness",
-                 min_value=t.frame_sharpness_min),
-        _quality(E.ExpectColumnValuesToBeBetween, "video is not frozen (first and last frame differ)", t,
-                 column="frame_diff", min_value=t.frame_diff_min),
-        _quality(E.ExpectColumnValuesToBeBetween, "depth frames are mostly valid pixels", t,
-                 column="depth_valid_frac", min_value=t.depth_valid_frac_min, max_value=1.0),
-        _quality(E.ExpectColumnValuesToBeBetween, "thermal values are plausible counts", t, column="thermal_min",
-                 min_value=t.thermal_value_min, max_value=t.thermal_value_max),
-        _quality(E.ExpectColumnValuesToBeBetween, "thermal values are plausible counts", t, column="thermal_max",
-                 min_value=t.thermal_value_min, max_value=t.thermal_value_max),
-        _quality(E.ExpectColumnPairValuesAToBeGreaterThanB, "thermal frames are not flat (dead sensor)", t,
-                 column_A="thermal_max", column_B="thermal_min", or_equal=False,
-                 ignore_row_if="either_value_is_missing"),
-        _quality(E.ExpectColumnValuesToBeBetween, "IMU rate is plausible where a sample has IMU", t,
-                 column="imu_rate_hz", min_value=t.imu_rate_hz_min, max_value=t.imu_rate_hz_max,
-                 row_condition=_is("has_imu", True)),
-        _quality(E.ExpectColumnValuesToBeBetween, "the IMU track has no gap in a window", t,
-                 column="imu_max_gap_ms", min_value=0.0, max_value=t.imu_max_gap_ms),
-    ]  # fmt: skip
-    # pairing: each stream's paired item lies within its tolerance of the clip's first video frame
-    lag = t.video_start_lag_ms
-    tol = t.sync_tolerance_ms("video")
-    ex += [
-        _quality(E.ExpectColumnValuesToBeBetween, "the first frame is at most one frame period into its clip", t,
-                 column="sync_err_video_ms", min_value=-tol, max_value=tol, row_condition=Column("clip_start_s") > 0),
-        _quality(E.ExpectColumnValuesToBeBetween, "the camera starts at most video_start_lag_ms late", t,
-                 column="sync_err_video_ms", min_value=-tol, max_value=lag, row_condition=_is("clip_start_s", 0.0)),
-    ]  # fmt: skip
-    for stream in SYNC_STREAMS[1:]:
-        tol = t.sync_tolerance_ms(stream)
-        ex.append(
-            _quality(E.ExpectColumnValuesToBeBetween, f"{stream} is paired within {tol:.3g} ms", t,
-                     column=f"sync_err_{stream}_ms", min_value=-tol, max_value=tol)
-        )  # fmt: skip
+    # audio pairing, on the 16 kHz grid (the other streams' pairing is in frame periods: the clips suite)
+    tol = t.sync_audio_ms
+    ex.append(_quality(E.ExpectColumnValuesToBeBetween, f"audio is paired within {tol:g} ms", t,
+                       column="sync_err_audio_ms", min_value=-tol, max_value=tol))  # fmt: skip
     return _suite(INDEX, ex)
 
 
@@ -293,8 +278,11 @@ def rejects_suite(t: QualityThresholds) -> gx.ExpectationSuite:
                column="reason", value_set=sorted(r.value for r in RejectReason)),
         _exact(E.ExpectColumnValuesToBeInSet, "a modality reject names a known modality",
                column="modality", value_set=list(modalities.NAMES)),
-        _exact(E.ExpectColumnValuesToNotBeNull, "a modality reject names its sample",
-               column="key", row_condition=Column("modality").is_not_null()),
+        # key null: a whole input (modality null), or one modality's file as a whole (a repair such as a
+        # dropped duplicate IMU row, or a stream unusable for every window); such rows have no time range.
+        # key set: a window (modality null) or one modality of it.
+        _exact(E.ExpectColumnValuesToNotBeNull, "a modality reject of a time range names its sample",
+               column="key", row_condition=Column("modality").is_not_null() & Column("start_s").is_not_null()),
         _exact(E.ExpectColumnValuesToMatchRegex, "reject keys are sample keys", column="key", regex=KEY_REGEX),
         _exact(E.ExpectColumnPairValuesAToBeGreaterThanB, "a rejected window does not end before it starts",
                column_A="end_s", column_B="start_s", or_equal=True, ignore_row_if="either_value_is_missing"),
@@ -303,12 +291,24 @@ def rejects_suite(t: QualityThresholds) -> gx.ExpectationSuite:
 
 def clips_suite(t: QualityThresholds) -> gx.ExpectationSuite:
     lo, hi = t.clip_duration_s - t.clip_duration_tol_s, t.clip_duration_s + t.clip_duration_tol_s
-    return _suite(CLIPS, [
+    v, lag = t.sync_video_periods, t.video_start_lag_ms
+    ex = [
         _exact(E.ExpectColumnPairValuesToBeEqual, "a sample sits in a shard of its own split",
                column_A="split", column_B="shard_split"),
         _exact(E.ExpectColumnValuesToBeBetween, f"clips last exactly {t.clip_duration_s:g} s (recordings)",
                column="clip_duration_s", min_value=lo, max_value=hi),
-    ])  # fmt: skip
+        # pairing: each stream's paired item within its tolerance, in the stream's own frame periods
+        _quality(E.ExpectColumnValuesToBeBetween, f"the first frame is at most {v:g} of its frame periods into "
+                 "its clip", t, column="sync_video_periods", min_value=0.0, max_value=v,
+                 row_condition=Column("clip_start_s") > 0),
+        _quality(E.ExpectColumnValuesToBeBetween, f"the camera starts at most {lag:g} ms late", t,
+                 column="sync_err_video_ms", min_value=0.0, max_value=lag, row_condition=_is("clip_start_s", 0.0)),
+    ]  # fmt: skip
+    for stream in PAIRED_STREAMS[1:]:
+        tol = float(getattr(t, f"sync_{stream}_periods"))
+        ex.append(_quality(E.ExpectColumnValuesToBeBetween, f"{stream} is paired within {tol:g} of its periods", t,
+                           column=f"sync_{stream}_periods", min_value=-tol, max_value=tol))  # fmt: skip
+    return _suite(CLIPS, ex)
 
 
 def shards_suite(t: QualityThresholds) -> gx.ExpectationSuite:
@@ -345,8 +345,17 @@ def build_suite(t: QualityThresholds) -> gx.ExpectationSuite:
                column_A="rejects_rows", column_B="reject_rows"),
         _exact(E.ExpectColumnPairValuesToBeEqual, "every planned window is a sample or a window reject",
                column_A="accounted", column_B="windows_planned"),
-        _exact(E.ExpectColumnMaxToBeBetween, f"at most {t.max_reject_rate:.0%} of planned windows are rejected",
-               column="reject_rate", min_value=0.0, max_value=t.max_reject_rate),
+        _rate(E.ExpectColumnMaxToBeBetween, f"at most {t.max_reject_rate:.0%} of planned windows are rejected",
+              column="reject_rate", min_value=0.0, max_value=t.max_reject_rate),
+    ])  # fmt: skip
+
+
+def reasons_suite(t: QualityThresholds) -> gx.ExpectationSuite:
+    return _suite(REASONS, [
+        _exact(E.ExpectColumnValuesToBeUnique, "one row per reason code", column="reason"),
+        _rate(E.ExpectColumnPairValuesAToBeGreaterThanB, "no reject reason occurs more often than its bound "
+              f"(default {t.max_reason_rate:.0%} of planned windows; gate.reason_rates overrides)",
+              column_A="max_rate", column_B="rate", or_equal=True),
     ])  # fmt: skip
 
 
@@ -360,12 +369,24 @@ def columns_suite(t: QualityThresholds) -> gx.ExpectationSuite:
 def build_suites(t: QualityThresholds | None = None) -> dict[str, gx.ExpectationSuite]:
     """Every suite, by the name of the table it validates."""
     t = t or QualityThresholds()
-    makers = (index_suite, rejects_suite, clips_suite, shards_suite, sessions_suite, build_suite, columns_suite)
+    makers = (
+        index_suite,
+        rejects_suite,
+        clips_suite,
+        shards_suite,
+        sessions_suite,
+        build_suite,
+        reasons_suite,
+        columns_suite,
+    )
     return {s.name: s for s in (make(t) for make in makers)}
 
 
 __all__ = [
     "QualityThresholds",
+    "Thresholds",
+    "REASONS_COLUMNS",
+    "PAIRED_STREAMS",
     "build_suites",
     "SUITES",
     "ROW_ID",

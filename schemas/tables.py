@@ -47,8 +47,11 @@ INDEX_SCHEMA = pa.schema(
         _f64("thermal_max"),
         _f64("imu_rate_hz"),
         _f64("imu_max_gap_ms"),
+        _f64("imu_saturated_frac"),  # share of the stored IMU steps on a flat top at full scale (filters.py)
         # distance between the frame a modality was paired with and the first video frame
         *[_f64(m.sync_column) for m in REGISTRY if m.has_sync],
+        # each paired frame stream's own frame period: the pairing tolerances are in these units
+        *[_f64(f"{m}_frame_period_ms") for m in ("video", "depth", "thermal")],
         # video geometry applied to the coded frames (transforms/media.py): the counter-clockwise rotation
         # of the display matrix / rotate tag (0, 90, 180, 270), and the pixel aspect ratio (stored at 1:1)
         pa.field("video_rotation_deg", pa.int32(), nullable=True),

@@ -1,13 +1,16 @@
-"""The data-quality gate: clean synthetic data passes every contract; each planted defect breaks its own.
+"""Filters on samples, gates on datasets: clean data passes; each planted defect is caught by the filter that owns
+it; the gate fails once a reason's rate passes its bound; routine repairs and one silent video do not fail it.
 
-Two builds in all: the clean captures, and a copy of them with every RAW defect planted, each in a session
-of its own. DATA defects go into copies of the clean build.
+Three builds in all: the clean captures; a copy of them with every RAW defect planted (two or three per session,
+on different modalities); a small `videos` folder (a 15 fps camera off the window grid, a silent video). DATA
+defects go into copies of the clean build.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,25 +23,40 @@ from bindset.synth import defects as D
 from bindset.synth.generate import SynthConfig, synth
 from pipelines.build import EngineConfig, build
 from pipelines.validate import ValidationOutcome, derive_tables, validate
+from schemas.config import ConfigError
 from schemas.expectations import QualityThresholds, build_suites
 from transforms.config import BuildConfig
 
 SESSIONS = [f"s000_{i:03d}" for i in range(5)]
-# session -> (defect, session-time range); the 8 s sessions have clips at 0, 2, 4 and 6 s
+# defect -> (session, session-time range); the 8 s sessions have clips at 0, 2, 4 and 6 s, and IMU (5 s windows)
+# only at 2 and 4 s. Defects that share a session touch different modalities.
 RAW_DEFECTS = {
     "silence_audio": (SESSIONS[0], 1.5, 6.5),  # audio in the video container: AAC re-encoded, video copied
+    "flat_thermal": (SESSIONS[0], 2.0, 6.0),
+    "saturate_imu": (SESSIONS[0], None, None),  # the whole track: a sensor whose range is too small
     "black_video": (SESSIONS[1], 2.0, 6.0),
     "freeze_video": (SESSIONS[2], 2.0, 6.0),  # the variable-frame-rate session
     "depth_dropout": (SESSIONS[3], 2.0, 6.0),
+    "clip_audio": (SESSIONS[3], 2.0, 6.0),
     "imu_gap": (SESSIONS[4], 3.8, 4.2),  # inside the 5 s IMU windows of the clips at 2 and 4 s
+    "blur_video": (SESSIONS[4], 6.0, 8.0),
 }
-# defect -> (suite, expectation type, column) that must fail, on the defect's session only
+# defect -> (reason, modality rejected (None: the window), clip starts in ms that must carry it)
 RAW_CAUGHT_BY = {
-    "silence_audio": ("index", "expect_column_values_to_be_between", "audio_rms_dbfs"),
-    "black_video": ("index", "expect_column_values_to_be_between", "frame_brightness"),
-    "freeze_video": ("index", "expect_column_values_to_be_between", "frame_diff"),
-    "depth_dropout": ("index", "expect_column_values_to_be_between", "depth_valid_frac"),
-    "imu_gap": ("index", "expect_column_values_to_be_between", "imu_max_gap_ms"),
+    "silence_audio": ("audio_silent", "audio", {2000, 4000}),
+    "flat_thermal": ("thermal_flat", "thermal", {2000, 4000}),
+    "saturate_imu": ("imu_saturated", "imu", {2000, 4000}),
+    "black_video": ("frame_black", None, {2000, 4000}),
+    "freeze_video": ("frame_frozen", None, {2000, 4000}),
+    "depth_dropout": ("depth_invalid", "depth", {2000, 4000}),
+    "clip_audio": ("audio_clipped", "audio", {2000, 4000}),
+    "imu_gap": ("imu_gap", "imu", {2000, 4000}),
+    "blur_video": ("frame_blurred", None, {6000}),
+}
+# routine input faults the build repairs: (session, the file named by the repair row, its modality)
+RAW_REPAIRS = {
+    "duplicate_imu_row": (SESSIONS[3], "imu.csv", "imu"),
+    "duplicate_depth_timestamp": (SESSIONS[4], "depth_timestamps.csv", "depth"),
 }
 
 
@@ -70,10 +88,18 @@ def clean(raw, tmp_path_factory) -> tuple[Path, ValidationOutcome]:
 def defective(raw, tmp_path_factory) -> tuple[Path, ValidationOutcome, dict]:
     bad_raw = tmp_path_factory.mktemp("bad") / "raw"
     shutil.copytree(raw, bad_raw)
-    planted = {name: getattr(D, name)(bad_raw, s, a, b) for name, (s, a, b) in RAW_DEFECTS.items()}
+    planted = {
+        name: getattr(D, name)(bad_raw, s) if a is None else getattr(D, name)(bad_raw, s, a, b)
+        for name, (s, a, b) in RAW_DEFECTS.items()
+    }
+    planted |= {name: D.RAW_REPAIRS[name](bad_raw, s) for name, (s, _, _) in RAW_REPAIRS.items()}
     data = bad_raw.parent / "data"
     build(bad_raw, data, BuildConfig(), EngineConfig("local"))
     return data, validate(data), planted
+
+
+def _rejects(data: Path) -> pd.DataFrame:
+    return pd.read_parquet(data / "rejects.parquet")
 
 
 @pytest.fixture
@@ -107,34 +133,70 @@ def test_raw_defects_were_planted(defective):
 
 
 @pytest.mark.parametrize("defect", sorted(RAW_DEFECTS))
-def test_raw_defect_fails_its_expectation(defective, defect):
-    data, outcome, _ = defective
+def test_each_planted_defect_is_caught_by_its_filter(defective, defect):
+    data, _, _ = defective
     session = RAW_DEFECTS[defect][0]
-    (result,) = [r for r in _result(outcome, *RAW_CAUGHT_BY[defect]) if r.kind == "quality"]
-    assert not result.success, result
-    assert result.failing_rows, result
-    keys = set(pd.read_parquet(data / "index.parquet", columns=["key", "session"]).query("session == @session").key)
-    # the expectation fails on the planted session's clips at 2 and 4 s...
-    assert {f"{session}_000002000", f"{session}_000004000"} <= set(result.failing_rows), result
-    if defect != "freeze_video":  # ...and only there (a black clip is frozen too: frame_diff also sees it)
-        assert set(result.failing_rows) <= keys, result
+    reason, modality, starts = RAW_CAUGHT_BY[defect]
+    rejects = _rejects(data)
+    mine = rejects[rejects.reason == reason]
+    # the filter's reason on the planted session's windows...
+    assert {f"{session}_{ms:09d}" for ms in starts} <= set(mine.key), mine
+    # ...and only there, as a rejected modality (the sample is kept without it) or a rejected window
+    assert set(mine.session) == {session}, mine
+    index = pd.read_parquet(data / "index.parquet").set_index("key")
+    if modality is None:
+        assert mine.modality.isna().all() and not set(mine.key) & set(index.index)
+    else:
+        assert (mine.modality == modality).all()
+        kept = index.loc[sorted(mine.key)]
+        assert not kept[f"has_{modality}"].any() and kept.has_video.all()
+    assert mine.detail.str.len().gt(0).all()
 
 
-def test_failing_dataset_is_kept_but_not_published(defective):
+def test_defective_dataset_fails_on_rates_only(defective):
     data, outcome, _ = defective
+    # five windows of twenty are rejected whole (black 2, frozen 2, blurred 1): 25 % > the 20 % bound
     assert not outcome.passed
+    failed = {(r.suite, r.expectation, r.column): r for r in outcome.failed}
+    assert set(failed) == {("build", "expect_column_max_to_be_between", "reject_rate")}, list(failed)
+    assert failed[("build", "expect_column_max_to_be_between", "reject_rate")].observed == pytest.approx(0.25)
+    assert {r.kind for r in outcome.failed} == {"rate"}
     v = json.loads((data / "manifest.json").read_text())["validation"]
     assert v["status"] == "failed" and v["published"] is False
-    listed = {(f["suite"], f["expectation"], f["column"]) for f in v["failed_expectations"]}
-    assert set(RAW_CAUGHT_BY.values()) <= listed == _failed(outcome)
     assert (data / "index.parquet").exists() and list((data / "shards").glob("*.tar"))
     assert outcome.docs_index.exists()
 
 
-def test_raw_defects_break_nothing_structural(defective):
-    # every failure is a quality figure: the build stayed consistent with its shards and manifest
-    _, outcome, _ = defective
-    assert {r.kind for r in outcome.failed} == {"quality"}, [r.line() for r in outcome.failed]
+def test_gate_fails_once_a_reasons_rate_passes_its_bound(defective):
+    data, _, _ = defective
+    planted = {reason for reason, _, _ in RAW_CAUGHT_BY.values()}
+    rates = derive_tables(data)["reasons"].set_index("reason")["rate"]
+    # each planted reason occurs in 1..3 of the 20 planned windows
+    assert all(0.05 <= rates[r] <= 0.15 for r in planted), rates[sorted(planted)]
+    # bounds just above every planted rate: the defects are within them, the gate passes
+    loose = QualityThresholds(max_reject_rate=0.3, reason_rates={r: rates[r] + 0.01 for r in planted})
+    outcome = validate(data, loose)
+    assert outcome.passed, "\n".join(outcome.summary_lines())
+    # one bound just below each planted rate: exactly the planted reasons fail, by name
+    tight = QualityThresholds(max_reject_rate=0.3, reason_rates={r: rates[r] - 0.01 for r in planted})
+    outcome = validate(data, tight)
+    (r,) = outcome.failed
+    assert (r.suite, r.expectation, r.kind) == ("reasons", "expect_column_pair_values_a_to_be_greater_than_b", "rate")
+    assert set(r.failing_rows) == planted
+
+
+def test_repairs_are_reported_and_never_fail_the_gate(defective):
+    data, outcome, planted = defective
+    assert all(planted[name] == 1 for name in RAW_REPAIRS)
+    rejects = _rejects(data)
+    for session, file, modality in RAW_REPAIRS.values():
+        row = rejects[(rejects.source == f"{session}/{file}") & (rejects.reason == "duplicate_timestamps")]
+        assert len(row) == 1, rejects[rejects.session == session]
+        # an input-level repair row: its modality and file, no sample key, no time range
+        assert row.modality.item() == modality and row.key.isna().item() and row.start_s.isna().item()
+    assert not [r for r in outcome.failed if r.suite == "rejects"], [r.line() for r in outcome.failed]
+    reasons = derive_tables(data)["reasons"].set_index("reason")
+    assert reasons.loc["duplicate_timestamps", "input_rows"] == 2 and reasons.loc["duplicate_timestamps", "rate"] == 0
 
 
 def test_duplicated_key(clean_copy):
@@ -174,10 +236,11 @@ def test_member_missing_from_shard(clean_copy):
 
 
 def test_thresholds_are_parameters(clean_copy):
-    outcome = validate(clean_copy, QualityThresholds(frame_sharpness_min=1e9, mostly=0.5))
-    assert _failed(outcome) == {("index", "expect_column_values_to_be_between", "frame_sharpness")}
+    outcome = validate(clean_copy, QualityThresholds(sync_video_periods=0.1, mostly=0.5))
+    # the synthetic cameras' first frames are 0.3..0.7 of a frame period into their clips
+    assert _failed(outcome) == {("clips", "expect_column_values_to_be_between", "sync_video_periods")}
     v = json.loads((clean_copy / "manifest.json").read_text())["validation"]
-    assert v["thresholds"]["frame_sharpness_min"] == 1e9 and v["published"] is False
+    assert v["thresholds"]["sync_video_periods"] == 0.1 and v["published"] is False
 
 
 def test_derived_tables_catch_nonfinite_and_reject_rate(clean_copy):
@@ -202,14 +265,18 @@ def test_derived_tables_catch_nonfinite_and_reject_rate(clean_copy):
 
 
 def test_suites_follow_thresholds():
-    t = QualityThresholds(sync_depth_ms=7.0, audio_rms_dbfs_min=-40.0, mostly=0.9)
-    index = build_suites(t)["index"]
-    by_column = {(e.expectation_type, getattr(e, "column", None)): e for e in index.expectations}
-    depth = by_column[("expect_column_values_to_be_between", "sync_err_depth_ms")]
-    assert (depth.min_value, depth.max_value, depth.mostly) == (-7.0, 7.0, 0.9)
-    assert by_column[("expect_column_values_to_be_between", "audio_rms_dbfs")].min_value == -40.0
-    assert all(e.meta["rule"] and e.meta["kind"] in ("structure", "quality") for e in index.expectations)
-    with pytest.raises(ValueError, match="unknown quality threshold"):
+    t = QualityThresholds(sync_depth_periods=0.3, sync_audio_ms=7.0, max_reject_rate=0.1, mostly=0.9)
+    suites = build_suites(t)
+    clips = {getattr(e, "column", None): e for e in suites["clips"].expectations}
+    depth = clips["sync_depth_periods"]
+    assert (depth.min_value, depth.max_value, depth.mostly) == (-0.3, 0.3, 0.9)
+    index = {getattr(e, "column", None): e for e in suites["index"].expectations}
+    assert index["sync_err_audio_ms"].max_value == 7.0
+    build_rate = {getattr(e, "column", None): e for e in suites["build"].expectations}["reject_rate"]
+    assert build_rate.max_value == 0.1 and build_rate.meta["kind"] == "rate"
+    for suite in suites.values():
+        assert all(e.meta["rule"] and e.meta["kind"] in ("structure", "quality", "rate") for e in suite.expectations)
+    with pytest.raises(ConfigError, match="unknown key"):
         QualityThresholds.from_dict({"frame_sharpness": 3})
 
 
@@ -219,16 +286,16 @@ def test_cli_validate_exit_codes_and_thresholds_file(clean_copy, tmp_path, capsy
     assert main(["validate", str(clean_copy)]) == 0
     assert "validate: PASSED" in capsys.readouterr().out
     strict = tmp_path / "strict.json"
-    strict.write_text(json.dumps({"min_samples": 10**9}))
+    strict.write_text(json.dumps({"gate": {"min_samples": 10**9}}))
     assert main(["validate", str(clean_copy), "--thresholds", str(strict)]) == 1
     out = capsys.readouterr().out
     assert "validate: FAILED" in out
     v = json.loads((clean_copy / "manifest.json").read_text())["validation"]
     assert v["status"] == "failed" and v["published"] is False
     typo = tmp_path / "typo.json"
-    typo.write_text(json.dumps({"max_reject_rat": 0.1}))
+    typo.write_text(json.dumps({"gate": {"max_reject_rat": 0.1}}))
     assert main(["validate", str(clean_copy), "--thresholds", str(typo)]) == 2
-    assert "unknown quality threshold(s): max_reject_rat" in capsys.readouterr().err
+    assert "gate.max_reject_rat: unknown key" in capsys.readouterr().err
 
 
 def test_cli_build_validates_by_default_and_report_prints_verdict(raw, tmp_path, capsys):
@@ -250,3 +317,71 @@ def test_cli_build_validates_by_default_and_report_prints_verdict(raw, tmp_path,
     assert "validation skipped" in capsys.readouterr().out
     v = json.loads((skipped / "manifest.json").read_text())["validation"]
     assert v["status"] == "not_run" and v.get("published", False) is False
+
+
+# ------------------------------------------------------------------------------ real-world kinds, `videos`
+
+
+def _ffmpeg(out: Path, *, fps: int, shift_ms: int, audio: str, seconds: float = 4.0) -> None:
+    """A tiny MKV: a moving test pattern at ``fps`` whose frames sit ``shift_ms`` off the 0, 1/fps, ... grid.
+
+    Millisecond frame times (the shift survives encoding) and PCM audio (no encoder delay to shift the start).
+    """
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-t", str(seconds), "-f", "lavfi", "-i", f"testsrc2=size=96x64:rate={fps}",
+         "-t", str(seconds), "-f", "lavfi", "-i", audio, "-vf", f"settb=1/1000,setpts=PTS+{shift_ms}",
+         "-c:v", "libx264", "-preset", "veryfast", "-g", str(fps), "-fps_mode", "passthrough",
+         "-enc_time_base", "1:1000", "-c:a", "pcm_s16le", str(out)],
+        check=True,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> tuple[Path, ValidationOutcome]:
+    raw = tmp_path_factory.mktemp("videos") / "raw"
+    raw.mkdir()
+    tone = "sine=frequency=440:sample_rate=16000"
+    # a 15 fps webcam whose first frame in each window lies 60 ms in: nine tenths of its own frame period
+    _ffmpeg(raw / "webcam15.mkv", fps=15, shift_ms=60, audio=tone)
+    _ffmpeg(raw / "camera25.mkv", fps=25, shift_ms=0, audio=tone)
+    _ffmpeg(raw / "silent.mkv", fps=25, shift_ms=0, audio="anullsrc=r=16000:cl=mono")  # a real silent video
+    data = raw.parent / "data"
+    build(raw, data, BuildConfig(), EngineConfig("local"))
+    return data, validate(data)
+
+
+def test_sync_tolerance_follows_each_streams_frame_period(videos):
+    data, outcome = videos
+    index = pd.read_parquet(data / "index.parquet").set_index("key")
+    webcam = index[index.source_video == "webcam15.mkv"]
+    assert len(webcam) == 2
+    assert webcam.video_frame_period_ms.to_numpy() == pytest.approx(1000 / 15)
+    # beyond the old fixed bound of one 24 fps period (41.7 ms), within the webcam's own period (66.7 ms)
+    assert webcam.sync_err_video_ms.to_numpy() == pytest.approx(60.0)
+    clips = derive_tables(data)["clips"].set_index("key")
+    assert clips.loc[webcam.index, "sync_video_periods"].to_numpy() == pytest.approx(0.9)
+    assert index[index.source_video == "camera25.mkv"].video_frame_period_ms.to_numpy() == pytest.approx(40.0)
+    assert outcome.passed, "\n".join(outcome.summary_lines())
+    # the bound is in frame periods: half a period is too tight for the webcam, and names its clip
+    strict = validate(data, QualityThresholds(sync_video_periods=0.5, mostly=1.0))
+    (r,) = strict.failed
+    assert (r.suite, r.column, r.failing_rows) == ("clips", "sync_video_periods", ["webcam15_000002000"])
+
+
+def test_one_silent_video_does_not_fail_the_dataset(videos):
+    data, outcome = videos
+    assert outcome.passed, "\n".join(outcome.summary_lines())
+    rejects = _rejects(data)
+    silent = rejects[rejects.reason == "audio_silent"]
+    # every window of the silent video loses its audio, keeps its sample; the others keep their audio
+    assert set(silent.source) == {"silent.mkv"} and len(silent) == 2 and (silent.modality == "audio").all()
+    index = pd.read_parquet(data / "index.parquet")
+    assert not index[index.source_video == "silent.mkv"].has_audio.any()
+    assert index[index.source_video != "silent.mkv"].has_audio.all()
+    assert index[index.source_video == "silent.mkv"].audio_rms_dbfs.isna().all()  # figures describe what is stored
+    reasons = derive_tables(data)["reasons"].set_index("reason")
+    assert reasons.loc["audio_silent", "rate"] == pytest.approx(2 / 6)
+    # the gate bounds the reason's rate: a dataset that may not hold a silent video says so
+    outcome = validate(data, QualityThresholds(reason_rates={"audio_silent": 0.2}))
+    (r,) = outcome.failed
+    assert r.suite == "reasons" and r.failing_rows == ["audio_silent"]

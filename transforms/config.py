@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from schemas.config import StrictConfig
+from transforms.filters import FilterThresholds
 from transforms.layouts import LAYOUTS
 
 LayoutChoice = Literal[("auto", *LAYOUTS)]
@@ -65,3 +66,9 @@ class BuildConfig(StrictConfig):
         "max(this, 4 s per media second + 2 s per MB) on one file (pipelines/work.py: decode_budget)",
         json_schema_extra={"flag": "--decode-timeout"},
     )  # fmt: skip
+    # per-sample quality filters: a figure beyond its threshold rejects that modality or window with a reason;
+    # part of the config, so a changed threshold changes the unit fingerprint. Set from a --thresholds file's
+    # "filters" (schemas/expectations.py:Thresholds) or a --config file's "filters" mapping; no flag of its own.
+    filters: FilterThresholds = Field(
+        default_factory=FilterThresholds, description="per-sample quality filter thresholds (transforms/filters.py)"
+    )

@@ -20,6 +20,7 @@ import numpy as np
 from schemas import modalities
 from schemas.manifest import ImuUnits
 from schemas.reasons import RejectReason
+from transforms import filters as F
 from transforms import imu as I
 from transforms.config import BuildConfig
 from transforms.framestream import FrameTable, FrameTableError, load_frame_table, pick_frame, read_still_partner
@@ -33,6 +34,7 @@ from transforms.images import (
     load_rgb,
     orient,
     orient_intrinsics,
+    shrink_to_short_side,
     thermal_quality,
 )
 from transforms.layouts import MEDIA_SUFFIXES, ClockSpec, MediaUnit, StillUnit
@@ -246,7 +248,7 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
                     audio_res[ev.audio.id] = ev.audio
                 while nxt < len(windows) and nxt in video_res and (not want_audio or nxt in audio_res):
                     submit(_emit, root, unit, windows[nxt], video_res.pop(nxt), audio_res.pop(nxt, None),
-                           audio_fail, sides, split, cfg, sink)  # fmt: skip
+                           audio_fail, sides, split, cfg, sink, info.frame_period_s)  # fmt: skip
                     nxt += 1
             while nxt < len(windows):  # cannot happen unless a decoder reported fewer windows than asked
                 vw = video_res.pop(nxt, None)
@@ -257,7 +259,7 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
                                                w.start_s, w.end_s))  # fmt: skip
                 else:
                     submit(_emit, root, unit, windows[nxt], vw, audio_res.pop(nxt, None), audio_fail, sides,
-                           split, cfg, sink)  # fmt: skip
+                           split, cfg, sink, info.frame_period_s)  # fmt: skip
                 nxt += 1
             while pending:
                 pending.popleft().result()
@@ -281,8 +283,12 @@ def _load_sides(root: Path, unit: MediaUnit, sink: UnitSink) -> list[_Side]:
 
 
 def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Future, split, cfg: BuildConfig,
-          sink: UnitSink):  # fmt: skip
-    """One window's sample or reject; runs on the writing thread, after ``_load_sides`` there."""
+          sink: UnitSink, video_period_s: float | None = None):  # fmt: skip
+    """One window's sample or reject; runs on the writing thread, after ``_load_sides`` there.
+
+    The quality filters (``cfg.filters``) run here, on the figures of what would be stored: a frame figure
+    beyond its threshold rejects the window, any other rejects its modality only.
+    """
     session = unit.session
     sides: list[_Side] = sides_future.result()
     key = w.key(session)
@@ -292,6 +298,12 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
 
     if vw.first is None:
         sink.reject(Reject(unit.video, vw.reason, vw.detail, session, key, w.start_s, w.end_s))
+        return
+    # one frame in the window (first is last): nothing to compare, so it cannot be called frozen
+    diff = vw.diff if vw.last.t_s != vw.first.t_s else None
+    bad = F.frame_filter(vw.first.brightness, vw.first.sharpness, diff, cfg.filters)
+    if bad is not None:
+        sink.reject(Reject(unit.video, bad.reason, bad.detail, session, key, w.start_s, w.end_s))
         return
     members = dict(zip(modalities.VIDEO.members, (vw.first.jpg, vw.last.jpg), strict=True))  # first, last frame
     row: dict = {
@@ -306,6 +318,7 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
         "frame_sharpness": vw.first.sharpness,
         "frame_diff": vw.diff,
         "sync_err_video_ms": (vw.first.t_s - w.start_s) * 1000.0,
+        "video_frame_period_ms": None if video_period_s is None else video_period_s * 1000.0,
         "video_rotation_deg": vw.rotation_deg,
         "video_sar": vw.sar,
     }
@@ -321,6 +334,8 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
             modality_reject(audio_fail[1], audio_fail[0], audio_fail[2], "audio")
         elif aw.mel is None:
             modality_reject(unit.audio, aw.reject_reason, aw.detail, "audio")
+        elif (bad := F.audio_filter(aw.quality.rms_dbfs, aw.quality.clipped_frac, cfg.filters)) is not None:
+            modality_reject(unit.audio, bad.reason, bad.detail, "audio")
         else:
             members[modalities.AUDIO.member] = npy_bytes(aw.mel)
             row["audio_rms_dbfs"] = aw.quality.rms_dbfs
@@ -341,6 +356,12 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
         if pick.png is None:
             modality_reject(pick.source or side.source, pick.reason, pick.detail, side.name)
             continue
+        figures = _side_figures(side.name, pick.array)
+        bad = _side_filter(side.name, figures, cfg)
+        if bad is not None:
+            modality_reject(pick.source, bad.reason, bad.detail, side.name)
+            continue
+        row.update(figures)
         png = pick.png
         if vw.orientation != 1:
             # a rig's depth/thermal frames share the camera's sensor orientation (they carry no display
@@ -350,10 +371,10 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
         members[modalities.BY_NAME[side.name].member] = png
         row[f"source_{side.name}"] = pick.source
         row[f"sync_err_{side.name}_ms"] = pick.delta_ms
+        row[f"{side.name}_frame_period_ms"] = side.table.period_s * 1000.0 if side.table.period_s > 0 else None
         meta[f"{side.name}_t_s"] = pick.t_s
         spec = getattr(unit, side.name)
         if side.name == "depth":
-            row["depth_valid_frac"] = depth_quality(pick.array)
             meta["depth_units"] = "mm"
             if spec.intrinsics:
                 h, w_px = pick.array.shape[:2]
@@ -363,14 +384,26 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
                     else spec.intrinsics
                 )
         else:
-            q = thermal_quality(pick.array)
-            row["thermal_min"], row["thermal_max"] = q.min, q.max
             meta["thermal_units"] = spec.units
     label, caption, change = _label_for(unit, w)
     if caption:
         members[modalities.TEXT.member] = caption.encode()
     row.update(label=label, caption=caption, label_change=change)
     _finish_sample(sink, split, key, members, row, meta, session, unit.layout, w.start_s, w.end_s)
+
+
+def _side_figures(name: str, arr: np.ndarray) -> dict[str, float]:
+    """The index's quality figures of a stored depth or thermal frame."""
+    if name == "depth":
+        return {"depth_valid_frac": depth_quality(arr)}
+    q = thermal_quality(arr)
+    return {"thermal_min": q.min, "thermal_max": q.max}
+
+
+def _side_filter(name: str, figures: dict[str, float], cfg: BuildConfig) -> F.FilterReject | None:
+    if name == "depth":
+        return F.depth_filter(figures["depth_valid_frac"], cfg.filters)
+    return F.thermal_filter(figures["thermal_min"], figures["thermal_max"], cfg.filters)
 
 
 def _imu_part(side: _Side, w: Window, cfg: BuildConfig, row, members, meta, modality_reject) -> None:
@@ -383,6 +416,11 @@ def _imu_part(side: _Side, w: Window, cfg: BuildConfig, row, members, meta, moda
     if not iw.ok:
         modality_reject(side.source, iw.reason, iw.detail, "imu")
         return
+    saturated = F.imu_saturated_frac(iw.data)
+    if (bad := F.imu_filter(saturated, cfg.filters)) is not None:
+        modality_reject(side.source, bad.reason, bad.detail, "imu")
+        return
+    row["imu_saturated_frac"] = saturated
     members[modalities.IMU.member] = npy_bytes(iw.data)
     t = side.track.t
     i = int(np.clip(np.searchsorted(t, center), 1, len(t) - 1))
@@ -427,7 +465,12 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
             continue
         # stored as meant to be seen; the partner follows the image's tag (framestream, "Still pairs")
         rgb = orient(rgb, header.orientation)
+        rgb = shrink_to_short_side(rgb, cfg.max_short_side)  # the figures describe the stored image
         q = frame_quality(rgb)
+        bad = F.frame_filter(q.brightness, q.sharpness, None, cfg.filters)
+        if bad is not None:
+            sink.reject(Reject(pair.image, bad.reason, bad.detail, pair.session, key))
+            continue
         jpg = encode_frame_jpeg(rgb, max_short_side=cfg.max_short_side, quality=cfg.jpeg_quality)
         members = {modalities.PAIRED_IMAGE.member: jpg}
         row = {
@@ -453,9 +496,15 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
             arr = None
             sink.reject(Reject(pair.partner, exc.reason, str(exc), pair.session, key, modality=pair.kind))
         if arr is not None:
+            figures = _side_figures(pair.kind, arr)
+            bad = _side_filter(pair.kind, figures, cfg)
+            if bad is not None:
+                sink.reject(Reject(pair.partner, bad.reason, bad.detail, pair.session, key, modality=pair.kind))
+                arr = None
+        if arr is not None:
+            row.update(figures)
             members[modalities.BY_NAME[pair.kind].member] = encode_png16(arr)
             if pair.kind == "depth":
-                row["depth_valid_frac"] = depth_quality(arr)
                 meta["depth_units"] = "mm"
                 if pair.intrinsics:
                     # SUN RGB-D's intrinsics.txt is for the image's coded grid, which the depth is registered to
@@ -463,8 +512,6 @@ def _process_stills(root: Path, unit: StillUnit, cfg: BuildConfig, sink: UnitSin
                         pair.intrinsics, header.width, header.height, partner.orientation
                     )
             else:
-                q2 = thermal_quality(arr)
-                row["thermal_min"], row["thermal_max"] = q2.min, q2.max
                 meta["thermal_units"] = "gray8"
         if pair.caption:
             members[modalities.TEXT.member] = pair.caption.encode()

@@ -1,14 +1,24 @@
 """Planted defects: known faults put into synthetic captures (RAW) or into a built dataset (DATA).
 
-Each one is what the quality gate (``bindset validate``) must catch, and each maps to one data contract:
+RAW defects are per-sample faults: the build's filter that owns each turns the affected windows (or one
+modality of them) into rejects with the defect's reason, and the gate (``bindset validate``) fails once that
+reason's rate passes its bound (``reasons``: ``max_rate`` >= ``rate``). Repairs are routine input faults
+the build fixes and reports (an input-level row: modality set, key null); they never fail the gate by
+themselves. DATA defects break one data contract each.
 
-| defect                         | where | caught by (suite: expectation on column)                              |
+| defect                         | where | caught by                                                             |
 |--------------------------------|-------|-----------------------------------------------------------------------|
-| ``silence_audio``              | RAW   | index: values between on ``audio_rms_dbfs``                           |
-| ``black_video``                | RAW   | index: values between on ``frame_brightness``                         |
-| ``freeze_video``               | RAW   | index: values between on ``frame_diff``                               |
-| ``depth_dropout``              | RAW   | index: values between on ``depth_valid_frac``                         |
-| ``imu_gap``                    | RAW   | index: values between on ``imu_max_gap_ms``                           |
+| ``silence_audio``              | RAW   | filter ``audio_silent`` (audio dropped from the sample)               |
+| ``clip_audio``                 | RAW   | filter ``audio_clipped`` (audio dropped from the sample)              |
+| ``black_video``                | RAW   | filter ``frame_black`` (window rejected)                              |
+| ``blur_video``                 | RAW   | filter ``frame_blurred`` (window rejected)                            |
+| ``freeze_video``               | RAW   | filter ``frame_frozen`` (window rejected)                             |
+| ``depth_dropout``              | RAW   | filter ``depth_invalid`` (depth dropped from the sample)              |
+| ``flat_thermal``               | RAW   | filter ``thermal_flat`` (thermal dropped from the sample)             |
+| ``saturate_imu``               | RAW   | filter ``imu_saturated`` (IMU dropped from the sample)                |
+| ``imu_gap``                    | RAW   | ``imu_gap`` (IMU dropped from the sample)                             |
+| ``duplicate_imu_row``          | RAW   | repair: ``duplicate_timestamps`` row (imu, no key); gate passes       |
+| ``duplicate_depth_timestamp``  | RAW   | repair: ``duplicate_timestamps`` row (depth, no key); gate passes     |
 | ``duplicate_key``              | DATA  | index: values unique on ``key``                                       |
 | ``split_leak``                 | DATA  | sessions: values in set {1} on ``n_splits``                           |
 | ``drop_index_row``             | DATA  | shards: pair equal ``tar_samples`` / ``index_samples``                |
@@ -46,6 +56,8 @@ from schemas.tables import INDEX_SCHEMA
 _X264 = {"preset": "veryfast", "crf": "18", "threads": "1", "bframes": "0"}
 
 FrameEdit = Callable[[np.ndarray, float], np.ndarray]  # (rgb frame, session time) -> rgb frame
+# (samples as float in [-1, 1] or int PCM, (channels, n) or (n, channels); session times (n,)) -> samples
+AudioEdit = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -76,11 +88,14 @@ def _rewrite_media(
     audio_clock,
     edit_video: FrameEdit | None = None,
     silence: tuple[float, float] | None = None,
+    edit_audio: AudioEdit | None = None,
 ) -> int:
-    """Re-encode the video frames (edit_video) or the audio track (silence); copy the other's packets.
+    """Re-encode the video frames (edit_video) or the audio track (silence, edit_audio); copy the other's packets.
 
     Returns how many frames (or audio samples) were changed.
     """
+    if silence is not None:
+        edit_audio = _mute(*silence)
     changed = 0
     tmp = path.with_name(f".{path.name}.defect.tmp.mp4")
     with av.open(str(path)) as inp, av.open(str(tmp), "w", format="mp4", options={"fflags": "+bitexact"}) as out:
@@ -93,7 +108,7 @@ def _rewrite_media(
                 o = out.add_stream("libx264", rate=s.average_rate or s.guessed_rate or 30, options=_X264)
                 o.width, o.height, o.pix_fmt = s.codec_context.width, s.codec_context.height, "yuv420p"
                 o.time_base = o.codec_context.time_base = s.time_base
-            elif s is ain and silence is not None:
+            elif s is ain and edit_audio is not None:
                 rate = s.codec_context.sample_rate
                 o = out.add_stream("aac", rate=rate, layout=s.codec_context.layout.name)
                 o.time_base = o.codec_context.time_base = Fraction(1, rate)
@@ -103,7 +118,7 @@ def _rewrite_media(
         for packet in inp.demux(*streams):
             src = packet.stream
             o = outs[src.index]
-            reencode = (src is vin and edit_video is not None) or (src is ain and silence is not None)
+            reencode = (src is vin and edit_video is not None) or (src is ain and edit_audio is not None)
             if not reencode:
                 if packet.dts is not None:
                     packet.stream = o
@@ -120,17 +135,16 @@ def _rewrite_media(
                     x = frame.to_ndarray()  # planar: (channels, n)
                     t0 = float(frame.pts * frame.time_base)
                     t = audio_clock.to_session(t0 + np.arange(x.shape[-1]) / frame.sample_rate)
-                    mute = (t >= silence[0]) & (t < silence[1])
-                    if mute.any():
-                        x = x.copy()
-                        x[..., mute] = 0
-                        changed += int(mute.sum())
+                    y = edit_audio(x, t)
+                    if y is not x:
+                        changed += int(np.any(y != x, axis=0).sum())
+                        x = np.ascontiguousarray(y, dtype=x.dtype)
                     new = av.AudioFrame.from_ndarray(x, format=frame.format.name, layout=frame.layout.name)
                     new.sample_rate = frame.sample_rate
                 new.pts, new.time_base = frame.pts, frame.time_base
                 out.mux(o.encode(new))
         for s in streams:
-            if (s is vin and edit_video is not None) or (s is ain and silence is not None):
+            if (s is vin and edit_video is not None) or (s is ain and edit_audio is not None):
                 out.mux(outs[s.index].encode(None))
     os.replace(tmp, path)
     return changed
@@ -153,36 +167,78 @@ def _frames_in(folder: Path, stream, start_s: float, end_s: float) -> list[Path]
 # --------------------------------------------------------------------------------------- RAW defects
 
 
-def silence_audio(raw: Path | str, session: str, start_s: float, end_s: float) -> int:
-    """Zero the session's audio over [start_s, end_s); video packets are copied untouched.
+def _mute(start_s: float, end_s: float) -> AudioEdit:
+    def edit(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        mute = (t >= start_s) & (t < end_s)
+        if not mute.any():
+            return x
+        y = x.copy()
+        y[..., mute] = 0
+        return y
 
-    Audio in the video container is decoded and re-encoded (AAC); a separate WAV is rewritten in place.
-    Returns the number of samples (per channel) zeroed.
-    """
+    return edit
+
+
+def _overdrive(start_s: float, end_s: float, gain: float) -> AudioEdit:
+    """Amplify by ``gain`` and clip at full scale (a preamp driven into clipping)."""
+
+    def edit(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        hot = (t >= start_s) & (t < end_s)
+        if not hot.any():
+            return x
+        if np.issubdtype(x.dtype, np.integer):
+            full = float(np.iinfo(x.dtype).max)
+            lo, hi = -full - 1, full
+        else:
+            lo, hi = -1.0, 1.0
+        y = x.astype(np.float64)
+        y[..., hot] = np.clip(y[..., hot] * gain, lo, hi)
+        return y.astype(x.dtype)
+
+    return edit
+
+
+def _edit_audio(raw: Path | str, session: str, edit: AudioEdit) -> int:
     folder, m = _manifest(Path(raw), session)
     audio = m.streams.audio
     if audio is None:
         raise ValueError(f"{session}: no audio stream")
     if audio.track == "video":
         return _rewrite_media(folder / m.streams.video.path, video_clock=m.streams.video.clock,
-                              audio_clock=audio.clock, silence=(start_s, end_s))  # fmt: skip
+                              audio_clock=audio.clock, edit_audio=edit)  # fmt: skip
     path = folder / audio.path
     if path.suffix.lower() != ".wav":
-        raise ValueError(f"{path}: only WAV audio files can be silenced")
+        raise ValueError(f"{path}: only WAV audio files can be edited")
     with wave.open(str(path), "rb") as w:
         params, pcm = w.getparams(), w.readframes(w.getnframes())
     if params.sampwidth != 2:
-        raise ValueError(f"{path}: only 16-bit PCM WAV can be silenced")
-    x = np.frombuffer(pcm, "<i2").reshape(-1, params.nchannels).copy()
-    t = audio.clock.to_session(np.arange(x.shape[0]) / params.framerate)
-    mute = (t >= start_s) & (t < end_s)
-    x[mute] = 0
+        raise ValueError(f"{path}: only 16-bit PCM WAV can be edited")
+    x = np.frombuffer(pcm, "<i2").reshape(-1, params.nchannels).T  # (channels, n), as the container path
+    t = audio.clock.to_session(np.arange(x.shape[1]) / params.framerate)
+    y = edit(x, t)
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setparams(params)
-        w.writeframes(x.tobytes())
+        w.writeframes(np.ascontiguousarray(y.T).astype("<i2").tobytes())
     _replace(path, buf.getvalue())
-    return int(mute.sum())
+    return int(np.any(y != x, axis=0).sum())
+
+
+def silence_audio(raw: Path | str, session: str, start_s: float, end_s: float) -> int:
+    """Zero the session's audio over [start_s, end_s); video packets are copied untouched.
+
+    Audio in the video container is decoded and re-encoded (AAC); a separate WAV is rewritten in place.
+    Returns the number of samples (per channel) zeroed.
+    """
+    return _edit_audio(raw, session, _mute(start_s, end_s))
+
+
+def clip_audio(raw: Path | str, session: str, start_s: float, end_s: float, gain: float = 30.0) -> int:
+    """Drive the audio over [start_s, end_s) into clipping (x ``gain``, clipped at full scale).
+
+    Returns the number of samples (per channel) changed.
+    """
+    return _edit_audio(raw, session, _overdrive(start_s, end_s, gain))
 
 
 def _edit_video(raw: Path | str, session: str, edit: FrameEdit) -> int:
@@ -197,6 +253,22 @@ def black_video(raw: Path | str, session: str, start_s: float, end_s: float) -> 
 
     def edit(rgb: np.ndarray, t: float) -> np.ndarray:
         return np.zeros_like(rgb) if _in(t, start_s, end_s) else rgb
+
+    return _edit_video(raw, session, edit)
+
+
+def blur_video(raw: Path | str, session: str, start_s: float, end_s: float) -> int:
+    """Frames over [start_s, end_s) lose all detail (a lens far out of focus, or fogged): a Gaussian blur as wide
+    as the frame, which leaves its mean colour and a faint gradient; returns frames changed.
+
+    Milder blur is not a planted defect: the variance of the Laplacian cannot tell it from a smooth real
+    scene (README, calibration table), so the filter's default only rejects frames without detail.
+    """
+
+    def edit(rgb: np.ndarray, t: float) -> np.ndarray:
+        if not _in(t, start_s, end_s):
+            return rgb
+        return cv2.GaussianBlur(rgb, (0, 0), float(max(rgb.shape[:2])))
 
     return _edit_video(raw, session, edit)
 
@@ -227,6 +299,90 @@ def depth_dropout(raw: Path | str, session: str, start_s: float, end_s: float, f
         depth[: int(round(depth.shape[0] * fraction))] = 0
         _replace(p, png_bytes(depth))
     return len(frames)
+
+
+def flat_thermal(raw: Path | str, session: str, start_s: float, end_s: float) -> int:
+    """Every thermal frame in range becomes one constant value (a dead sensor); returns frames changed."""
+    folder, m = _manifest(Path(raw), session)
+    if m.streams.thermal is None:
+        raise ValueError(f"{session}: no thermal stream")
+    frames = _frames_in(folder, m.streams.thermal, start_s, end_s)
+    for p in frames:
+        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        _replace(p, png_bytes(np.full_like(img, int(np.median(img)))))
+    return len(frames)
+
+
+def _imu_rows(raw: Path | str, session: str) -> tuple[Path, object, list[str], list[list[str]]]:
+    folder, m = _manifest(Path(raw), session)
+    imu = m.streams.imu
+    if imu is None:
+        raise ValueError(f"{session}: no IMU stream")
+    path = folder / imu.path
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    return path, imu, header, rows
+
+
+def _write_rows(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    _replace(path, buf.getvalue().encode())
+
+
+def saturate_imu(raw: Path | str, session: str, headroom: float = 0.2) -> int:
+    """Clip every motion channel of the whole track at a full scale ``headroom`` of the way from its median to its
+    extremes (a sensor whose range is too small for the motion); returns the number of values clipped."""
+    path, _imu, header, rows = _imu_rows(raw, session)
+    channels = [i for i, h in enumerate(header) if h.startswith(("gyro", "acc"))]
+    x = np.array([[float(r[i]) for i in channels] for r in rows])
+    med = np.median(x, axis=0)
+    hi, lo = med + headroom * (x.max(axis=0) - med), med - headroom * (med - x.min(axis=0))
+    changed = 0
+    for r, values in zip(rows, x, strict=True):
+        for j, i in enumerate(channels):
+            v = min(max(values[j], lo[j]), hi[j])
+            if v != values[j]:
+                r[i] = f"{v:.6f}"  # every clipped value written alike, read back identical: a flat top
+                changed += 1
+    _write_rows(path, header, rows)
+    return changed
+
+
+def duplicate_imu_row(raw: Path | str, session: str, at_s: float = 4.0) -> int:
+    """Write the IMU row nearest ``at_s`` twice (a logger that flushed a row again); returns 1."""
+    path, imu, header, rows = _imu_rows(raw, session)
+    unit = imu.timestamps.unit.seconds
+    col = header.index(imu.timestamps.column)
+    t = np.array([float(imu.clock.to_session(float(r[col]) * unit)) for r in rows])
+    i = int(np.argmin(np.abs(t - at_s)))
+    rows.insert(i + 1, list(rows[i]))
+    _write_rows(path, header, rows)
+    return 1
+
+
+def duplicate_depth_timestamp(raw: Path | str, session: str, at_s: float = 4.0) -> int:
+    """Write the depth timestamps row nearest ``at_s`` twice (the same frame listed again); returns 1."""
+    folder, m = _manifest(Path(raw), session)
+    depth = m.streams.depth
+    if depth is None:
+        raise ValueError(f"{session}: no depth stream")
+    path = folder / depth.timestamps.path
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    col = header.index(depth.timestamps.time_column)
+    unit = depth.timestamps.unit.seconds
+    t = np.array([float(depth.clock.to_session(float(r[col]) * unit)) for r in rows])
+    i = int(np.argmin(np.abs(t - at_s)))
+    rows.insert(i + 1, list(rows[i]))
+    _write_rows(path, header, rows)
+    return 1
 
 
 def imu_gap(raw: Path | str, session: str, start_s: float, end_s: float) -> int:
@@ -326,10 +482,19 @@ def delete_tar_member(data: Path | str, key: str | None = None, member: str = "j
 
 RAW_DEFECTS = {
     "silence_audio": silence_audio,
+    "clip_audio": clip_audio,
     "black_video": black_video,
+    "blur_video": blur_video,
     "freeze_video": freeze_video,
     "depth_dropout": depth_dropout,
+    "flat_thermal": flat_thermal,
+    "saturate_imu": saturate_imu,
     "imu_gap": imu_gap,
+}
+#: Routine input faults the build repairs and reports; (raw, session) -> rows changed.
+RAW_REPAIRS = {
+    "duplicate_imu_row": duplicate_imu_row,
+    "duplicate_depth_timestamp": duplicate_depth_timestamp,
 }
 DATA_DEFECTS = {
     "duplicate_key": duplicate_key,
