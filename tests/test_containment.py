@@ -302,6 +302,7 @@ def test_check_file_judges_where_a_path_leads(tmp_path):
     with pytest.raises(PathRejected) as info:
         check_dir(raw, "s/d/a.png")
     assert info.value.reason == R.NOT_A_REGULAR_FILE
+    assert info.value.detail == "is a file, not a folder"  # says what it is (a depth `frames` entry naming a file)
 
 
 def test_walk_reports_instead_of_raising(tmp_path):

@@ -67,6 +67,7 @@ def join_rel(base: str, rel: str) -> str:
 
 def _kind(mode: int) -> str:
     for test, name in (
+        (stat.S_ISREG, "a file"),
         (stat.S_ISDIR, "a folder"),
         (stat.S_ISFIFO, "a FIFO (named pipe)"),
         (stat.S_ISCHR, "a character device"),
@@ -75,7 +76,7 @@ def _kind(mode: int) -> str:
     ):
         if test(mode):
             return name
-    return "not a regular file"
+    return "of an unknown file type"
 
 
 def _os_reject(rel: str, exc: OSError) -> PathRejected:
