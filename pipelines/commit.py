@@ -104,8 +104,11 @@ def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitS
 
     reasons = Counter(rejects.column("reason").to_pylist())
     summaries = [s for _, _, s in units]
+    # the units' outcomes too: a unit that failed transiently and succeeded on a retry has the same inputs,
+    # config and code but other content, and readers' caches (training's image cache) are keyed on the version
+    outcomes = [[s.unit_id, s.samples, s.failed, s.reasons] for s in summaries]
     version = hashlib.sha256(
-        json.dumps([input_fingerprints, cfg.to_dict(), code_version], sort_keys=True).encode()
+        json.dumps([input_fingerprints, cfg.to_dict(), code_version, outcomes], sort_keys=True).encode()
     ).hexdigest()[:16]
     result = CommitResult(
         samples=index.num_rows,

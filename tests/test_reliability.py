@@ -235,6 +235,8 @@ def test_transient_failure_is_retried_and_gives_clean_bytes(raw, clean, tmp_path
     assert _attempt(data, B) == 2
     assert _digest(data) == _digest(clean)
     assert (data / "manifest.json").read_bytes() == (clean / "manifest.json").read_bytes()
+    # the version names the content: caches keyed on it (training's image cache) must not take one for the other
+    assert first.commit.version != second.commit.version
     third = build(raw, data, BuildConfig(), EngineConfig("local"))
     assert third.processed == 0  # a success is final
 
