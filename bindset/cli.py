@@ -149,6 +149,13 @@ def _cmd_build(args: argparse.Namespace, run, extra: list[str]) -> int:
     _need(args.thresholds, "--thresholds", "file")
     cfg = build_config_from(args)
     _need(args.raw, "input folder RAW", "dir")
+    if extra:  # runner flags are Beam's; anything else (a typo of a build flag) must not be dropped silently
+        from pipelines.beam_engine import unknown_flags
+
+        bad = unknown_flags(extra) if args.engine == "beam" else extra
+        if bad:
+            where = "a build flag nor a Beam pipeline option" if args.engine == "beam" else "a build flag"
+            raise UserError(f"{' '.join(bad)}: not {where} (see bindset build --help)")
     engine = EngineConfig(args.engine, extra, args.ray_address, args.workers or None)
     log.info("build config: %s", cfg.to_dict())
     bar = _progress(run, f"build ({args.engine})", "unit", args.quiet)

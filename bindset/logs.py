@@ -208,11 +208,18 @@ EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 
 
 def _inside(missing: str | bytes | None, paths: Sequence[Path]) -> bool:
-    """A missing file at, or inside, a path the user gave: an input error, not a bug."""
+    """A missing file at, or inside, a path the user gave: an input error, not a bug.
+
+    Except bindset's own bookkeeping below it (``DATA/_work/...``): a file missing there is a bug of bindset's
+    (as ``DATA/_work/builds.jsonl`` was after an all-rejected build), not something the user can fix.
+    """
     if not missing:
         return False
     m = Path(os.fsdecode(missing)).absolute()
-    return any(m == p.absolute() or p.absolute() in m.parents for p in paths)
+    return any(
+        m == p.absolute() or (p.absolute() in m.parents and "_work" not in m.relative_to(p.absolute()).parts)
+        for p in paths
+    )
 
 
 def guarded(prog: str, run: RunLog, command: Callable[[], int], user_paths: Sequence[Path] = ()) -> int:

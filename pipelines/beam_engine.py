@@ -14,9 +14,12 @@ in the run's log file (bindset/logs.py points stderr at it), never on the consol
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 from pipelines.work import WorkContext, run_unit_json
+from schemas.errors import UserError
 
 
 def _default_flags(args: list[str]) -> list[str]:
@@ -29,6 +32,28 @@ def _default_flags(args: list[str]) -> list[str]:
     if "--direct_running_mode" not in names and (os.cpu_count() or 1) > 1:
         extra.append("--direct_running_mode=multi_processing")
     return list(args) + extra
+
+
+def unknown_flags(pipeline_args: list[str]) -> list[str]:
+    """The ``--flags`` of ``pipeline_args`` that no Beam PipelineOptions class defines.
+
+    Beam drops those with only a warning ("Discarding unparseable args"), which the CLI keeps in the log file,
+    so a typo (``--stride-s`` for ``--stride``) would be silently ignored; the CLI refuses them instead.
+    Names are compared as Beam does: ``get_all_options(retain_unknown_options=True)`` adds each unknown flag.
+    Raises UserError (one line) for a bad value of a Beam option (``--direct_num_workers=abc``), which Beam's
+    argparse would report as a usage text on stderr and ``SystemExit``.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = PipelineOptions(pipeline_args)
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage):
+            unknown = set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
+    except SystemExit:
+        message = (usage.getvalue().strip().splitlines() or ["invalid Beam pipeline options"])[-1]
+        raise UserError(message.split("error: ", 1)[-1]) from None
+    return [a for a in pipeline_args if a.startswith("--") and a[2:].split("=", 1)[0].replace("-", "_") in unknown]
 
 
 def run_beam(ctx: WorkContext, units_json: list[str], pipeline_args: list[str]) -> None:

@@ -52,6 +52,20 @@ def test_usage_and_input_errors_exit_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "argument --engine: invalid choice: 'spark'" in err[0]
 
+    # a typo of a build flag is not handed to Beam (which would drop it with a warning in the log only)
+    (tmp_path / "raw").mkdir()
+    for engine, flags, line in [
+        ("beam", ["--stride-s", "1"], "--stride-s: not a build flag nor a Beam pipeline option"),
+        ("local", ["--stride-s", "1"], "--stride-s 1: not a build flag"),
+        ("ray", ["--runner=DirectRunner"], "--runner=DirectRunner: not a build flag"),
+        ("beam", ["--direct_num_workers=x"], "argument --direct_num_workers: invalid int value: 'x'"),
+    ]:
+        argv = ["build", str(tmp_path / "raw"), str(tmp_path / "d"), "--engine", engine, *flags, *log]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"bindset build: error: {line}"), err
+    assert not (tmp_path / "d" / "manifest.json").exists()
+
     assert main(["synth", str(tmp_path / "raw"), "--seconds", "1", *log]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "bindset synth: error: --sessions/--seconds: need at least one session of at least 2 seconds"
@@ -93,6 +107,14 @@ def test_an_unexpected_error_exits_3_with_one_line_and_the_traceback_in_the_log(
     assert capsys.readouterr().err.splitlines() == [
         f"bindset build: error: {tmp_path / 'd' / 'manifest.json'}: no such file or folder"
     ]
+
+    # ... but one in bindset's own bookkeeping inside DATA is a bug (issue 15: `_work/builds.jsonl` was exit 2)
+    def missing_bookkeeping(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "d" / "_work" / "builds.jsonl"))
+
+    monkeypatch.setattr(pipelines.build, "build", missing_bookkeeping)
+    assert main(["build", str(raw), str(tmp_path / "d"), "--engine", "local", "--log-file", str(log)]) == 3
+    assert "unexpected error: FileNotFoundError" in capsys.readouterr().err
 
 
 def test_console_shows_own_warnings_and_the_log_file_holds_everything(tmp_path, capsys):
