@@ -109,6 +109,9 @@ MODALITY_MEMBERS = {m.name: (m.member,) for m in modalities.REGISTRY}
 VIDEO_SYNC_PERIODS = 1.05
 SIDE_SYNC_PERIODS = 0.55
 IMU_SYNC_PERIODS = 1.05  # nearest sample; one dropped sample moves it a full period
+#: Reasons a window gets at a recording's edges by design (the 5 s IMU window or the audio reaching past the
+#: track), not because the input is bad: bounded by ``edge_reason_rate`` (default: not bounded).
+EDGE_REASONS = frozenset({RejectReason.IMU_OUT_OF_RANGE.value, RejectReason.AUDIO_OUT_OF_RANGE.value})
 MEL_HOP_MS = 10.0  # the audio cut is on the 16 kHz grid; half a mel hop is far below what a listener notices
 
 
@@ -129,8 +132,14 @@ class QualityThresholds(StrictConfig):
     max_reason_rate: float = Field(
         0.5, ge=0, le=1, description="windows rejected (whole or one modality) for any one reason, at most"
     )
+    # A clip's 5 s IMU window, or its audio, reaches past a recording's edges at its first and last clips by
+    # design; in a short recording those are most of its windows. Such reasons get this bound instead.
+    edge_reason_rate: float = Field(
+        1.0, ge=0, le=1, description=f"bound for the edge reasons ({', '.join(sorted(EDGE_REASONS))}), at most"
+    )
     reason_rates: dict[str, float] = Field(
-        default_factory=dict, description='per-reason bounds overriding max_reason_rate, e.g. {"audio_silent": 0.1}'
+        default_factory=dict,
+        description='per-reason bounds overriding max_reason_rate/edge_reason_rate, e.g. {"audio_silent": 0.1}',
     )
     # pairing, in the stream's own frame periods (audio: on the 16 kHz grid, in ms)
     sync_video_periods: float = Field(
@@ -164,8 +173,10 @@ class QualityThresholds(StrictConfig):
         return dict(sorted(value.items()))
 
     def reason_rate(self, reason: str) -> float:
-        """The bound on one reason's rate: its own, else ``max_reason_rate``."""
-        return float(self.reason_rates.get(reason, self.max_reason_rate))
+        """The bound on one reason's rate: its own, else ``edge_reason_rate`` or ``max_reason_rate``."""
+        if reason in self.reason_rates:
+            return float(self.reason_rates[reason])
+        return float(self.edge_reason_rate if reason in EDGE_REASONS else self.max_reason_rate)
 
     @classmethod
     def from_file(cls, path: os.PathLike | str) -> QualityThresholds:

@@ -175,6 +175,10 @@ def test_gate_thresholds_are_strict():
         QualityThresholds.from_dict({"reason_rates": {"audio_silent": 2.0}})
     t = QualityThresholds.from_dict({"reason_rates": {"audio_silent": 0.1}, "max_reason_rate": 0.3})
     assert t.reason_rate("audio_silent") == 0.1 and t.reason_rate("frame_black") == 0.3
+    # a recording's first and last clips reach past its IMU track by design: not bounded unless asked
+    assert t.reason_rate("imu_out_of_range") == 1.0 and t.reason_rate("audio_out_of_range") == 1.0
+    t = QualityThresholds.from_dict({"edge_reason_rate": 0.6, "reason_rates": {"audio_out_of_range": 0.2}})
+    assert t.reason_rate("imu_out_of_range") == 0.6 and t.reason_rate("audio_out_of_range") == 0.2
 
 
 def test_thresholds_file_json_and_yaml(tmp_path):
