@@ -118,6 +118,8 @@ def _make_hostile(base: Path) -> dict:
     (raw / "loop_b").symlink_to(raw / "loop_a")
     # a folder link inside a declared folder that points back up (a loop for a walker that follows links)
     (raw / BASE / "depth" / "again").symlink_to("..", target_is_directory=True)
+    # a NUL character in a frames cell: that frame's windows lose depth, the session stays
+    _set_cells(_copy_session(raw, "nulcell") / "depth_timestamps.csv", "a\x00b.png")
     # the control: depth frames inside RAW carrying a marker, which must be found in DATA
     control = _png16(base / "control.png", 7)
     for f in (raw / BASE / "depth").glob("*.png"):
@@ -229,7 +231,14 @@ def test_symlink_loops_are_rejects_and_the_rest_builds(hostile):
     top = {r["source"]: r["reason"] for r in b.rejects if r["key"] is None and r["source"].startswith("loop_")}
     assert top == {"loop_a": R.SYMLINK_LOOP, "loop_b": R.SYMLINK_LOOP}
     sessions = {r["session"] for r in b.index}
-    assert sessions == {BASE, "dotdot", "abscell", "linkfile", "linkdir", "linkimu", "chain", "fifo", "selfloop"}
+    assert sessions == {BASE, "dotdot", "abscell", "linkfile", "linkdir", "linkimu", "chain", "fifo", "selfloop",
+                        "nulcell"}  # fmt: skip
+
+
+def test_a_nul_in_a_frames_cell_costs_only_that_modality(hostile):
+    b = hostile["built"]
+    assert len(b.samples("nulcell")) == SECONDS // 2 and not any(r["has_depth"] for r in b.samples("nulcell"))
+    assert {r["reason"] for r in b.modality("nulcell", "depth")} == {R.FILE_MISSING}
 
 
 def test_fingerprints_survive_loops_fifos_and_outside_links(hostile):
@@ -295,6 +304,8 @@ def test_check_file_judges_where_a_path_leads(tmp_path):
     os.mkfifo(raw / "s" / "pipe")
     cases.update({"s/out": R.PATH_ESCAPES_ROOT, "s/dangling_out": R.PATH_ESCAPES_ROOT, "s/loop": R.SYMLINK_LOOP,
                   "s/pipe": R.NOT_A_REGULAR_FILE})  # fmt: skip
+    # names no file can have (CSV cells are free text): a reject, never a ValueError or "permission denied"
+    cases.update({"s/d/a\x00b.png": R.FILE_MISSING, "s/d/" + "x" * 300 + ".png": R.FILE_MISSING})
     for rel, reason in cases.items():
         with pytest.raises(PathRejected) as info:
             check_file(raw, rel)

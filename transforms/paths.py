@@ -86,13 +86,18 @@ def _os_reject(rel: str, exc: OSError) -> PathRejected:
         return PathRejected(rel, RejectReason.PERMISSION_DENIED, f"permission denied ({exc.strerror})")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return PathRejected(rel, RejectReason.FILE_MISSING, "not found")
-    return PathRejected(rel, RejectReason.PERMISSION_DENIED, f"cannot be read: {exc.strerror or exc}")
+    if exc.errno == errno.ENAMETOOLONG:  # a CSV cell or manifest field no file can be named by
+        return PathRejected(rel, RejectReason.FILE_MISSING, "not found: the name is too long for a file")
+    # EIO and the like: the read failed, not the file; io_error is transient, so the next build tries again
+    return PathRejected(rel, RejectReason.IO_ERROR, f"cannot be read: {exc.strerror or exc}")
 
 
 def _resolve(root: Path, rel: str) -> tuple[Path, Path]:
     """(resolved RAW, resolved target), raising PathRejected when the target leaves RAW or loops."""
     if not rel or rel in (".",):
         raise PathRejected(rel or ".", RejectReason.FILE_MISSING, "empty path")
+    if "\0" in rel:  # os functions raise ValueError on it; a CSV cell may hold one
+        raise PathRejected(rel, RejectReason.FILE_MISSING, "not found: a NUL character in the name")
     real_root = Path(os.path.realpath(root))
     # Non-strict first: it resolves as far as it can, so a dangling link to a place outside RAW is
     # still an escape, and only then is a loop or a missing target reported.
@@ -120,7 +125,8 @@ def check_file(root: Path | str, rel: str) -> CheckedPath:
         the file to open, inside RAW, and its size in bytes.
     Raises:
         PathRejected: ``path_escapes_root``, ``symlink_loop``, ``permission_denied``,
-        ``not_a_regular_file`` or ``file_missing``.
+        ``not_a_regular_file``, ``file_missing`` (also for a name no file can have: a NUL, too long) or
+        ``io_error`` (any other OS error; transient).
     """
     root = Path(root)
     real_root, target = _resolve(root, rel)
