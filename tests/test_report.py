@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from html import escape as html_escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,11 +18,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from bindset.synth import defects
 from bindset.synth.generate import SynthConfig, synth
 from pipelines.build import EngineConfig, build
 from pipelines.report import SECTIONS, hist_svg, timeline_svg, write_report
 from schemas.modalities import MEMBERS
 from schemas.modalities import NAMES as MODALITIES
+from schemas.reasons import QUALITY_FILTER
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA, member_column
 from tests.browser import chromium, load_page
 from transforms.config import BuildConfig
@@ -41,6 +44,10 @@ def data(tmp_path_factory) -> Path:
     m = json.loads(manifest.read_text())
     m["streams"]["video"]["clock"]["drift_ppm"] = "fast"
     manifest.write_text(json.dumps(m))
+    # quality-filter rejects (a silent window: audio dropped; a black one: window lost) and an input repair
+    defects.silence_audio(raw, "s000_000", 1.5, 4.5)
+    defects.black_video(raw, "s000_003", 2.0, 4.0)
+    defects.duplicate_imu_row(raw, "s000_003", at_s=3.0)
     out = tmp_path_factory.mktemp("data") / "data"
     build(raw, out, BuildConfig(), EngineConfig("local"))
     return out
@@ -254,3 +261,73 @@ def test_text_from_the_data_is_escaped_never_markup(data, tmp_path):
     assert "<script" not in html and "<b>v1</b>" not in html
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in html
     assert "&lt;b&gt;v1&lt;/b&gt;" in html
+
+
+def test_reject_kinds_tell_repairs_from_modality_rejects():
+    from pipelines.report.view import reject_kind
+
+    assert reject_kind(None, None) == "input"
+    assert reject_kind(None, "imu") == "repair"  # input-level repair: key null, modality set, no time range
+    assert reject_kind("s_000000000", None) == "window"
+    assert reject_kind("s_000000000", "audio") == "modality"
+
+
+def test_quality_filters_repairs_and_rates_against_bounds(data, tmp_path):
+    from pipelines.report.view import build_view, load
+    from pipelines.validate import validate
+
+    rejects = pq.read_table(data / "rejects.parquet").to_pandas()
+    filters = rejects[rejects["reason"].isin({r.value for r in QUALITY_FILTER})]
+    assert set(filters["reason"]) == {"audio_silent", "frame_black"}, rejects["reason"].value_counts()
+    repairs = rejects[rejects["key"].isna() & rejects["modality"].notna()]
+    assert len(repairs) >= 1 and set(repairs["modality"]) == {"imu"}
+
+    # before validation: the filter group is there, with no rates
+    view = build_view(load(data, 0), gallery=0, seed=0)
+    f = view.rejects.filters
+    assert not f.validated and not view.rejects.validated and f.total == len(filters)
+    assert {r.reason: r.rows for r in f.rows} == filters["reason"].value_counts().to_dict()
+    assert all(r.rate is None and r.bound is None for r in f.rows)
+    black = next(r for r in f.rows if r.reason == "frame_black")
+    silent = next(r for r in f.rows if r.reason == "audio_silent")
+    assert black.where == "(window)" and silent.where == "audio"
+    assert black.details == [(k, d) for k, d in zip(filters.loc[filters["reason"] == "frame_black", "key"],
+                                                      filters.loc[filters["reason"] == "frame_black", "detail"],
+                                                      strict=True)][:5]  # fmt: skip
+    assert all("luma" in d for _, d in black.details) and all("dBFS" in d for _, d in silent.details)
+    # repairs are their own kind: counted neither as a modality reject nor as a whole input
+    rows = {r.reason: r for r in view.rejects.reasons}
+    for reason, n in repairs["reason"].value_counts().items():
+        assert rows[reason].by_kind["repair"] == n and rows[reason].by_where["(repair)"] == n
+    kinds = load(data, 0).rejects["kind"]
+    assert (kinds == "repair").sum() == len(repairs)
+    assert (kinds == "modality").sum() == int((rejects["key"].notna() & rejects["modality"].notna()).sum())
+    assert (kinds == "input").sum() == int((rejects["key"].isna() & rejects["modality"].isna()).sum())
+
+    # after validation: every reason's rate and bound are the gate's own table's
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    validate(copy, verify_hashes=False)
+    table = pq.read_table(copy / "quality" / "tables" / "reasons.parquet").to_pandas().set_index("reason")
+    view = build_view(load(copy, 0), gallery=0, seed=0)
+    assert view.rejects.validated and view.rejects.filters.validated
+    planned = json.loads((copy / "manifest.json").read_text())["counts"]["windows_planned"]
+    for r in view.rejects.reasons:
+        assert r.rate == pytest.approx(float(table.at[r.reason, "rate"])), r.reason
+        assert r.bound == pytest.approx(float(table.at[r.reason, "max_rate"])), r.reason
+    for r in view.rejects.filters.rows:
+        assert r.rate == pytest.approx(r.rows / planned) and r.bound == pytest.approx(0.5), r
+        assert not r.over
+    html = write_report(copy, gallery=0).read_text()
+    section = html.split("id='quality-filters'")[1].split("</table>")[0]
+    assert set(re.findall(r"<tr data-filter='([a-z_]+)'>", section)) == {"audio_silent", "frame_black"}
+    got = dict(re.findall(r"<tr data-filter='([a-z_]+)'>.*?data-rate='([0-9.]+)'", section, re.S))
+    assert {k: float(v) for k, v in got.items()} == pytest.approx(
+        {k: float(table.at[k, "rate"]) for k in got}, abs=1e-6)
+    assert f"{black.details[0][0]}</span>: {html_escape(black.details[0][1])}" in section  # the filter's detail
+    assert "Not validated" not in html and "Not validated" in write_report(data, gallery=0).read_text()
+    # a validation of another dataset version is stale: no rates from it
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["version"] = "other"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert not build_view(load(copy, 0), gallery=0, seed=0).rejects.validated

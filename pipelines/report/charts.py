@@ -178,7 +178,7 @@ def timeline_chart(samples: pd.DataFrame, rejects: pd.DataFrame, sessions: Seque
     row_h = len(MODALITIES) * (lane_h + lane_gap) + row_pad
     wrej = rejects[rejects["kind"] == "window"]
     mrej = rejects[(rejects["kind"] == "modality") & rejects["key"].notna()]
-    srej = rejects[(rejects["kind"] == "modality") & rejects["key"].isna()]
+    srej = rejects[rejects["kind"] == "repair"]
     irej = rejects[rejects["kind"] == "input"]
     ends = [samples["clip_end_s"].max() if len(samples) else 0.0, wrej["end_s"].max() if len(wrej) else 0.0]
     t_max = max([float(x) for x in ends if pd.notna(x)] + [1e-9])

@@ -27,13 +27,17 @@ from pipelines.report import charts
 from pipelines.report.charts import COLORS, Svg
 from pipelines.report.fmt import data_uri, nbytes, num, pct, short
 from schemas import modalities as M
+from schemas.reasons import QUALITY_FILTER
 
 HIST_MAX_ROWS = 200_000  # index rows sampled for the histograms
 TIMELINE_MAX_SESSIONS = 30
 TABLE_MAX_ROWS = 15
 
-KIND_COLORS = {"input": "#7f1d1d", "window": "#dc2626", "modality": "#f59e0b"}
-KIND_NAMES = {"input": "whole input", "window": "whole window", "modality": "one modality"}
+KIND_COLORS = {"input": "#7f1d1d", "repair": "#64748b", "window": "#dc2626", "modality": "#f59e0b"}
+KIND_NAMES = {"input": "whole input", "repair": "input repaired", "window": "whole window", "modality": "one modality"}
+#: Reasons the per-sample quality filters give, shown together with their rate against the gate's bound.
+FILTER_REASONS = frozenset(r.value for r in QUALITY_FILTER)
+FILTER_DETAILS = 5  # detail lines shown per filter reason
 SPLIT_COLORS = ("#3b6fb6", "#e07b24", "#3f9b57", "#8a5bb0")
 REASON_PALETTE = ("#6366f1", "#0ea5e9", "#14b8a6", "#a855f7", "#64748b", "#ec4899", "#84cc16", "#f97316")
 SECTIONS = (
@@ -70,18 +74,41 @@ class Dataset:
     root: Path
     manifest: dict
     index: pd.DataFrame  # light columns of every row
-    rejects: pd.DataFrame  # every row, plus "kind": input | window | modality
+    rejects: pd.DataFrame  # every row, plus "kind": input | repair | window | modality
     hist: dict[str, np.ndarray]  # numeric column -> values of the sampled rows (NaN kept)
     hist_rows: int  # rows behind ``hist``
     last_build: dict | None  # the last line of _work/builds.jsonl
     built_at: float  # manifest.json's mtime: when the build was committed
+    reason_bounds: pd.DataFrame | None = None  # the gate's per-reason table (reason, rate, max_rate), if validated
 
 
 def reject_kind(key, modality) -> str:
-    """input (no key), window (a key, no modality) or modality (one modality of a kept sample)."""
+    """What a rejects.parquet row stands for, from its key and modality (schemas/expectations.py, rejects suite).
+
+    input (no key, no modality): a whole input; repair (no key, a modality): one modality's file repaired or
+    partly dropped as a whole, such as a duplicated IMU row (no time range, never rated); window (a key, no
+    modality): the sample is lost; modality (a key and a modality): one modality of a kept sample.
+    """
+    keyed = isinstance(key, str)
     if isinstance(modality, str):
-        return "modality"
-    return "window" if isinstance(key, str) else "input"
+        return "modality" if keyed else "repair"
+    return "window" if keyed else "input"
+
+
+def read_reason_bounds(data: Path, version) -> pd.DataFrame | None:
+    """The gate's per-reason table (reason, rate, max_rate) that ``bindset validate`` wrote beside
+    DATA/quality/validation.json (``quality/tables/reasons.parquet``, pipelines/validate.py), or None when
+    this version was not validated (no validation.json, or one of another dataset version)."""
+    vpath, tpath = data / "quality" / "validation.json", data / "quality" / "tables" / "reasons.parquet"
+    if not (vpath.exists() and tpath.exists()):
+        return None
+    try:
+        if json.loads(vpath.read_text()).get("dataset_version") != version:
+            return None  # a stale validation of an earlier build: its rates are not this build's
+        table = pq.read_table(tpath, columns=["reason", "rate", "max_rate"]).to_pandas()
+    except (ValueError, KeyError, OSError, pa.ArrowException):
+        return None  # unreadable: the page says "not validated" rather than failing
+    return table.set_index("reason")
 
 
 def load(data: Path, seed: int) -> Dataset:
@@ -119,7 +146,9 @@ def load(data: Path, seed: int) -> Dataset:
         lines = [ln for ln in builds.read_text().splitlines() if ln.strip()]
         if lines:
             last_build = json.loads(lines[-1])
-    return Dataset(data, manifest, index, rejects, hist, min(n, HIST_MAX_ROWS), last_build, mpath.stat().st_mtime)
+    bounds = read_reason_bounds(data, manifest.get("version"))
+    return Dataset(data, manifest, index, rejects, hist, min(n, HIST_MAX_ROWS), last_build, mpath.stat().st_mtime,
+                   bounds)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- the view
@@ -196,9 +225,39 @@ class ReasonRow:
     reason: str
     rows: int
     by_kind: dict[str, int]  # input | window | modality -> rows
-    by_where: dict[str, int]  # "(input)", "(window)" and each modality -> rows
+    by_where: dict[str, int]  # "(input)", "(repair)", "(window)" and each modality -> rows
     sessions: int
     example: str
+    rate: float | None = None  # the gate's rate (window + modality rows / windows planned); None: not validated
+    bound: float | None = None  # the gate's bound for it
+
+    @property
+    def over(self) -> bool:
+        return self.rate is not None and self.bound is not None and self.rate > self.bound
+
+
+@dataclass(frozen=True)
+class FilterRow:
+    """One quality-filter reason (schemas/reasons.py QUALITY_FILTER): its rejects, rate, bound and detail lines."""
+
+    reason: str
+    where: str  # the modality it rejected, or "(window)": a whole window (a frame filter: the anchor image)
+    rows: int  # rows of rejects.parquet with this reason
+    sessions: int
+    rate: float | None
+    bound: float | None
+    details: list[tuple[str, str]]  # (sample key, the filter's figure against its threshold), first few
+
+    @property
+    def over(self) -> bool:
+        return self.rate is not None and self.bound is not None and self.rate > self.bound
+
+
+@dataclass(frozen=True)
+class QualityFilters:
+    rows: list[FilterRow]  # filter reasons that rejected something, most rows first
+    total: int  # rejects.parquet rows of all filter reasons
+    validated: bool  # rates and bounds are the gate's (quality/tables/reasons.parquet of this version)
 
 
 @dataclass(frozen=True)
@@ -219,6 +278,8 @@ class Rejects:
     reason_colors: dict[str, str]  # modality rejects: reason -> colour
     sessions: list[SessionRejects]
     more_reasons: int  # reasons beyond the table's rows
+    filters: QualityFilters = field(default_factory=lambda: QualityFilters([], 0, False))
+    validated: bool = False  # the reasons table carries the gate's rates and bounds
     table_rows: int = TABLE_MAX_ROWS
 
     def shade(self, value: int) -> str:
@@ -435,13 +496,40 @@ def _findings(ds: Dataset, n, planned, wrej, by_split, input_sessions) -> list[F
 # --------------------------------------------------------------------------------------------- rejects
 
 
+def _bound(ds: Dataset, reason: str) -> tuple[float | None, float | None]:
+    """(rate, bound) of one reason from the gate's per-reason table; (None, None) when not validated."""
+    b = ds.reason_bounds
+    if b is None or reason not in b.index:
+        return None, None
+    return float(b.at[reason, "rate"]), float(b.at[reason, "max_rate"])
+
+
+def _filters(ds: Dataset) -> QualityFilters:
+    rej = ds.rejects
+    sub = rej[rej["reason"].isin(FILTER_REASONS)]
+    counts = sub["reason"].value_counts()
+    rows = []
+    for reason in sorted(counts.index, key=lambda r: (-counts[r], r)):
+        n = counts[reason]
+        mine = sub[sub["reason"] == reason]
+        rate, bound = _bound(ds, str(reason))
+        details = [(str(k) if isinstance(k, str) else "(input)", str(d))
+                   for k, d in zip(mine["key"], mine["detail"], strict=True)][:FILTER_DETAILS]  # fmt: skip
+        where = ", ".join(sorted(mine["modality"].dropna().unique())) or "(window)"
+        rows.append(FilterRow(str(reason), where, int(n),
+                              int(mine["session"].nunique()), rate, bound, details))  # fmt: skip
+    return QualityFilters(rows, len(sub), ds.reason_bounds is not None)
+
+
 def _rejects(ds: Dataset) -> Rejects:
     rej = ds.rejects
-    where_columns = ["(input)", "(window)", *M.NAMES]
+    where_columns = ["(input)", "(repair)", "(window)", *M.NAMES]
     if rej.empty:
-        return Rejects(0, [], where_columns, 1, None, None, {}, [], 0)
+        return Rejects(0, [], where_columns, 1, None, None, {}, [], 0, validated=ds.reason_bounds is not None)
     where = np.where(
-        rej["kind"] == "modality", rej["modality"].fillna(""), np.where(rej["kind"] == "input", "(input)", "(window)")
+        rej["kind"] == "modality",
+        rej["modality"].fillna(""),
+        np.where(rej["kind"] == "input", "(input)", np.where(rej["kind"] == "repair", "(repair)", "(window)")),
     )
     by_kind = rej.groupby(["reason", "kind"]).size().unstack(fill_value=0)
     order = list(by_kind.sum(axis=1).sort_values(ascending=False, kind="stable").index)
@@ -454,6 +542,7 @@ def _rejects(ds: Dataset) -> Rejects:
             by_kind={k: int(by_kind.loc[reason].get(k, 0)) for k in KIND_NAMES},
             by_where={c: int(tab.loc[reason, c]) for c in where_columns},
             sessions=int(rows["session"].nunique()), example=str(rows["detail"].iloc[0]),
+            rate=_bound(ds, str(reason))[0], bound=_bound(ds, str(reason))[1],
         ))  # fmt: skip
     chart = charts.hbar_chart([(r.reason, r.by_kind) for r in reasons[:TABLE_MAX_ROWS]], KIND_COLORS, KIND_NAMES)
 
@@ -474,7 +563,8 @@ def _rejects(ds: Dataset) -> Rejects:
         counts = [(str(k), int(v)) for k, v in sub["reason"].value_counts().items()]
         sessions.append(SessionRejects(s if isinstance(s, str) else "(none)", int(r["n"]), counts))
     return Rejects(len(rej), reasons, where_columns, max(int(tab.to_numpy().max()), 1), chart, mchart, rcolors,
-                   sessions, max(len(reasons) - TABLE_MAX_ROWS, 0))  # fmt: skip
+                   sessions, max(len(reasons) - TABLE_MAX_ROWS, 0), _filters(ds),
+                   ds.reason_bounds is not None)  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------- timeline
