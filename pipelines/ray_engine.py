@@ -8,10 +8,42 @@ write. Tasks retry on worker loss; a unit's own failures are already records, no
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 
 from pipelines.ray_start import init_ray, worker_logs_to_driver
 from pipelines.work import WorkContext, run_unit_json
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.levelno, record.getMessage()))
+
+
+def unit_task(ctx_json: str, unit_json: str) -> dict:
+    """The Ray task: ``run_unit_json``, returning its result with the unit's log lines (start, end, seconds,
+    rejects by reason) under ``"log"`` as (level, message) pairs, for the driver to log.
+
+    Not left to Ray's relay of the worker's output: a Ray worker's root logger passes only WARNING, and
+    the relay drops what the last task printed when the driver shuts Ray down right after it returns.
+    """
+    unit_log = logging.getLogger(run_unit_json.__module__)
+    handler, before = _Lines(), (unit_log.level, unit_log.propagate)
+    unit_log.addHandler(handler)
+    unit_log.setLevel(logging.INFO)
+    unit_log.propagate = False
+    try:
+        out = run_unit_json(ctx_json, unit_json)
+    finally:
+        unit_log.removeHandler(handler)
+        unit_log.setLevel(before[0])
+        unit_log.propagate = before[1]
+    return dict(out, log=handler.lines)
 
 
 def run_ray(
@@ -28,14 +60,18 @@ def run_ray(
 
     # "local": a fresh instance even where `ray start` left a cluster running (None would attach to it)
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
-    started = init_ray(log_to_driver=worker_logs_to_driver(), configure_logging=False, **kwargs)
+    relay = worker_logs_to_driver()
+    if relay:  # the relayed lines go to a log file: no terminal colour codes around Ray's "(task pid=...)" prefix
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    started = init_ray(log_to_driver=relay, configure_logging=False, **kwargs)
     try:
-        task = ray.remote(num_cpus=1, max_retries=2)(run_unit_json)
+        task = ray.remote(num_cpus=1, max_retries=2)(unit_task)
         ctx_json = ctx.to_json()
         pending = [task.remote(ctx_json, u) for u in units_json]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)
+            for level, message in ray.get(done[0]).get("log", []):
+                logging.getLogger(run_unit_json.__module__).log(level, "%s", message)
             if on_done:
                 on_done()
     finally:

@@ -19,8 +19,9 @@ LOG_FILE_ENV = "BINDSET_LOG_FILE"
 def worker_logs_to_driver() -> bool:
     """Whether Ray should relay its workers' output to this driver (``ray.init(log_to_driver=...)``).
 
-    Yes under the `bindset` CLI, whose stderr is the run's log file: the workers' per-unit log lines (they log
-    to stderr) then land in that file, next to the driver's. No for library callers (tests, Airflow tasks):
+    Yes under the `bindset` CLI, whose stderr is the run's log file: what workers print (warnings, native
+    libraries' messages) then lands in that file, next to the driver's. The build's per-unit lines do not
+    depend on it: they come back with each task's result (pipelines/ray_engine.py). No for library callers:
     there the relayed lines would flood the caller's console; they stay in Ray's session logs
     (``/tmp/ray/session_latest/logs``).
     """

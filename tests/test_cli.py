@@ -196,6 +196,8 @@ def test_a_beam_build_console_is_clean_and_its_log_holds_the_engine_chatter(tmp_
     assert len(logs) == 1 and f"  log: {data / '_work' / 'logs' / logs[0].name}" in stdout
     text = logs[0].read_text()
     assert "apache_beam" in text and "sdk_worker" in text  # the runner's and its workers' chatter, in the log
+    for session in ("s000_000", "s000_001"):  # the workers' lines per unit: start, end with seconds and rejects
+        assert f"unit {session}: start" in text and f"unit {session}: end in " in text
     assert "validate: PASSED" in stdout
 
     # the same dataset against a gate it cannot pass: exit 1; a threshold typo: exit 2 naming the key
@@ -206,3 +208,22 @@ def test_a_beam_build_console_is_clean_and_its_log_holds_the_engine_chatter(tmp_
     capsys.readouterr()
     assert main(["validate", str(data), "--thresholds", str(typo)]) == 2
     assert capsys.readouterr().err.splitlines() == [f"bindset validate: error: {typo}: gate.min_sample: unknown key"]
+
+
+@pytest.mark.slow
+def test_a_ray_build_logs_each_unit_in_the_run_log(tmp_path):
+    """A Ray worker's root logger passes only WARNING: the per-unit INFO lines must still reach the run's log."""
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    synth = subprocess.run([*BINDSET, "synth", str(raw), "--layout", "videos", "--sessions", "2", "--seconds", "2",
+                            "--width", "64", "--height", "48"], capture_output=True, text=True, env=_env())  # fmt: skip
+    assert synth.returncode == 0, synth.stderr
+    run = subprocess.run([*BINDSET, "build", str(raw), str(data), "--engine", "ray", "--workers", "2", "-q",
+                          "--no-validate"], capture_output=True, text=True, env=_env())  # fmt: skip
+    console = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode == 0, console
+    assert not [line for line in console if any(n in line for n in THIRD_PARTY_NOISE) or "pid=" in line], console
+    (log,) = (data / "_work" / "logs").glob("build-*.log")
+    text = log.read_text()
+    for session in ("s000_000", "s000_001"):
+        assert f"unit {session}: start (attempt 1)" in text and f"unit {session}: end in " in text
+    assert "\x1b[" not in text  # no terminal colour codes in a file
