@@ -11,54 +11,23 @@ never over RAW.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from schemas.errors import UserError
-from schemas.manifest import MANIFEST_NAMES, ImuUnits
-from transforms import activity, sync
+from schemas.manifest import MANIFEST_NAMES
+from transforms import sync
+from transforms.clockcheck import SYNC_COLUMNS, SYNC_FILE, SyncRow, sync_unit
 from transforms.layouts import MediaUnit, discover
 from transforms.paths import check_file
 
+__all__ = ["SYNC_COLUMNS", "SyncResult", "rows_table", "sync_raw", "write_manifests", "write_sync_table"]
+
 log = logging.getLogger(__name__)
-
-MODES = ("declared", "verify", "estimate")
-STATUSES = ("agrees", "mismatch", "estimated", "unsynchronisable", "declared_only")
-SYNC_COLUMNS = (
-    "session",
-    "stream",
-    "declared_offset_s",
-    "declared_drift_ppm",
-    "estimated_offset_s",
-    "estimated_drift_ppm",
-    "confidence",
-    "status",
-    "used_offset_s",
-    "used_drift_ppm",
-)
-
-
-@dataclass(frozen=True)
-class SyncRow:
-    """One stream of one session: its declared clock, the estimate, and which one is used."""
-
-    session: str
-    stream: str
-    declared_offset_s: float
-    declared_drift_ppm: float
-    estimated_offset_s: float | None
-    estimated_drift_ppm: float | None
-    confidence: float
-    status: str  # one of STATUSES
-    used_offset_s: float
-    used_drift_ppm: float
-    lag_s: float | None = None  # the estimate minus the declared clock at the stream's middle (seconds)
-    tolerance_s: float = 0.0  # half the stream's frame period (the video's for audio and IMU)
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,119 +35,6 @@ class SyncResult:
     rows: list[SyncRow]
     sessions: int
     seconds: float
-
-
-def verdict(session: str, stream: str, declared, est: sync.ClockEstimate | None, tolerance_s: float,
-            mode: str = "verify") -> SyncRow:  # fmt: skip
-    """The row for one stream: ``agrees`` / ``mismatch`` / ``estimated`` / ``unsynchronisable`` / ``declared_only``.
-
-    A confident estimate disagrees when it moves the stream's middle by more than ``tolerance_s``. In
-    ``estimate`` mode a disagreeing confident estimate is used (``estimated``); otherwise the declared clock is.
-    """
-    d_off, d_ppm = float(declared.offset_s), float(declared.drift_ppm)
-    if est is None or mode == "declared":
-        return SyncRow(session, stream, d_off, d_ppm, None, None, 0.0, "declared_only", d_off, d_ppm,
-                       tolerance_s=tolerance_s)  # fmt: skip
-    lag = None if not np.isfinite(est.lag_s) else float(est.lag_s)
-    if est.status != sync.CONFIDENT:
-        return SyncRow(session, stream, d_off, d_ppm, None, None, 0.0, "unsynchronisable", d_off, d_ppm, lag,
-                       tolerance_s, est.reason)  # fmt: skip
-    e_off, e_ppm = float(est.offset_s), float(est.drift_ppm)
-    if abs(est.lag_s) <= tolerance_s:
-        status, used = "agrees", (d_off, d_ppm)
-    elif mode == "estimate":
-        status, used = "estimated", (e_off, e_ppm)
-    else:
-        status, used = "mismatch", (d_off, d_ppm)
-    return SyncRow(session, stream, d_off, d_ppm, e_off, e_ppm, float(est.confidence), status, *used, lag,
-                   tolerance_s)  # fmt: skip
-
-
-def _grid(pair, rate: float) -> sync.Activity:
-    t, v = pair
-    return sync.to_grid(t, v, rate)
-
-
-def _stream_activities(root: Path, unit: MediaUnit, rate: float) -> tuple[dict, dict, dict]:
-    """Activities (session grid, declared clocks), declared clocks and frame periods of a unit's streams."""
-    acts, clocks, periods, problems = {}, {}, {}, {}
-    from transforms.framestream import FrameTableError, load_frame_table
-    from transforms.imu import ImuFormatError, read_imu_csv
-
-    if unit.audio:
-        clocks["audio"] = unit.audio_clock
-        try:
-            acts["audio"] = _grid(activity.read_audio_activity(check_file(root, unit.audio).path, unit.audio_clock),
-                                  rate)  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - an unreadable stream is unsynchronisable, not a crash
-            problems["audio"] = str(exc)
-    for name in ("depth", "thermal"):
-        spec = getattr(unit, name)
-        if spec is None:
-            continue
-        clocks[name] = spec.clock
-        try:
-            table = load_frame_table(root, spec)
-            files = [check_file(root, f).path for f in table.files]
-            acts[name] = _grid(activity.read_frames_activity(files, table.t), rate)
-            periods[name] = table.period_s
-        except (FrameTableError, ValueError, OSError) as exc:
-            problems[name] = str(exc)
-        except Exception as exc:  # noqa: BLE001 - PathRejected and friends
-            problems[name] = str(exc)
-    if unit.imu is not None:
-        spec = unit.imu
-        clocks["imu"] = spec.clock
-        try:
-            units = ImuUnits(accel=spec.accel_units, gyro=spec.gyro_units)
-            path = check_file(root, spec.path).path
-            try:
-                track = read_imu_csv(path, time_column=spec.time_column, time_unit_s=spec.time_unit_s, units=units)
-            except ImuFormatError:
-                if not spec.fallback_time_column:
-                    raise
-                track = read_imu_csv(path, time_column=spec.fallback_time_column, time_unit_s=spec.time_unit_s,
-                                     units=units)  # fmt: skip
-            acts["imu"] = _grid(activity.imu_flux(spec.clock.to_session(track.t), track.data.astype(np.float64)), rate)
-        except Exception as exc:  # noqa: BLE001
-            problems["imu"] = str(exc)
-    return acts, clocks, periods, problems
-
-
-def sync_unit(root: Path, unit: MediaUnit, params: sync.SyncParams | None = None, mode: str = "verify"
-              ) -> list[SyncRow]:  # fmt: skip
-    """Rows for every non-reference stream of one session (the video is the reference, always declared)."""
-    params = params or sync.SyncParams()
-    rows: list[SyncRow] = []
-    if not unit.video:
-        return rows
-    vclock = unit.video_clock
-    try:
-        video = activity.read_video_activity(check_file(root, unit.video).path, vclock)
-        ref = _grid(video["frames"], params.rate_hz)
-        vt = video["frames"][0]
-        video_half = 0.5 * float(np.median(np.diff(vt))) if vt.size > 1 else 1 / 60
-    except Exception as exc:  # noqa: BLE001 - no reference: every stream keeps its declared clock
-        log.warning("%s: video unreadable for sync (%s)", unit.session, exc)
-        ref, video_half = None, 1 / 60
-    rows.append(SyncRow(unit.session, "video", vclock.offset_s, vclock.drift_ppm, vclock.offset_s, vclock.drift_ppm,
-                        1.0 if ref is not None else 0.0, "agrees" if ref is not None else "declared_only",
-                        vclock.offset_s, vclock.drift_ppm, 0.0, video_half, "reference"))  # fmt: skip
-    acts, clocks, periods, problems = _stream_activities(root, unit, params.rate_hz)
-    for name in ("audio", "depth", "thermal", "imu"):
-        if name not in clocks:
-            continue
-        tol = max(video_half, 0.5 * periods.get(name, 0.0))
-        if ref is None:
-            rows.append(verdict(unit.session, name, clocks[name], None, tol, mode))
-            continue
-        if name not in acts:
-            est = sync.ClockEstimate(clocks[name].offset_s, clocks[name].drift_ppm, 0.0, sync.UNSYNCHRONISABLE,
-                                     float("nan"), False, problems.get(name, "no data"))  # fmt: skip
-        else:
-            est = sync.estimate_clock(ref, acts[name], clocks[name].offset_s, clocks[name].drift_ppm, params)
-        rows.append(verdict(unit.session, name, clocks[name], est, tol, mode))
-    return rows
 
 
 def rows_table(rows: list[SyncRow]) -> pa.Table:
@@ -254,3 +110,16 @@ def sync_raw(raw: Path | str, layout: str = "auto", params: sync.SyncParams | No
 
 def rows_as_dicts(rows: list[SyncRow]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+def write_sync_table(data: Path | str, unit_folders: list[Path]) -> Path:
+    """``DATA/sync.parquet`` from the units' ``sync.json`` files (units without one add no rows)."""
+    from pipelines.storage import atomic_write_parquet
+
+    rows = []
+    for folder in unit_folders:
+        f = Path(folder) / SYNC_FILE
+        if f.is_file():
+            rows += [SyncRow(**d) for d in json.loads(f.read_text())]
+    rows.sort(key=lambda r: (r.session, r.stream))
+    return atomic_write_parquet(Path(data) / "sync.parquet", rows_table(rows))

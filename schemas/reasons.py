@@ -44,6 +44,7 @@ class RejectReason(StrEnum):
     IMU_GAP = "imu_gap"
     IMU_NAN = "imu_nan"
     IMU_CLOCK_STEP = "imu_clock_step"  # the IMU clock stepped back; later samples are on an unknown clock
+    CLOCK_MISMATCH = "clock_mismatch"  # the declared clock disagrees with a confident estimate from content
     DEPTH_BIT_DEPTH = "depth_bit_depth"  # a depth image whose bit depth cannot hold its declared unit (8-bit "mm")
     DEPTH_IMPLAUSIBLE = "depth_implausible"  # depth values outside any real sensor's range for the declared unit
     ORIENTATION_MISMATCH = "orientation_mismatch"  # a still pair whose members carry different EXIF orientations

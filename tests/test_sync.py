@@ -354,3 +354,59 @@ def test_cli_sync_prints_rows_and_writes_the_table(tmp_path, capsys):
     assert "s043_000 imu" in text and "sync: 1 session(s)" in text
     assert pq.read_table(out).num_rows == 5
     assert main(["sync", str(tmp_path / "nope"), "--out", str(out), "-q"]) == 2
+
+
+# ------------------------------------------------------------------------------- build --clocks (issue 14)
+
+
+@pytest.mark.slow
+def test_build_clocks_verify_rejects_wrong_streams_and_estimate_corrects_them(tmp_path):
+    """One session with wrong clocks: verify rejects exactly the wrong streams' windows, estimate fixes them,
+    declared does neither; DATA/sync.parquet records the clock used."""
+    import pyarrow.parquet as pq
+
+    from bindset.synth.generate import SynthConfig, synth
+    from pipelines.build import EngineConfig, build
+    from transforms.config import BuildConfig
+
+    raw = tmp_path / "raw"
+    synth(raw, SynthConfig(sessions=2, seconds=20, seed=203, clocks="wrong", impacts_per_minute=20, **SMALL))
+    wrong = {
+        (sid, k)
+        for sid in ("s203_000", "s203_001")
+        for k, v in _truth(raw, sid)["declared_clocks"].items()
+        if v != _truth(raw, sid)["clocks"][k]
+    }
+    assert wrong
+    out = {}
+    for mode in ("declared", "verify", "estimate"):
+        data = tmp_path / mode
+        build(raw, data, BuildConfig(clocks=mode), EngineConfig("local"))
+        out[mode] = (pq.read_table(data / "sync.parquet").to_pylist(), pq.read_table(data / "rejects.parquet"),
+                     pq.read_table(data / "index.parquet"))  # fmt: skip
+    rows, rejects, index = out["verify"]
+    assert {(r["session"], r["stream"]) for r in rows if r["status"] == "mismatch"} == wrong
+    mism = [r for r in rejects.to_pylist() if r["reason"] == "clock_mismatch"]
+    assert {(r["session"], r["modality"]) for r in mism} == wrong
+    per_session = {s: index.filter(pa_eq(index, "session", s)).num_rows for s in ("s203_000", "s203_001")}
+    for sid, stream in wrong:  # every window of a wrong stream, and nothing else
+        assert sum(1 for r in mism if r["session"] == sid and r["modality"] == stream) == per_session[sid]
+    rows, rejects, _ = out["declared"]
+    assert {r["status"] for r in rows} == {"declared_only"}
+    assert "clock_mismatch" not in rejects.column("reason").to_pylist()
+    rows, rejects, _ = out["estimate"]
+    assert {(r["session"], r["stream"]) for r in rows if r["status"] == "estimated"} == wrong
+    assert "clock_mismatch" not in rejects.column("reason").to_pylist()
+    for r in rows:
+        if r["status"] == "estimated":
+            truth = _truth(raw, r["session"])
+            c = truth["clocks"][r["stream"]]
+            err = sync.clock_error_s(r["used_offset_s"], r["used_drift_ppm"], c["offset_s"], c["drift_ppm"],
+                                     _stream_mid(truth, r["stream"]))  # fmt: skip
+            assert abs(err) <= r["tolerance_s"]
+
+
+def pa_eq(table, column, value):
+    import pyarrow.compute as pc
+
+    return pc.equal(table.column(column), value)

@@ -61,6 +61,11 @@ class BuildConfig(StrictConfig):
     val_fraction: float = Field(0.2, ge=0, le=1, description="fraction of sessions in the val split")
     split_salt: str = Field("bindset", description="salt of the session hash that picks the split")
     # robustness
+    clocks: Literal["declared", "verify", "estimate"] = Field(
+        "verify", description="stream clocks: declared (as the manifest says), verify (estimate from content; "
+        "windows of a stream whose confident estimate disagrees are clock_mismatch rejects), estimate (use a "
+        "confident estimate where it disagrees); DATA/sync.parquet records each (transforms/clockcheck.py)",
+    )
     decode_timeout_s: float = Field(
         600.0, gt=0, description="floor of each file's decode budget (s): a decoder is killed after "
         "max(this, 4 s per media second + 2 s per MB) on one file (pipelines/work.py: decode_budget)",

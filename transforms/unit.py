@@ -22,6 +22,7 @@ from schemas.manifest import ImuUnits
 from schemas.reasons import RejectReason
 from transforms import filters as F
 from transforms import imu as I
+from transforms.clockcheck import check_clocks
 from transforms.config import BuildConfig
 from transforms.framestream import FrameTable, FrameTableError, load_frame_table, pick_frame, read_still_partner
 from transforms.images import (
@@ -193,12 +194,17 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
         sink.reject(Reject(unit.video, RejectReason.PARTIAL_WINDOW, "recording is shorter than one clip", session))
         return
     sink.planned(len(windows))
+    # --clocks: estimate each stream's clock from content (a separate decimated pass) before decoding;
+    # `estimate` may replace clocks, `verify` names the streams whose windows are clock_mismatch rejects
+    unit, clock_fail = check_clocks(root, unit, cfg.clocks, sink.folder)
 
     # audio: in the video container, in a file of its own, or unusable for every window
     audio_fail: tuple[RejectReason, str, str] | None = None
+    if "audio" in clock_fail:  # every window rejects it: not decoded at all
+        audio_fail = (RejectReason.CLOCK_MISMATCH, unit.audio, clock_fail["audio"])
     streams = []
     audio_in_video = unit.audio is not None and unit.audio == unit.video
-    if unit.audio is not None and not audio_in_video:
+    if unit.audio is not None and not audio_in_video and audio_fail is None:
         try:
             audio_path = check_file(root, unit.audio).path
             ainfo = probe(audio_path, cfg.max_image_side)
@@ -213,7 +219,7 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
             audio_fail = (exc.reason, exc.source, exc.detail)
         except MediaInputError as exc:
             audio_fail = (_open_failure(unit.audio, exc.reason), unit.audio, exc.detail)
-    elif audio_in_video and not info.has_audio:
+    elif audio_in_video and not info.has_audio and audio_fail is None:
         audio_fail = (RejectReason.NO_AUDIO_STREAM, unit.video, "video has no audio track")
     want_audio = unit.audio is not None and audio_fail is None
     streams.insert(
@@ -232,7 +238,7 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
     # only touched from there until it has caught up.
     with helper_thread("bindset-emit") as emitter:
         # depth/thermal tables and the IMU track load there too, first, while decoding starts here
-        sides = emitter.submit(_load_sides, root, unit, sink)
+        sides = emitter.submit(_load_sides, root, unit, sink, clock_fail)
         pending: deque[Future] = deque([sides])
 
         def submit(fn, *args) -> None:
@@ -276,10 +282,17 @@ def _open_failure(rel: str, reason: RejectReason) -> RejectReason:
     return reason
 
 
-def _load_sides(root: Path, unit: MediaUnit, sink: UnitSink) -> list[_Side]:
+def _load_sides(root: Path, unit: MediaUnit, sink: UnitSink, clock_fail: dict[str, str] | None = None) -> list[_Side]:
     sides = (_load_frames(root, unit, "depth", sink), _load_frames(root, unit, "thermal", sink),
              _load_imu(root, unit, sink))  # fmt: skip
-    return [s for s in sides if s is not None]
+    fail = clock_fail or {}
+    return [
+        _Side(s.name, source=s.source, reason=RejectReason.CLOCK_MISMATCH, detail=fail[s.name])
+        if s.name in fail and s.reason is None
+        else s
+        for s in sides
+        if s is not None
+    ]
 
 
 def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Future, split, cfg: BuildConfig,
