@@ -39,9 +39,11 @@ def tuple_field(tp: Any) -> Any:
 
 
 class StrictConfig(BaseModel):
-    """Frozen, extra="forbid", strict pydantic model with ``to_dict``/``from_dict``/``from_file``/``replace``."""
+    """Frozen, extra="forbid", strict pydantic model of finite floats, with ``to_dict``/``from_dict``/``from_file``/
+    ``replace``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # allow_inf_nan=False: JSON/YAML/argparse all parse NaN and inf, and a NaN threshold compares False with everything
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     def to_dict(self) -> dict:
         """Plain JSON-compatible values (tuples become lists), the form files and manifests hold."""

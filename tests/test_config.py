@@ -33,6 +33,11 @@ def _raises(cls, data: dict, expected: str):
         ({"val_fraction": 1.5}, "val_fraction: input should be less than or equal to 1 (got 1.5)"),
         ({"layout": "vidoes"}, "layout: input should be 'auto', 'captures'"),
         ({"filters": {"audio_rms_dbfs_mn": -50}}, "filters.audio_rms_dbfs_mn: unknown key"),
+        # JSON's NaN/Infinity, YAML's .nan/.inf and argparse's float("nan") all parse: a NaN threshold would
+        # switch its filter off (every comparison False), an infinite clip would plan nothing
+        ({"filters": {"audio_rms_dbfs_min": float("nan")}}, "filters.audio_rms_dbfs_min: input should be a finite"),
+        ({"clip_s": float("inf")}, "clip_s: input should be a finite number (got inf)"),
+        ({"stride_s": float("nan")}, "stride_s: input should be a finite number (got nan)"),
     ],
 )
 def test_build_config_rejects_typos_and_wrong_types(data, expected):
@@ -52,6 +57,7 @@ def test_build_config_rejects_typos_and_wrong_types(data, expected):
         ({"data": {"depth_norm": "mean"}}, "data.depth_norm: input should be a valid tuple or input should be 'auto'"),
         ({"modalities": ["audio", "smell"]}, "modalities: must be a non-empty subset of"),
         ({"batch_size": 1}, "batch_size: input should be greater than or equal to 2"),
+        ({"optim": {"audio": {"lr": float("inf")}}}, "optim.audio.lr: input should be a finite number (got inf)"),
     ],
 )
 def test_train_config_rejects_typos_and_wrong_types(data, expected):
@@ -64,6 +70,7 @@ def test_train_config_rejects_typos_and_wrong_types(data, expected):
         ({"max_reject_rat": 0.1}, "max_reject_rat: unknown key"),
         ({"max_reject_rate": "0.1"}, "max_reject_rate: input should be a valid number (got '0.1')"),
         ({"min_samples": 2.5}, "min_samples: input should be a valid integer (got 2.5)"),
+        ({"max_reject_rate": float("nan")}, "max_reject_rate: input should be a finite number (got nan)"),
     ],
 )
 def test_quality_thresholds_reject_typos_and_wrong_types(data, expected):
@@ -118,10 +125,9 @@ def test_build_flags_come_from_the_field_definitions(tmp_path):
     # --config FILE, then the flags given on top (a nested mapping merged key by key)
     y = tmp_path / "b.yaml"
     y.write_text("stride_s: 1\njpeg_quality: 80\nclip_s: 3\nfilters: {audio_rms_dbfs_min: -50}\n")
-    args, extra = parser.parse_known_args(
-        ["build", "r", "d", "--config", str(y), "--jpeg-quality", "70", "--filters", '{"frame_diff_min": 0.2}',
-         "--runner=DirectRunner"]  # fmt: skip
-    )
+    argv = ["build", "r", "d", "--config", str(y), "--jpeg-quality", "70", "--filters", '{"frame_diff_min": 0.2}',
+            "--runner=DirectRunner"]  # fmt: skip
+    args, extra = parser.parse_known_args(argv)
     cfg = build_config_from(args)
     assert extra == ["--runner=DirectRunner"]
     assert (cfg.stride_s, cfg.jpeg_quality, cfg.clip_s) == (1.0, 70, 3.0)
