@@ -27,6 +27,7 @@ File names are ``<command>-<UTC time>-<pid>.log``.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -207,17 +208,19 @@ def run_logging(path: Path, verbose: int = 0, quiet: bool = False) -> Iterator[R
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-def _inside(missing: str | bytes | None, paths: Sequence[Path]) -> bool:
-    """A missing file at, or inside, a path the user gave: an input error, not a bug.
+def _inside(path: str | bytes | None, paths: Sequence[Path], *, bookkeeping: bool = False) -> bool:
+    """A file at, or inside, a path the user gave: its OS error is an input error, not a bug.
 
-    Except bindset's own bookkeeping below it (``DATA/_work/...``): a file missing there is a bug of bindset's
-    (as ``DATA/_work/builds.jsonl`` was after an all-rejected build), not something the user can fix.
+    Except, unless ``bookkeeping``, in bindset's own bookkeeping below it (``DATA/_work/...``): a file missing
+    there is a bug of bindset's (as ``DATA/_work/builds.jsonl`` was after an all-rejected build), not something
+    the user can fix; a folder there that cannot be written is still the user's DATA.
     """
-    if not missing:
+    if not path:
         return False
-    m = Path(os.fsdecode(missing)).absolute()
+    m = Path(os.fsdecode(path)).absolute()
     return any(
-        m == p.absolute() or (p.absolute() in m.parents and "_work" not in m.relative_to(p.absolute()).parts)
+        m == p.absolute()
+        or (p.absolute() in m.parents and (bookkeeping or "_work" not in m.relative_to(p.absolute()).parts))
         for p in paths
     )
 
@@ -226,7 +229,8 @@ def guarded(prog: str, run: RunLog, command: Callable[[], int], user_paths: Sequ
     """Run ``command`` and map what it raises to an exit code, with one line on the console.
 
     :class:`schemas.errors.UserError` (config, usage, input; ConfigError and LayoutError included) -> 2; a
-    ``FileNotFoundError`` for a path at or inside one of ``user_paths`` -> 2; Ctrl-C -> 130; anything else
+    ``FileNotFoundError``, or permission denied or a read-only file system, for a path at or inside one of
+    ``user_paths`` -> 2; Ctrl-C -> 130; anything else
     -> 3, the line naming the log file, which holds the traceback. A bug is never shown as a usage error.
     """
     from schemas.errors import UserError
@@ -245,6 +249,14 @@ def guarded(prog: str, run: RunLog, command: Callable[[], int], user_paths: Sequ
             return _unexpected(prog, run, exc)
         log.error("%s: %s", prog, exc, extra={"file_only": True})
         print(f"{prog}: error: {os.fsdecode(exc.filename)}: no such file or folder", file=run.console)
+        return EXIT_USAGE
+    except OSError as exc:  # an output the user named that cannot be written (DATA in a read-only folder)
+        problem = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                   errno.EROFS: "read-only file system"}.get(exc.errno)  # fmt: skip
+        if problem is None or not _inside(exc.filename, user_paths, bookkeeping=True):
+            return _unexpected(prog, run, exc)
+        log.error("%s: %s", prog, exc, extra={"file_only": True})
+        print(f"{prog}: error: {os.fsdecode(exc.filename)}: {problem}", file=run.console)
         return EXIT_USAGE
     except KeyboardInterrupt:
         log.error("%s: interrupted", prog, extra={"file_only": True})

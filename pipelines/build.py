@@ -136,6 +136,8 @@ def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineCon
         raise ValueError(f"unknown engine {engine.engine!r}; choose one of {', '.join(ENGINES)}")
     if data == raw or raw in data.parents:
         raise InputError(f"output {data} must not be inside the input {raw}")
+    if data.exists() and not data.is_dir():
+        raise InputError(f"output {data}: not a folder")
     data.mkdir(parents=True, exist_ok=True)
     with BuildLock(data) as lock:
         out = _build_locked(raw, data, cfg, engine, progress, lock.build_id, retry_failed, max_attempts, t0)

@@ -66,6 +66,17 @@ def test_usage_and_input_errors_exit_2_with_one_line(tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith(f"bindset build: error: {line}"), err
     assert not (tmp_path / "d" / "manifest.json").exists()
 
+    # DATA that is a file, or in a folder the user cannot write (root without its override capability)
+    (tmp_path / "file").write_text("x")
+    assert main(["build", str(tmp_path / "raw"), str(tmp_path / "file"), "--engine", "local", *log]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"bindset build: error: output {tmp_path / 'file'}: not a folder"]
+    (tmp_path / "ro").mkdir(mode=0o555)
+    drop_caps = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--"]
+    run = subprocess.run([*drop_caps, *BINDSET, "build", str(tmp_path / "raw"), str(tmp_path / "ro" / "data"),
+                          "--engine", "local", *log], capture_output=True, text=True, env=_env())  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines() == [f"bindset build: error: {tmp_path / 'ro' / 'data'}: permission denied"]
+
     assert main(["synth", str(tmp_path / "raw"), "--seconds", "1", *log]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "bindset synth: error: --sessions/--seconds: need at least one session of at least 2 seconds"
