@@ -508,8 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and not getattr(args, "passthrough", False):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra and not getattr(args, "passthrough", False):  # named as the subcommand's own errors are
+            prog = f"{parser.prog} {args.command}"
+            parser.exit(EXIT_USAGE, f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)\n")
     except SystemExit as exc:  # --help, --version, usage errors (already printed as one line)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 

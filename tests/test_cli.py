@@ -77,6 +77,11 @@ def test_usage_and_input_errors_exit_2_with_one_line(tmp_path, capsys):
     assert run.returncode == 2, run.stderr
     assert run.stderr.splitlines() == [f"bindset build: error: {tmp_path / 'ro' / 'data'}: permission denied"]
 
+    assert main(["report", str(tmp_path), "--out", "x"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "bindset report: error: unrecognized arguments: --out x (see bindset report --help)"
+    ]
+
     assert main(["synth", str(tmp_path / "raw"), "--seconds", "1", *log]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "bindset synth: error: --sessions/--seconds: need at least one session of at least 2 seconds"
