@@ -127,8 +127,9 @@ def run_embed(s: TrainSettings, t: TrainOutcome, airflow_run_id: str = "manual",
         from orchestration.ray_jobs import embed_argv, job_spec, run_ray_job
 
         assert s.ray is not None
-        run_ray_job(s.ray, job_spec("embed", embed_argv(Path(t.dataset.path), Path(t.run), emb, s.gpu), s.ray,
-                                    airflow_run_id, try_number))  # fmt: skip
+        # on the cluster the job runs on: a pool of Ray actors over the parts (training/embed.py)
+        argv = embed_argv(Path(t.dataset.path), Path(t.run), emb, s.gpu) + ["--engine", "ray", "--ray-address", "auto"]
+        run_ray_job(s.ray, job_spec("embed", argv, s.ray, airflow_run_id, try_number))
     else:
         from training.embed import embed
 

@@ -349,8 +349,10 @@ def test_cli_train_embed_search_eval(data, tmp_path, capsys):
     assert main(["train", str(data), str(run), "--engine", "local", "--epochs", "2", "--quiet"]) == 0
     assert "train:" in capsys.readouterr().out and (run / "model" / "model.safetensors").exists()
     assert main(["embed", str(data), str(run), str(emb), "--quiet"]) == 0
-    t = pq.read_table(emb / "audio.parquet")
+    t = pq.read_table(emb / "audio")  # the parts, one per shard
     assert t.column_names == ["key", "modality", "split", "session", "label", "run_id", "vector"]
+    shards = json.loads((data / "shards" / "sizes.json").read_text())
+    assert sorted(p.name for p in (emb / "audio").iterdir()) == [f"part-{i:06d}.parquet" for i in range(len(shards))]
     assert t.schema.field("vector").type.list_size == 128 and set(t.column("modality").to_pylist()) == {"audio"}
     for m in ("image", "text", "audio", "depth", "thermal", "imu"):
         assert (emb / "index" / f"{m}.faiss").exists(), m

@@ -1,24 +1,45 @@
 """`bindset embed`: batch inference of a trained run over every sample and modality of a dataset.
 
     bindset embed DATA RUN EMB [--gpu] [--batch-size 128]
+    bindset embed DATA RUN EMB --engine ray [--ray-address auto] [--workers 4] [--gpu]
 
-Writes, per modality (image = the frozen tower on the paired frames, text = the frozen text tower on
-the caption, and each trained encoder):
-    EMB/<modality>.parquet    key, modality, split, session, label, run_id, vector (fixed-size list)
-    EMB/index/<modality>.faiss  a FAISS inner-product index over that file's rows (row i = id i)
-    EMB/meta.json             the run, its id, the tower, the dataset version, counts and index types
+Writes, per modality (image = the frozen tower on the paired frames, text = the frozen text tower on the
+caption, and each trained encoder), one part per input shard, as the part is produced (layout:
+training/emb_store.py):
+    EMB/<modality>/part-NNNNNN.parquet  key, modality, split, session, label, run_id, vector (fixed-size list)
+    EMB/_parts/part-NNNNNN.json         the part's commit marker: shard, content fingerprint, rows per modality
+    EMB/index/<modality>.faiss          FAISS inner-product index over the modality's rows (training/vector_index.py)
+    EMB/meta.json                       last, the commit point: run, dataset version, parts, counts, index
+                                        parameters and recall, and this run's counters
+
+Memory is bounded by the batch and the model, not the dataset: a batch's vectors go to the part's Parquet
+writers (one row group per batch) before the next batch is read; the index is built from the parts, one
+modality at a time. A part's fingerprint hashes the run (model digest, config), the batch size and, per
+sample of its shard, the index row (key, split, session, label, caption) and every member's sha256. A
+rerun keeps each part whose marker carries the same fingerprint, so a killed run redoes only unfinished
+parts, and a newer dataset version embeds only the shards whose content changed.
+
+Engines: ``local`` (default) reads with a DataLoader and embeds part after part in this process; ``ray``
+runs a pool of Ray actors (the model loaded once per actor, ``num_gpus=1`` each with ``--gpu``) over the
+parts to embed, each writing its parts through the same code, so the vectors equal the local engine's and
+the rows are in the same order (part order is shard order, whichever actor finished first).
 
 FAISS, not LanceDB: the vectors are already in Parquet, so what is missing is only a fast nearest-
-neighbour structure; FAISS is one wheel with no service or storage format of its own, is exact
-(IndexFlatIP) at the sizes a test or a single dataset version has, and switches to an IVF index for
-large files. LanceDB would duplicate the Parquet data in its own format for filtering we do not need.
+neighbour structure; FAISS is one wheel with no service or storage format of its own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from dataclasses import dataclass
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +48,26 @@ import pyarrow.parquet as pq
 import torch
 
 from pipelines import storage
+from pipelines.dataset import DatasetChanged, open_dataset
 from schemas import modalities as M
-from schemas.errors import MissingInputError
+from schemas.errors import InputError, MissingInputError
+from schemas.tables import member_column
+from training import emb_store as S
 from training.checkpoint import MODEL, STATE
 from training.config import TrainConfig
 from training.encoders import BindingModel
 from training.inputs import ModelInputs, collate
 from training.shards import SampleReader, SampleTable, loader_context
+from training.vector_index import IndexParams, build_index, write_index
+
+log = logging.getLogger(__name__)
 
 ALL = ("image", "text", "audio", "depth", "thermal", "imu")
-EXACT_MAX = 200_000  # rows up to which an exact flat index is used
-META = "meta.json"
+META = S.META
+ENGINES = ("local", "ray")
+#: fault injection for tests of resume: "kill_after_parts:N" SIGKILLs the process once N parts are committed
+FAULT_ENV = "BINDSET_EMBED_FAULT"
+_WANT = frozenset(M.MEMBERS) - {M.TEXT.member}
 
 
 @dataclass
@@ -50,23 +80,287 @@ class LoadedRun:
     device: torch.device
 
 
+def run_identity(run: Path | str) -> tuple[TrainConfig, str]:
+    """A trained run's config and id (``<run folder name>-<first 12 hex of the model's sha256>``).
+
+    Raises ``MissingInputError`` (a FileNotFoundError, exit 2) when RUN has no final model."""
+    final = Path(run) / "model"
+    if not (final / MODEL).exists():
+        raise MissingInputError(f"{run}: no trained model ({final / MODEL} missing); run `bindset train` first")
+    cfg = TrainConfig.from_dict(json.loads((final / STATE).read_text())["config"])
+    with open(final / MODEL, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:12]
+    return cfg, f"{Path(run).name}-{digest}"
+
+
 def load_run(run: Path | str, device: str | torch.device = "cpu") -> LoadedRun:
     from safetensors.torch import load_file
 
     from training.towers import FrozenTowers
 
-    final = Path(run) / "model"
-    if not (final / MODEL).exists():
-        raise MissingInputError(f"{run}: no trained model ({final / MODEL} missing); run `bindset train` first")
-    cfg = TrainConfig.from_dict(json.loads((final / STATE).read_text())["config"])
+    cfg, run_id = run_identity(run)
     device = torch.device(device)
     towers = FrozenTowers(cfg.tower, device)
     model = BindingModel({m: cfg.encoder(m) for m in cfg.modalities}, towers.embed_dim)
-    model.load_state_dict(load_file(final / MODEL))
+    model.load_state_dict(load_file(Path(run) / "model" / MODEL))
     model.to(device).eval()
-    digest = hashlib.sha256((final / MODEL).read_bytes()).hexdigest()[:12]
     inputs = ModelInputs(cfg.data, towers.image_size, towers.mean, towers.std)
-    return LoadedRun(cfg, model, towers, inputs, f"{Path(run).name}-{digest}", device)
+    return LoadedRun(cfg, model, towers, inputs, run_id, device)
+
+
+def produced_modalities(cfg: TrainConfig) -> tuple[str, ...]:
+    """What a run embeds: image and text (the frozen towers) and its trained encoders, in ``ALL`` order."""
+    return tuple(m for m in ALL if m in ("image", "text") or m in cfg.modalities)
+
+
+# ------------------------------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """Part ``number``: the samples of one shard (sample-table rows, in index order) and their fingerprint."""
+
+    number: int
+    shard: str
+    rows: tuple[int, ...]
+    fingerprint: str
+
+    @property
+    def name(self) -> str:
+        return S.part_name(self.number)
+
+    def batches(self, batch_size: int) -> list[list[int]]:
+        r = list(self.rows)
+        return [r[i : i + batch_size] for i in range(0, len(r), batch_size)]
+
+    def to_dict(self) -> dict:
+        return {"number": self.number, "shard": self.shard, "rows": list(self.rows), "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PartPlan:
+        return cls(int(d["number"]), str(d["shard"]), tuple(int(i) for i in d["rows"]), str(d["fingerprint"]))
+
+
+def plan_parts(index: pa.Table, shard_names: Iterable[str], header: dict) -> list[PartPlan]:
+    """One part per shard (in name order): its rows of ``index`` and a sha256 over ``header`` and those rows'
+    key, split, session, label, caption and member sha256 columns (SPEC §4: the index has each member's hash)."""
+    names = sorted(shard_names)
+    cols = ["key", "split", "session", "label", "caption"]
+    cols += sorted(member_column(m) for m in M.MEMBERS if member_column(m) in index.column_names)
+    values = {c: index.column(c).to_pylist() for c in cols}
+    by_shard: dict[str, list[int]] = {n: [] for n in names}
+    for i, s in enumerate(index.column("shard").to_pylist()):
+        by_shard.setdefault(s, []).append(i)
+    head = json.dumps(header, sort_keys=True).encode()
+    parts = []
+    for number, name in enumerate(names):
+        h = hashlib.sha256(head)
+        for i in by_shard[name]:
+            h.update(json.dumps([values[c][i] for c in cols]).encode() + b"\n")
+        parts.append(PartPlan(number, name, tuple(by_shard[name]), h.hexdigest()))
+    return parts
+
+
+# ------------------------------------------------------------------------------------ one part, streamed
+
+
+@dataclass
+class LiveRows:
+    """Vectors computed but not yet handed to a Parquet writer: the embed loop's only growing state.
+    ``peak`` stays at most one batch per modality whatever the dataset size (tests/test_embed.py)."""
+
+    now: int = 0
+    peak: int = 0
+
+    def add(self, n: int) -> None:
+        self.now += n
+        self.peak = max(self.peak, self.now)
+
+    def done(self, n: int) -> None:
+        self.now -= n
+
+
+class PartEmbedder:
+    """Embeds the batches of one part and commits the part's files; the same code under both engines."""
+
+    def __init__(self, lr: LoadedRun, table: SampleTable, emb: Path, produced: tuple[str, ...]):
+        self.lr, self.table, self.emb, self.produced = lr, table, emb, produced
+        self.dim = lr.towers.embed_dim
+        self.schema = S.schema(self.dim)
+        self.live = LiveRows()
+
+    def _outputs(self, batch: dict, idx: np.ndarray, text_cache: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        lr = self.lr
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if "frame0" in batch:
+            frames = lr.inputs.frames(batch, lr.device, train=False)
+            out["image"] = (lr.towers.image_embedding(frames, lr.cfg.data.image_frames), frames["frame0_mask"])
+        enc_in, masks = lr.inputs.encoders(batch, lr.device, lr.cfg.modalities)
+        for m, e in lr.model(enc_in).items():
+            out[m] = (e, masks[m])
+        captions = [self.table.captions[i] for i in idx]
+        # captions repeat (one per label, per file): the text tower sees each distinct one once per part
+        new = sorted({c for c in captions if c and c not in text_cache})
+        if new:
+            text_cache.update(zip(new, lr.towers.encode_text(new, lr.device).cpu(), strict=True))
+        have = [i for i, c in enumerate(captions) if c]
+        if have:
+            text = torch.zeros(len(idx), self.dim)
+            text[have] = torch.stack([text_cache[captions[i]] for i in have])
+            mask = torch.zeros(len(idx), dtype=torch.bool)
+            mask[have] = True
+            out["text"] = (text, mask)
+        return out
+
+    def _rows(self, m: str, rows: list[int], v: np.ndarray) -> pa.Table:
+        t = self.table
+        return pa.table({
+            "key": [t.keys[i] for i in rows],
+            "modality": [m] * len(rows),
+            "split": [t.splits[i] for i in rows],
+            "session": [t.sessions[i] for i in rows],
+            "label": [t.labels[i] for i in rows],
+            "run_id": [self.lr.run_id] * len(rows),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1), pa.float32()), self.dim),
+        }, schema=self.schema)  # fmt: skip
+
+    def embed_part(self, part: PartPlan, batches: Iterable[dict]) -> dict:
+        """Run the model over ``batches`` (the part's, in order) into a staging folder, then commit the part:
+        its old marker goes first, the files are renamed into place, the new marker last. Returns the marker."""
+        stage = storage.staging_dir(self.emb / part.name)
+        try:
+            files = {m: stage / f"{m}.parquet" for m in self.produced}
+            writers = {m: pq.ParquetWriter(files[m], self.schema, **storage.PARQUET_OPTS) for m in self.produced}
+            counts = dict.fromkeys(self.produced, 0)
+            text_cache: dict[str, torch.Tensor] = {}  # per part: a part's vectors never depend on other parts
+            with torch.no_grad():
+                for batch in batches:
+                    idx = batch["index"].numpy()
+                    for m, (e, mask) in self._outputs(batch, idx, text_cache).items():
+                        ok = mask.cpu().numpy()
+                        v = e.float().cpu().numpy()[ok]
+                        self.live.add(len(v))
+                        writers[m].write_table(self._rows(m, idx[ok].tolist(), v))
+                        self.live.done(len(v))
+                        counts[m] += len(v)
+            for m, w in writers.items():
+                w.close()
+                storage.fsync_file(files[m])
+            marker = {"name": part.name, "shard": part.shard, "fingerprint": part.fingerprint,
+                      "samples": len(part.rows), "rows": counts}  # fmt: skip
+            S.marker_path(self.emb, part.name).unlink(missing_ok=True)
+            for m in self.produced:
+                S.part_path(self.emb, m, part.name).parent.mkdir(parents=True, exist_ok=True)
+                storage.place_file(files[m], S.part_path(self.emb, m, part.name))
+                storage.fsync_dir(S.part_path(self.emb, m, part.name).parent)
+            storage.atomic_write_json(S.marker_path(self.emb, part.name), marker, indent=None)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        log.info("embed: %s (%s, %d samples) done", part.name, part.shard, len(part.rows))
+        return marker
+
+
+# ------------------------------------------------------------------------------------------------ engines
+
+
+class PartReader(SampleReader):
+    """A SampleReader that keeps one shard open: parts are read one after another, so a shard is not needed
+    again once the next one starts, and an archive's many shards leave no open file or member table behind."""
+
+    def _tar(self, shard: str):
+        for name in [n for n in self._tars if n != shard]:
+            self._tars.pop(name).close()
+        return super()._tar(shard)
+
+
+def _reader_batches(reader: SampleReader, batches: list[list[int]]) -> Iterator[dict]:
+    for b in batches:
+        yield collate([reader[i] for i in b])
+
+
+def _run_local(embedder: PartEmbedder, todo: list[PartPlan], batch_size: int, workers: int) -> Iterator[dict]:
+    per_part = [p.batches(batch_size) for p in todo]
+    flat = [b for bs in per_part for b in bs]
+    if not flat:
+        for p in todo:
+            yield embedder.embed_part(p, [])
+        return
+    loader = torch.utils.data.DataLoader(
+        PartReader(embedder.table, _WANT),
+        batch_sampler=flat,  # parts one after another; batches never cross a part
+        collate_fn=collate,
+        num_workers=workers,
+        multiprocessing_context=loader_context(workers),
+    )
+    it = iter(loader)
+    for p, bs in zip(todo, per_part, strict=True):
+        yield embedder.embed_part(p, itertools.islice(it, len(bs)))
+
+
+class RayPartWorker:
+    """A Ray actor: loads the run and the dataset snapshot once, then embeds the parts it is handed."""
+
+    def __init__(self, data: str, run: str, emb: str, version: str, batch_size: int, gpu: bool):
+        from training.shards import loader_worker_init
+
+        loader_worker_init(0)  # one thread per actor: the pool is the parallelism
+        self.lr = load_run(run, "cuda" if gpu else "cpu")
+        self.table = SampleTable.load(data, None)
+        if self.table.version != version:
+            raise DatasetChanged(f"{data}: a new version was committed while embedding; run `bindset embed` again")
+        self.embedder = PartEmbedder(self.lr, self.table, Path(emb), produced_modalities(self.lr.cfg))
+        self.reader = PartReader(self.table, _WANT)
+        self.batch_size = batch_size
+
+    def embed(self, part: dict) -> dict:
+        p = PartPlan.from_dict(part)
+        marker = self.embedder.embed_part(p, _reader_batches(self.reader, p.batches(self.batch_size)))
+        return {**marker, "peak_live_rows": self.embedder.live.peak}
+
+
+def _run_ray(args: dict, todo: list[PartPlan], workers: int | None, gpu: bool,
+             address: str | None) -> Iterator[dict]:  # fmt: skip
+    try:
+        import ray
+        from ray.util import ActorPool
+    except ImportError as exc:  # pragma: no cover - the locked environment has Ray
+        raise RuntimeError("--engine ray needs Ray installed; use --engine local") from exc
+    from pipelines.ray_start import init_ray, worker_logs_to_driver
+
+    # "local": a fresh instance even where `ray start` left a cluster running (None would attach to it)
+    kwargs = {"address": address} if address else {"address": "local", "include_dashboard": False,
+                                                    **({"num_cpus": workers} if workers else {})}  # fmt: skip
+    started = init_ray(log_to_driver=worker_logs_to_driver(), configure_logging=False, **kwargs)
+    try:
+        if not todo:
+            return
+        resources = ray.available_resources()
+        slots = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1))
+        n = max(1, min(len(todo), workers or slots))
+        actor = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(RayPartWorker)
+        pool = ActorPool([actor.remote(**args, gpu=gpu) for _ in range(n)])
+        log.info("embed: %d parts on %d Ray actors", len(todo), n)
+        yield from pool.map_unordered(lambda a, p: a.embed.remote(p.to_dict()), todo)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------- driver
+
+
+@dataclass(frozen=True)
+class EmbedStats:
+    """This run's counters (also in meta.json's ``last_run``): what it embedded, what it kept."""
+
+    parts: int
+    parts_embedded: int
+    parts_kept: int
+    samples_embedded: int
+    peak_live_rows: int  # vectors held before their writer took them, at most one batch per modality
+    index_built: list[str] = field(default_factory=list)
+    index_kept: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -74,114 +368,149 @@ class EmbedResult:
     emb: Path
     counts: dict[str, int]
     run_id: str
+    stats: EmbedStats
+    index: dict[str, dict]
 
     def summary_lines(self) -> list[str]:
-        return [f"embed: run {self.run_id} -> {self.emb}",
-                *(f"  {m}: {n} vectors" for m, n in self.counts.items())]  # fmt: skip
+        s = self.stats
+        lines = [f"embed: run {self.run_id} -> {self.emb}",
+                 f"  parts: {s.parts} ({s.parts_embedded} embedded, {s.parts_kept} kept), "
+                 f"{s.samples_embedded} samples embedded in {s.seconds:.1f} s"]  # fmt: skip
+        for m, n in self.counts.items():
+            info = self.index.get(m, {})
+            if info.get("recall_at_k") is not None:
+                how = (f"{info['kind']} nlist {info['nlist']} nprobe {info['nprobe']}, recall@{info['k']} "
+                       f"{info['recall_at_k']:.3f} on {info['queries']} held-out queries")  # fmt: skip
+            else:
+                how = info.get("kind", "-")
+            lines.append(f"  {m}: {n} vectors, index {how}")
+        return lines
 
 
-def _write_index(vectors: np.ndarray, path: Path) -> str:
-    import faiss
+def _fault(committed: int) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec.startswith("kill_after_parts:") and committed == int(spec.split(":")[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
 
-    d = vectors.shape[1]
-    if len(vectors) <= EXACT_MAX:
-        index, kind = faiss.IndexFlatIP(d), "flat_ip"
-    else:
-        nlist = int(4 * np.sqrt(len(vectors)))
-        index, kind = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT), f"ivf{nlist}"
-        sample = vectors[np.random.default_rng(0).choice(len(vectors), min(len(vectors), 256 * nlist), False)]
-        index.train(sample)
-        index.nprobe = 16
-    if len(vectors):
-        index.add(vectors)
-    storage.atomic_write_with(path, lambda tmp: faiss.write_index(index, str(tmp)))
-    return kind
+
+def _read_marker(emb: Path, name: str) -> dict | None:
+    try:
+        return json.loads(S.marker_path(emb, name).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _remove_stale(emb: Path, keep: int) -> None:
+    """Parts numbered ``keep`` and above (the dataset has fewer shards now) and leftover staging folders."""
+    for tmp in emb.glob(".part-*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if (emb / S.PARTS).is_dir():
+        for marker in (emb / S.PARTS).glob("part-*.json"):
+            if int(marker.stem.split("-")[1]) >= keep:
+                marker.unlink()
+    for m in ALL:
+        for f in (emb / m).glob("part-*.parquet") if (emb / m).is_dir() else ():
+            if int(f.stem.split("-")[1]) >= keep:
+                f.unlink()
 
 
 def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int = 128, gpu: bool = False,
-          progress=None) -> EmbedResult:  # fmt: skip
+          engine: str = "local", ray_address: str | None = None, workers: int | None = None,
+          index: IndexParams | None = None, progress=None) -> EmbedResult:  # fmt: skip
+    """Embed every sample of DATA with RUN into EMB (module docstring), keeping finished, unchanged parts.
+
+    ``engine``: local | ray; ``workers``: Ray actors (default: one per free CPU, or per GPU with ``gpu``).
+    ``progress(total)`` returns a bar with ``update(n)``/``close()`` (counted in parts). Raises
+    ``DatasetChanged`` when DATA is rebuilt during the run, ``MissingInputError`` without a trained model,
+    ``InputError`` for an unknown engine.
+    """
+    if engine not in ENGINES:
+        raise InputError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    t0 = time.perf_counter()
     data, emb = Path(data).resolve(), Path(emb).resolve()
-    lr = load_run(run, "cuda" if gpu else "cpu")
+    index = index or IndexParams()
+    cfg, run_id = run_identity(run)
+    produced = produced_modalities(cfg)
+    snap = open_dataset(data)
     table = SampleTable.load(data, None)
-    want = frozenset(M.MEMBERS) - {M.TEXT.member}
-    batches = [list(range(i, min(i + batch_size, len(table)))) for i in range(0, len(table), batch_size)]
-    workers = lr.cfg.data.loader_workers
-    loader = torch.utils.data.DataLoader(
-        SampleReader(table, want),
-        batch_sampler=batches,
-        collate_fn=collate,
-        num_workers=workers,
-        multiprocessing_context=loader_context(workers),
-    )
-    rows: dict[str, list[int]] = {m: [] for m in ALL}
-    vecs: dict[str, list[np.ndarray]] = {m: [] for m in ALL}
-    text_cache: dict[str, torch.Tensor] = {}
-    bar = progress(len(batches)) if progress else None
-    with torch.no_grad():
-        for batch in loader:
-            idx = batch["index"].numpy()
-            out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-            if "frame0" in batch:
-                frames = lr.inputs.frames(batch, lr.device, train=False)
-                out["image"] = (lr.towers.image_embedding(frames, lr.cfg.data.image_frames), frames["frame0_mask"])
-            enc_in, masks = lr.inputs.encoders(batch, lr.device, lr.cfg.modalities)
-            for m, e in lr.model(enc_in).items():
-                out[m] = (e, masks[m])
-            captions = [table.captions[i] for i in idx]
-            # captions repeat (one per label, per file): the text tower sees each distinct one once
-            new = sorted({c for c in captions if c and c not in text_cache})
-            if new:
-                text_cache.update(zip(new, lr.towers.encode_text(new, lr.device).cpu(), strict=True))
-            have = [i for i, c in enumerate(captions) if c]
-            if have:
-                text = torch.zeros(len(idx), lr.towers.embed_dim)
-                text[have] = torch.stack([text_cache[captions[i]] for i in have])
-                mask = torch.zeros(len(idx), dtype=torch.bool)
-                mask[have] = True
-                out["text"] = (text, mask)
-            for m, (e, mask) in out.items():
-                ok = mask.cpu().numpy()
-                rows[m] += idx[ok].tolist()
-                vecs[m].append(e.float().cpu().numpy()[ok])
-            if bar is not None:
-                bar.update(1)
+    if table.version != snap.version or table.pins != snap.pins:
+        raise DatasetChanged(f"{data}: a new version was committed while it was opened; run `bindset embed` again")
+    header = {"format": S.FORMAT, "run_id": run_id, "config": cfg.to_dict(), "batch_size": batch_size,
+              "produced": produced}  # fmt: skip
+    plan = plan_parts(snap.index, snap.shards, header)
+
+    emb.mkdir(parents=True, exist_ok=True)
+    try:
+        old_meta = S.read_meta(emb)
+    except S.EmbNotCommitted:
+        old_meta = None
+    # uncommit first: from here until the new meta.json, readers see "no committed embeddings", never a mix
+    (emb / META).unlink(missing_ok=True)
+    storage.fsync_dir(emb)
+    _remove_stale(emb, len(plan))
+    markers = {p.name: _read_marker(emb, p.name) for p in plan}
+    todo = [p for p in plan if (markers[p.name] or {}).get("fingerprint") != p.fingerprint]
+    log.info("embed: %d parts, %d to embed (%s engine)", len(plan), len(todo), engine)
+
+    bar = progress(len(todo)) if progress and todo else None
+    peak = 0
+    if engine == "local":
+        lr = load_run(run, "cuda" if gpu else "cpu")
+        embedder = PartEmbedder(lr, table, emb, produced)
+        done = _run_local(embedder, todo, batch_size, lr.cfg.data.loader_workers)
+    else:
+        embedder = None
+        args = {"data": str(data), "run": str(Path(run).resolve()), "emb": str(emb), "version": table.version,
+                "batch_size": batch_size}  # fmt: skip
+        done = _run_ray(args, todo, workers, gpu, ray_address)
+    for committed, marker in enumerate(done, 1):
+        markers[marker["name"]] = marker
+        peak = max(peak, marker.get("peak_live_rows", 0))
+        if bar is not None:
+            bar.update(1)
+        _fault(committed)
     if bar is not None:
         bar.close()
+    if embedder is not None:
+        peak = embedder.live.peak
+        del embedder, lr  # the model is not needed for the index: free it first
 
-    (emb / "index").mkdir(parents=True, exist_ok=True)
-    dim = lr.towers.embed_dim
-    counts, kinds = {}, {}
-    for m in ALL:
-        if not rows[m]:
+    parts = [{k: markers[p.name][k] for k in ("name", "shard", "fingerprint", "samples", "rows")} for p in plan]
+    counts = {m: sum(p["rows"].get(m, 0) for p in parts) for m in produced}
+    counts = {m: n for m, n in counts.items() if n}
+    dim = _dim(emb, parts, counts)
+    meta = {"format": S.FORMAT, "run": str(Path(run).resolve()), "run_id": run_id, "data": str(data),
+            "dataset_version": table.version, "dim": dim, "modalities": list(counts), "counts": counts,
+            "parts": parts, "index_params": index.to_dict(), "tower": cfg.to_dict()["tower"]}  # fmt: skip
+    infos, built, kept = {}, [], []
+    for m, n in counts.items():
+        same = (old_meta is not None and m in old_meta.get("index", {}) and S.index_path(emb, m).exists()
+                and old_meta.get("index_params") == meta["index_params"]
+                and [p["fingerprint"] for p in old_meta["parts"]] == [p["fingerprint"] for p in parts])  # fmt: skip
+        if same:
+            infos[m] = old_meta["index"][m]
+            kept.append(m)
             continue
-        v = np.concatenate(vecs[m]).astype(np.float32)
-        r = rows[m]
-        table_out = pa.table({
-            "key": [table.keys[i] for i in r],
-            "modality": [m] * len(r),
-            "split": [table.splits[i] for i in r],
-            "session": [table.sessions[i] for i in r],
-            "label": [table.labels[i] for i in r],
-            "run_id": [lr.run_id] * len(r),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), dim),
-        })  # fmt: skip
-        storage.atomic_write_parquet(emb / f"{m}.parquet", table_out)
-        kinds[m] = _write_index(v, emb / "index" / f"{m}.faiss")
-        counts[m] = len(r)
-    meta = {"run": str(Path(run).resolve()), "run_id": lr.run_id, "data": str(data),
-            "dataset_version": table.version, "dim": dim, "counts": counts, "index": kinds,
-            "tower": lr.cfg.to_dict()["tower"]}  # fmt: skip
+        b = build_index(lambda m=m: S.iter_vectors(emb, m, meta), n, dim, index)
+        write_index(b.index, S.index_path(emb, m))
+        infos[m] = b.info.to_dict()
+        built.append(m)
+        del b
+    stats = EmbedStats(len(plan), len(todo), len(plan) - len(todo), sum(len(p.rows) for p in todo), peak,
+                       built, kept, time.perf_counter() - t0)  # fmt: skip
+    meta.update(index=infos, last_run={**asdict(stats), "engine": engine})
     storage.atomic_write_json(emb / META, meta, indent=1)  # last: its presence marks a complete EMB folder
-    return EmbedResult(emb, counts, lr.run_id)
+    return EmbedResult(emb, counts, run_id, stats, infos)
 
 
-def read_vectors(emb: Path | str, modality: str) -> tuple[pa.Table, np.ndarray]:
-    """A modality's rows (without the vector column) and its vectors as an N x D float32 matrix."""
-    path = Path(emb) / f"{modality}.parquet"
-    if not path.exists():
-        raise MissingInputError(f"{path}: no {modality} embeddings")
-    t = pq.read_table(path)
-    col = t.column("vector").combine_chunks()
-    dim = col.type.list_size
-    vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-    return t.drop(["vector"]), vectors
+def _dim(emb: Path, parts: list[dict], counts: dict[str, int]) -> int:
+    for m in counts:
+        for p in parts:
+            if p["rows"].get(m):
+                return pq.read_schema(S.part_path(emb, m, p["name"])).field("vector").type.list_size
+    return 0
+
+
+def read_vectors(emb: Path | str, modality: str, split: str | None = None) -> tuple[pa.Table, np.ndarray]:
+    """A modality's rows (without the vector column) and vectors as an N x D float32 matrix (emb_store)."""
+    return S.read_vectors(emb, modality, split)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.errors import InputError
-from training.embed import ALL, META, read_vectors
+from training import emb_store as S
 
 KS = (1, 5, 10)
 TEMPLATES = ("a photo of {}.", "the sound of {}.", "a recording of {}.")
@@ -79,14 +79,10 @@ class EvalReport:
         return "\n".join(lines) + "\n"
 
 
-def _load(emb: Path, modality: str, split: str) -> tuple[list[str], list[str | None], np.ndarray] | None:
-    if not (emb / f"{modality}.parquet").exists():
-        return None
-    rows, v = read_vectors(emb, modality)
-    keep = np.array([s == split for s in rows.column("split").to_pylist()], bool)
-    keys = [k for k, ok in zip(rows.column("key").to_pylist(), keep, strict=True) if ok]
-    labels = [x for x, ok in zip(rows.column("label").to_pylist(), keep, strict=True) if ok]
-    return keys, labels, v[keep]
+def _load(emb: Path, modality: str, split: str) -> tuple[list[str], list[str | None], np.ndarray]:
+    """The split's keys, labels and vectors of one modality, read part by part (only the split is kept)."""
+    rows, v = S.read_vectors(emb, modality, split)
+    return rows.column("key").to_pylist(), rows.column("label").to_pylist(), v
 
 
 def retrieval(query: str, target: str, q, t) -> Retrieval | None:
@@ -135,8 +131,8 @@ def evaluate(emb: Path | str, split: str = "val", out: Path | str | None = None)
     from training.embed import load_run
 
     emb = Path(emb)
-    meta = json.loads((emb / META).read_text())
-    sets = {m: d for m in ALL if (d := _load(emb, m, split)) is not None}
+    meta = S.read_meta(emb)
+    sets = {m: _load(emb, m, split) for m in meta["modalities"]}
     if "image" not in sets or not sets["image"][0]:
         raise InputError(f"{emb}: no image embeddings in split {split!r}")
     report = EvalReport(split, meta["run_id"])

@@ -7,12 +7,13 @@
 
 The query is embedded with the run that made EMB (its path is in EMB/meta.json): text by the frozen text
 tower, an image by the frozen image tower, an audio file's first 2 s by the audio encoder (ImageBind's
-log-mel), a depth or thermal PNG by its encoder; ``--key`` reuses a stored vector.
+log-mel), a depth or thermal PNG by its encoder; ``--key`` reuses a stored vector. The search goes to the
+modality's FAISS index (exact, or IVF with the ``nprobe`` meta.json records) and reads back only the parts
+that hold the hits (training/emb_store.py).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import torch
 
 from schemas import modalities as M
 from schemas.errors import InputError, MissingInputError
-from training.embed import META, load_run, read_vectors
+from training import emb_store as S
+from training.embed import load_run
+from training.vector_index import read_index
 
 QUERY_KINDS = ("text", "image", "audio", "depth", "thermal", "key")
 
@@ -64,12 +67,11 @@ def query_vector(emb: Path, kind: str, value: str, source: str | None = None) ->
     if kind == "key":
         if not source:
             raise InputError("--key needs --from MODALITY (which of the sample's embeddings to query with)")
-        rows, vectors = read_vectors(emb, source)
-        hit = [i for i, k in enumerate(rows.column("key").to_pylist()) if k == value]
-        if not hit:
+        vector = S.find_key(emb, source, value)
+        if vector is None:
             raise InputError(f"no {source} embedding for key {value!r} in {emb}")
-        return vectors[hit[0]]
-    meta = json.loads((emb / META).read_text())
+        return vector
+    meta = S.read_meta(emb)
     lr = load_run(meta["run"])
     with torch.no_grad():
         if kind == "text":
@@ -90,16 +92,18 @@ def query_vector(emb: Path, kind: str, value: str, source: str | None = None) ->
 
 def search(emb: Path | str, kind: str, value: str, *, to: str = "image", k: int = 5,
            source: str | None = None) -> list[Hit]:  # fmt: skip
-    import faiss
+    """The ``k`` nearest ``to`` rows of a query (module docstring), best first.
 
+    Raises ``EmbNotCommitted`` (no committed EMB), ``MissingInputError`` (``to`` was not embedded) and
+    ``InputError`` (an unusable query)."""
     emb = Path(emb)
-    index_path = emb / "index" / f"{to}.faiss"
-    if not index_path.exists():
-        raise MissingInputError(f"{index_path}: no {to} index (was it embedded?)")
+    meta = S.read_meta(emb)
+    if to not in meta["modalities"]:
+        raise MissingInputError(f"{emb}: no {to} embeddings (it has {', '.join(meta['modalities'])})")
     q = query_vector(emb, kind, value, source).astype(np.float32)[None]
-    index = faiss.read_index(str(index_path))
+    index = read_index(S.index_path(emb, to), meta["index"][to].get("nprobe"))
     scores, ids = index.search(q / np.linalg.norm(q), k)
-    rows, _ = read_vectors(emb, to)
-    keys, splits, labels = (rows.column(c).to_pylist() for c in ("key", "split", "label"))
-    return [Hit(r + 1, keys[i], float(s), splits[i], labels[i])
-            for r, (s, i) in enumerate(zip(scores[0], ids[0], strict=True)) if i >= 0]  # fmt: skip
+    found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+    rows = S.rows_at(emb, to, [i for _, i in found], ("key", "split", "label"))
+    return [Hit(r + 1, row["key"], s, row["split"], row["label"])
+            for r, ((s, _), row) in enumerate(zip(found, rows, strict=True))]  # fmt: skip

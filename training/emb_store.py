@@ -1,0 +1,148 @@
+"""The EMB folder: embeddings partitioned by input shard, a marker per finished part, meta.json as the commit point.
+
+    EMB/<modality>/part-NNNNNN.parquet   key, modality, split, session, label, run_id, vector (fixed-size list)
+    EMB/_parts/part-NNNNNN.json          a finished part: its shard, content fingerprint and rows per modality
+    EMB/index/<modality>.faiss           a FAISS inner-product index over the modality's rows, in part order
+    EMB/meta.json                        written last: the run, the dataset version, the parts in order, the
+                                         counts and the index parameters; without it EMB is not committed
+
+Part N holds the rows of the dataset's N-th shard (shards in name order), in index order; a modality's rows
+are the concatenation of its parts in meta.json's order, and row i of that concatenation is id i of the
+modality's FAISS index. Readers go by meta.json's part list, never by listing folders, so a file left by an
+interrupted or older run is never read. Every read here streams part by part.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.errors import MissingInputError, UserError
+
+META = "meta.json"
+PARTS = "_parts"
+INDEX = "index"
+FORMAT = 2  # 1: one EMB/<modality>.parquet per modality (before partitioned output)
+COLUMNS = ("key", "modality", "split", "session", "label", "run_id", "vector")
+
+
+class EmbNotCommitted(UserError):
+    """EMB holds no committed embeddings (no run finished, or one is writing right now)."""
+
+
+def part_name(i: int) -> str:
+    return f"part-{i:06d}"
+
+
+def part_path(emb: Path, modality: str, name: str) -> Path:
+    return emb / modality / f"{name}.parquet"
+
+
+def marker_path(emb: Path, name: str) -> Path:
+    return emb / PARTS / f"{name}.json"
+
+
+def index_path(emb: Path, modality: str) -> Path:
+    return emb / INDEX / f"{modality}.faiss"
+
+
+def schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        ("key", pa.string()), ("modality", pa.string()), ("split", pa.string()), ("session", pa.string()),
+        ("label", pa.string()), ("run_id", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
+    ])  # fmt: skip
+
+
+def read_meta(emb: Path | str) -> dict:
+    """EMB/meta.json. Raises ``EmbNotCommitted`` (exit 2) when there is none or it predates partitioned output."""
+    path = Path(emb) / META
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EmbNotCommitted(f"{path}: no committed embeddings here (run `bindset embed`, or wait for the run "
+                              "in progress to finish)") from None  # fmt: skip
+    if meta.get("format") != FORMAT:
+        raise EmbNotCommitted(f"{path}: written by an older bindset (one file per modality); run `bindset embed` "
+                              "again into this folder")  # fmt: skip
+    return meta
+
+
+def modality_parts(meta: dict, modality: str) -> list[tuple[str, int]]:
+    """(part name, rows) of a modality, in row order. Raises ``MissingInputError`` for a modality not embedded."""
+    if modality not in meta["modalities"]:
+        raise MissingInputError(f"no {modality} embeddings (this EMB has {', '.join(meta['modalities'])})")
+    return [(p["name"], int(p["rows"].get(modality, 0))) for p in meta["parts"]]
+
+
+def iter_tables(emb: Path | str, modality: str, columns: Sequence[str] | None = None,
+                meta: dict | None = None) -> Iterator[pa.Table]:  # fmt: skip
+    """The modality's parts as Arrow tables (``columns`` only), in row order, one part in memory at a time."""
+    emb = Path(emb)
+    meta = meta or read_meta(emb)
+    for name, rows in modality_parts(meta, modality):
+        if rows:
+            t = pq.read_table(part_path(emb, modality, name), columns=list(columns) if columns else None)
+            if t.num_rows != rows:
+                raise UserError(f"{part_path(emb, modality, name)}: {t.num_rows} rows, meta.json says {rows}; "
+                                "EMB was changed after its commit, run `bindset embed` again")  # fmt: skip
+            yield t
+
+
+def to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list vector column as an N x D float32 matrix."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dim = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
+def iter_vectors(emb: Path | str, modality: str, meta: dict | None = None) -> Iterator[np.ndarray]:
+    """The modality's vectors part by part (rows x dim float32), in row order."""
+    for t in iter_tables(emb, modality, ["vector"], meta):
+        yield to_matrix(t.column("vector"))
+
+
+def read_vectors(emb: Path | str, modality: str, split: str | None = None) -> tuple[pa.Table, np.ndarray]:
+    """A modality's rows (without the vector column) and vectors (N x D float32), of one split or all.
+
+    Memory: the selected rows only (eval reads one split); parts are read one at a time.
+    """
+    meta = read_meta(emb)
+    rows, vecs = [], []
+    for t in iter_tables(emb, modality, meta=meta):
+        if split is not None:
+            t = t.filter(pc.equal(t.column("split"), split))
+        rows.append(t.drop(["vector"]))
+        vecs.append(to_matrix(t.column("vector")))
+    if not rows:
+        return pa.schema(schema(int(meta["dim"]))).empty_table().drop(["vector"]), np.zeros((0, meta["dim"]), "f4")
+    return pa.concat_tables(rows), np.concatenate(vecs)
+
+
+def rows_at(emb: Path | str, modality: str, ids: Sequence[int], columns: Sequence[str]) -> list[dict]:
+    """The rows with the given ids (row numbers in part order), reading only the parts they fall in."""
+    emb = Path(emb)
+    meta = read_meta(emb)
+    parts = modality_parts(meta, modality)
+    starts = np.cumsum([0] + [r for _, r in parts])
+    out: dict[int, dict] = {}
+    for p in sorted({int(np.searchsorted(starts, i, side="right")) - 1 for i in ids}):
+        t = pq.read_table(part_path(emb, modality, parts[p][0]), columns=list(columns)).to_pylist()
+        for i in ids:
+            if starts[p] <= i < starts[p + 1]:
+                out[int(i)] = t[int(i - starts[p])]
+    return [out[int(i)] for i in ids]
+
+
+def find_key(emb: Path | str, modality: str, key: str) -> np.ndarray | None:
+    """The stored vector of ``key`` in a modality (the first, in row order), or None."""
+    for t in iter_tables(emb, modality, ["key", "vector"]):
+        hit = pc.index(t.column("key"), key).as_py()
+        if hit >= 0:
+            return to_matrix(t.column("vector").slice(hit, 1))[0]
+    return None
