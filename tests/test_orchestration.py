@@ -540,7 +540,7 @@ def test_train_dag_trains_embeds_evaluates_and_publishes_the_run(airflow, first_
     assert trained["step"] == 2 and trained["run_name"].startswith(vid + "_")
     run = runs / "runs" / trained["run_name"]
     assert read_pointer(runs / CURRENT) == trained["run_name"]
-    assert (run / "model" / "model.safetensors").exists() and (run / "emb" / "audio.parquet").exists()
+    assert (run / "model" / "model.safetensors").exists() and (run / "emb" / "audio" / "part-000000.parquet").exists()
     assert "Image ↔ modality retrieval" in (run / "eval" / "eval.md").read_text()
     report = run / "report"
     assert (report / "eval.md").read_text() == (run / "eval" / "eval.md").read_text()
