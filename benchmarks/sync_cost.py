@@ -1,0 +1,63 @@
+"""The clock check's cost as a fraction of build time (issue 14: target <= 15% on the 30-minute session).
+
+    uv run python -m benchmarks.sync_cost --minutes 30 --width 1280 --height 720 --out BENCH_sync.json
+
+Input: one synthetic captures session with every stream (exact clocks, so that verify rejects nothing and both
+builds decode the same; 6 impacts a minute), made once under --work.
+Measured back to back in this process: a whole local build with ``--clocks declared`` (no estimation), the
+same with ``--clocks verify``, and the clock check alone (``transforms/clockcheck.check_clocks``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from benchmarks.output import emit
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=2.0)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--work", type=Path, default=Path("/tmp/bindset-bench-sync"))
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    from bindset.synth.generate import SynthConfig, synth
+    from pipelines.build import EngineConfig, build
+    from transforms.clockcheck import check_clocks
+    from transforms.config import BuildConfig
+    from transforms.layouts import discover
+
+    raw = args.work / f"raw-exact-{args.minutes:g}min-{args.width}x{args.height}"
+    if not raw.exists():
+        synth(raw, SynthConfig(sessions=1, seconds=args.minutes * 60, seed=77, width=args.width, height=args.height,
+                               impacts_per_minute=6, workers=1))  # fmt: skip
+    timings = {}
+    for mode in ("declared", "verify"):
+        data = args.work / f"data-{mode}"
+        shutil.rmtree(data, ignore_errors=True)
+        t0 = time.perf_counter()
+        build(raw, data, BuildConfig(clocks=mode), EngineConfig("local"))
+        timings[f"build_{mode}_s"] = time.perf_counter() - t0
+    unit = discover(raw, "captures").units[0]
+    t0 = time.perf_counter()
+    check_clocks(raw, unit, "verify")
+    timings["clock_check_s"] = time.perf_counter() - t0
+    result = {
+        "minutes": args.minutes,
+        "size": f"{args.width}x{args.height}",
+        **timings,
+        "check_fraction_of_declared_build": timings["clock_check_s"] / timings["build_declared_s"],
+        "verify_overhead": timings["build_verify_s"] / timings["build_declared_s"] - 1,
+    }
+    emit(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
