@@ -88,6 +88,10 @@ def default_log_dir(command: str, args) -> Path:
     top = Path(getattr(args, arg))
     if reads_only and not top.is_dir():
         return temp_log_dir()
+    if command == "build":  # a build refused at once (no RAW, DATA inside RAW) leaves DATA, and RAW, untouched
+        raw, data = Path(args.raw).resolve(), top.resolve()
+        if not raw.is_dir() or data == raw or raw in data.parents:
+            return temp_log_dir()
     return top / sub
 
 

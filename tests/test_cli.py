@@ -77,6 +77,12 @@ def test_usage_and_input_errors_exit_2_with_one_line(tmp_path, capsys):
     assert run.returncode == 2, run.stderr
     assert run.stderr.splitlines() == [f"bindset build: error: {tmp_path / 'ro' / 'data'}: permission denied"]
 
+    # a build refused before it starts writes no log into DATA: not into a DATA inside RAW, nor a new DATA
+    assert main(["build", str(missing), str(tmp_path / "d2")]) == 2
+    assert main(["build", str(tmp_path / "raw"), str(tmp_path / "raw" / "data"), "--engine", "local"]) == 2
+    assert "must not be inside the input" in capsys.readouterr().err
+    assert not (tmp_path / "d2").exists() and list((tmp_path / "raw").iterdir()) == []
+
     assert main(["report", str(tmp_path), "--out", "x"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "bindset report: error: unrecognized arguments: --out x (see bindset report --help)"
