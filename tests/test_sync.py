@@ -410,3 +410,29 @@ def pa_eq(table, column, value):
     import pyarrow.compute as pc
 
     return pc.equal(table.column(column), value)
+
+
+def test_gopro_style_gyro_against_camera_rotation_recovers_a_known_shift():
+    """A camera that pans in bursts (as a handheld GoPro does) and a gyro on the same clock: the offset is ~0;
+    the same gyro with its timestamps shifted by a known amount gives that amount back."""
+    import cv2
+
+    rng = np.random.default_rng(9)
+    fps, seconds, focal = 30.0, 20.0, 80.0
+    t_rate = np.arange(0, seconds, 0.005)  # gyro at 200 Hz
+    omega = np.zeros_like(t_rate)  # rad/s about the vertical axis: pans of 0.3-1.2 s, then rest
+    for start in np.sort(rng.uniform(0.5, seconds - 2, 9)):
+        m = (t_rate >= start) & (t_rate < start + rng.uniform(0.3, 1.2))
+        omega[m] = rng.choice([-1, 1]) * rng.uniform(0.4, 1.0)
+    angle = np.concatenate([[0.0], np.cumsum(omega[:-1] * 0.005)])
+    world = cv2.GaussianBlur((rng.random((60, 2400)) * 255).astype(np.uint8), (5, 5), 1.2)
+    times = np.arange(0, seconds, 1 / fps)
+    x0 = 1100 + focal * np.interp(times, t_rate, angle)
+    frames = [world[:, int(round(x)) : int(round(x)) + 96] for x in x0]
+    video = sync.to_grid(*act.camera_rotation_rate(frames, times, focal), RATE)
+    gyro = np.stack([0.01 * rng.standard_normal(t_rate.size), omega, 0.01 * rng.standard_normal(t_rate.size)])
+    for shift in (0.0, 0.37):
+        imu = sync.to_grid(t_rate - shift, act.gyro_magnitude(gyro), RATE)  # timestamps late by `shift`
+        est = sync.estimate_lag(video, imu)
+        assert est.status == sync.CONFIDENT, est.reason
+        assert abs(est.lag_s - shift) < 1 / fps / 2
