@@ -66,33 +66,58 @@ VIDEO = Modality(
     "video",
     "jpg",
     extra_members=("frame1.jpg",),
-    reasons=(RejectReason.NO_VIDEO_STREAM, RejectReason.NO_FRAMES_IN_WINDOW),
+    reasons=(
+        RejectReason.NO_VIDEO_STREAM,
+        RejectReason.NO_FRAMES_IN_WINDOW,
+        RejectReason.FRAME_BLACK,
+        RejectReason.FRAME_WHITE,
+        RejectReason.FRAME_BLURRED,
+        RejectReason.FRAME_FROZEN,
+    ),
 )
 AUDIO = Modality(
     "audio",
     "mel.npy",
     trainable=True,
-    reasons=(RejectReason.NO_AUDIO_STREAM, RejectReason.AUDIO_OUT_OF_RANGE),
+    reasons=(
+        RejectReason.NO_AUDIO_STREAM,
+        RejectReason.AUDIO_OUT_OF_RANGE,
+        RejectReason.AUDIO_GAP,
+        RejectReason.AUDIO_FORMAT_CHANGE,
+        RejectReason.AUDIO_SILENT,
+        RejectReason.AUDIO_CLIPPED,
+    ),
 )
 DEPTH = Modality(
     "depth",
     "depth.png",
     trainable=True,
     missing_reason=RejectReason.DEPTH_MISSING,
-    reasons=(RejectReason.DEPTH_MISSING,),
+    reasons=(
+        RejectReason.DEPTH_MISSING,
+        RejectReason.DEPTH_BIT_DEPTH,
+        RejectReason.DEPTH_IMPLAUSIBLE,
+        RejectReason.DEPTH_INVALID,
+    ),
 )
 THERMAL = Modality(
     "thermal",
     "thermal.png",
     trainable=True,
     missing_reason=RejectReason.THERMAL_MISSING,
-    reasons=(RejectReason.THERMAL_MISSING,),
+    reasons=(RejectReason.THERMAL_MISSING, RejectReason.THERMAL_FLAT),
 )
 IMU = Modality(
     "imu",
     "imu.npy",
     trainable=True,
-    reasons=(RejectReason.IMU_OUT_OF_RANGE, RejectReason.IMU_GAP, RejectReason.IMU_NAN),
+    reasons=(
+        RejectReason.IMU_OUT_OF_RANGE,
+        RejectReason.IMU_GAP,
+        RejectReason.IMU_NAN,
+        RejectReason.IMU_CLOCK_STEP,
+        RejectReason.IMU_SATURATED,
+    ),
 )
 TEXT = Modality("text", "txt", has_source=False, has_sync=False)
 
@@ -106,6 +131,23 @@ TRAINABLE: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.trainable)
 PAIRED_IMAGE: Modality = VIDEO
 #: Trainable modality -> the member that carries it.
 TRAINABLE_MEMBER: dict[str, str] = {m.name: m.member for m in REGISTRY if m.trainable}
+#: Codes of a window, or of any one stream, rather than of one modality's content: the window is too short, its
+#: packets were damaged (video or audio), a stream's clock or timestamps are wrong, a still pair disagrees, a
+#: stream's image is corrupt, or bindset failed. Rows name the modality they struck in their ``modality`` column.
+#: Every other code is input-level (schemas/reasons.py INPUT_LEVEL) or one modality's (``Modality.reasons``).
+WINDOW_LEVEL = frozenset(
+    {
+        RejectReason.PARTIAL_WINDOW,
+        RejectReason.CORRUPT_PACKETS,
+        RejectReason.CLOCK_MISMATCH,
+        RejectReason.ORIENTATION_MISMATCH,
+        RejectReason.CORRUPT_IMAGE,
+        RejectReason.BAD_TIMESTAMPS,
+        RejectReason.DUPLICATE_TIMESTAMPS,
+        RejectReason.NON_MONOTONIC_TIMESTAMPS,
+        RejectReason.INTERNAL_ERROR,
+    }
+)
 #: The per-sample metadata member, not a modality.
 META_MEMBER = "json"
 #: Sample members in the order they are written into a tar.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from schemas import modalities as M
-from schemas.reasons import RejectReason
+from schemas.reasons import INPUT_LEVEL, QUALITY_FILTER, RejectReason
 from schemas.tables import INDEX_SCHEMA, member_column
 from training.config import LOGIT_SCALES, MODALITIES
 
@@ -47,6 +47,27 @@ def test_reasons_belong_to_one_modality_and_are_codes():
             seen[r] = m.name
         if m.missing_reason is not None:
             assert m.missing_reason in m.reasons
+
+
+def test_every_reason_code_has_a_place():
+    # each code is input-level, one modality's own, or of a window / any stream (WINDOW_LEVEL)
+    owned = {r: m.name for m in M.REGISTRY for r in m.reasons}
+    for r in RejectReason:
+        assert r in INPUT_LEVEL or r in owned or r in M.WINDOW_LEVEL, f"{r} has no place"
+    assert not (M.WINDOW_LEVEL & set(owned)), "a window-level code is also one modality's"
+    assert not (M.WINDOW_LEVEL & INPUT_LEVEL)
+    # the new per-modality codes, by name
+    expect = {
+        "audio": {"audio_silent", "audio_clipped", "audio_gap", "audio_format_change"},
+        "video": {"frame_black", "frame_white", "frame_blurred", "frame_frozen"},
+        "depth": {"depth_invalid", "depth_bit_depth", "depth_implausible"},
+        "thermal": {"thermal_flat"},
+        "imu": {"imu_saturated", "imu_clock_step"},
+    }
+    for mod, codes in expect.items():
+        assert codes <= {r.value for r in M.BY_NAME[mod].reasons}, mod
+    # every quality filter judges exactly one modality
+    assert all(r in owned for r in QUALITY_FILTER)
 
 
 def test_present_reads_primary_members():
