@@ -29,15 +29,23 @@ def sample_key(session: str, start_s: float) -> str:
     return f"{session}_{round(start_s * 1000):09d}"
 
 
-def plan_windows(end_s: float, cfg: BuildConfig, start_s: float = 0.0) -> list[Window]:
+def plan_windows(end_s: float, cfg: BuildConfig, start_s: float = 0.0, own_timeline: bool = False) -> list[Window]:
     """Windows [s, s+clip) that end by ``end_s``, all times on the session timeline (seconds).
 
     The grid is anchored at session time 0, as ImageBind's clip sampler is for a video starting at 0;
     a recording that starts later than that (``start_s`` >= one stride: an MKV whose timestamps start at
     45 s, a camera that joined the session late) gets a grid anchored at its own start instead (rounded
-    up to the millisecond, the keys' unit), so no stretch of media before the first window is left out.
+    down to the millisecond, the keys' unit: rounded up, the first frame would fall before the first window
+    and a last window would reach past the media by the same fraction of a millisecond), so no stretch of
+    media before the first window is left out.
+
+    ``own_timeline``: the file is the session (``videos``, ``ego4d``: no manifest puts it on a shared clock),
+    so any start offset is the container's convention, not a camera that joined late: MPEG-TS starts at
+    1.4 s, MPEG-PS at 0.5 s. The grid then starts at ``start_s`` (the stream's declared start) whenever it
+    is after 0, as pytorchvideo, ImageBind's video loader, counts clip time from the stream's start_time.
     """
-    origin = math.ceil(start_s * 1000 - 1e-6) / 1000 if start_s >= cfg.stride_s - _EPS else 0.0
+    late = start_s > _EPS if own_timeline else start_s >= cfg.stride_s - _EPS
+    origin = math.floor(start_s * 1000 + 1e-6) / 1000 if late else 0.0
     out = []
     k = 0
     while origin + k * cfg.stride_s + cfg.clip_s <= end_s + _EPS:

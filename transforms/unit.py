@@ -189,7 +189,7 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
         return
     # the grid follows where the video's timestamps start (an MKV starting at pts 45 s), see plan_windows
     start_s, end_s = (float(unit.video_clock.to_session(t)) for t in (info.video_start_s, info.video_end_s))
-    windows = plan_windows(end_s, cfg, start_s)
+    windows = plan_windows(end_s, cfg, start_s, own_timeline=unit.layout in ("videos", "ego4d"))
     if not windows:
         sink.reject(Reject(unit.video, RejectReason.PARTIAL_WINDOW, "recording is shorter than one clip", session))
         return

@@ -1,0 +1,70 @@
+"""More real-world inputs of the kinds in issue 12, beyond its examples: containers whose timestamps start at
+a convention's offset (MPEG-TS at 1.4 s, MPEG-PS at 0.5 s), which a plain `ffmpeg -i x.mp4 x.ts` writes.
+
+Inputs are generated with the ``ffmpeg`` CLI; frames carry their index and the audio a stepped tone
+(tests/test_media_inputs.py), so the tests check which frame and which moment of sound were stored.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipelines.validate import validate
+from tests.test_media_inputs import FPS, ffmpeg, ffprobe_times, read_code, run_build, tone_match, write_video
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI (CI installs it)")
+
+
+def _start(path: Path, stream: str) -> float:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", stream, "-show_entries", "stream=start_time", "-of", "csv=p=0",
+         str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return float(out[0].strip(","))
+
+
+@pytest.fixture(scope="module")
+def offset_containers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("offsets")
+    raw = root / "raw"
+    raw.mkdir()
+    base = write_video(root / "base.mp4", n=6 * FPS)
+    ffmpeg("-i", str(base), "-c", "copy", str(raw / "broadcast.ts"))  # MPEG-TS: timestamps from 1.4 s
+    ffmpeg("-i", str(base), "-c:v", "mpeg2video", "-q:v", "2", "-c:a", "mp2", str(raw / "dvd.mpg"))  # PS: 0.5 s
+    return raw, run_build(raw, root / "data", layout="videos")
+
+
+@pytest.mark.parametrize("name", ["broadcast.ts", "dvd.mpg"])
+def test_container_start_offset_anchors_the_grid(offset_containers, name):
+    raw, b = offset_containers
+    b.assert_accounting()
+    session = name.split(".")[0]
+    video_start = _start(raw / name, "v:0")
+    assert video_start > 0.4  # the container's convention, not 0
+    keys = b.keys(session)
+    # the grid starts at the stream's start (as pytorchvideo counts clip time), so 6 s of media give 3 clips,
+    # each beginning with a frame, none of them a window that starts before the video
+    assert len(keys) == 3 and not b.window_rejects(session)
+    assert b.index[keys[0]]["clip_start_s"] == pytest.approx(video_start, abs=1e-3)
+    times = ffprobe_times(raw / name)
+    for key in keys:
+        row = b.index[key]
+        assert row["sync_err_video_ms"] < 1.0, key  # the first frame opens its window
+        inside = [i for i, t in enumerate(times) if t is not None and row["clip_start_s"] - 1e-9 <= t < row["clip_end_s"]]  # noqa: E501
+        assert row["frame0_t_s"] == pytest.approx(times[inside[0]], abs=1e-6)
+        assert read_code(b.image(key)) == inside[0] % 256
+        assert row["has_audio"], key  # the audio starts with the video: every window has it
+        assert tone_match(b.mel(key), row["clip_start_s"] - _start(raw / name, "a:0")) > 0.9, key
+
+
+def test_container_start_offsets_pass_the_gate(offset_containers, tmp_path):
+    raw, b = offset_containers
+    data = tmp_path / "data"
+    shutil.copytree(b.data, data)
+    outcome = validate(data, verify_hashes=False)
+    assert outcome.passed, [(r.suite, r.rule, r.observed) for r in outcome.results if not r.success]
