@@ -436,3 +436,36 @@ def test_gopro_style_gyro_against_camera_rotation_recovers_a_known_shift():
         est = sync.estimate_lag(video, imu)
         assert est.status == sync.CONFIDENT, est.reason
         assert abs(est.lag_s - shift) < 1 / fps / 2
+
+
+@pytest.mark.slow
+def test_ego4d_without_canonical_times_is_checked_and_corrected_on_the_device_clock(tmp_path):
+    """An Ego4D IMU without canonical_timestamp_ms whose device started 0.8 s after the video: the build's
+    assumption (clocks start together) is 0.8 s off; the estimate says so and `estimate` builds on it."""
+    import csv
+
+    from bindset.synth.generate import SynthConfig, synth
+    from transforms.clockcheck import sync_unit, with_used_clocks
+    from transforms.layouts import discover
+
+    synth(tmp_path, SynthConfig(layout="ego4d", sessions=3, seconds=20, seed=44, impacts_per_minute=20, **TINY))
+    path = tmp_path / "imu" / "s044_002.csv"  # session 2 has no canonical times
+    rows = list(csv.DictReader(path.open()))
+    assert all(r["canonical_timestamp_ms"] == "" for r in rows)
+    kept = [r for r in rows if float(r["component_timestamp_ms"]) >= 800.0]
+    for r in kept:  # the device clock: 0 at session time 0.8 s, plus an arbitrary epoch
+        r["component_timestamp_ms"] = f"{float(r['component_timestamp_ms']) - 800.0 + 123456.0:.3f}"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+    units = {u.session: u for u in discover(tmp_path, "ego4d").units}
+    for sid, u in sorted(units.items()):
+        (row,) = [r for r in sync_unit(tmp_path, u, mode="estimate") if r.stream == "imu"]
+        if sid == "s044_002":
+            assert row.status == "estimated" and abs(row.lag_s - 0.8) < row.tolerance_s, row
+            fixed = with_used_clocks(u, [row])
+            assert fixed.imu.time_column == "component_timestamp_ms" and fixed.imu.fallback_time_column is None
+            assert abs(fixed.imu.clock.to_session(123.456) - 0.8) < row.tolerance_s
+        else:
+            assert row.status == "agrees", row

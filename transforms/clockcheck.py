@@ -137,7 +137,12 @@ def _stream_activities(root: Path, unit: MediaUnit, rate: float) -> tuple[dict, 
                     raise
                 track = read_imu_csv(path, time_column=spec.fallback_time_column, time_unit_s=spec.time_unit_s,
                                      units=units)  # fmt: skip
-            acts["imu"] = _grid(activity.imu_flux(spec.clock.to_session(track.t), track.data.astype(np.float64)), rate)
+                # Ego4D without canonical times: the build's assumption (the device clock starts with the
+                # video, transforms/unit.py) is the declared clock the estimate checks
+                clocks["imu"] = ClockSpec(offset_s=-float(track.t[0]) if len(track) else 0.0)
+            acts["imu"] = _grid(
+                activity.imu_flux(clocks["imu"].to_session(track.t), track.data.astype(np.float64)), rate
+            )
         except Exception as exc:  # noqa: BLE001
             problems["imu"] = str(exc)
     return acts, clocks, periods, problems
@@ -208,6 +213,12 @@ def with_used_clocks(unit: MediaUnit, rows: list[SyncRow]) -> MediaUnit:
     for name in ("depth", "thermal", "imu"):
         if name in used and getattr(unit, name) is not None:
             changes[name] = dataclasses.replace(getattr(unit, name), clock=used[name])
+    imu_row = next((r for r in rows if r.stream == "imu" and r.status == "estimated"), None)
+    # checked on the device clock (Ego4D without canonical times): build from that column, on the estimate
+    on_device = imu_row is not None and unit.imu is not None and unit.imu.fallback_time_column
+    if on_device and imu_row.declared_offset_s != unit.imu.clock.offset_s:
+        changes["imu"] = dataclasses.replace(unit.imu, time_column=unit.imu.fallback_time_column,
+                                             fallback_time_column=None, clock=used["imu"])  # fmt: skip
     return dataclasses.replace(unit, **changes) if changes else unit
 
 
