@@ -1,8 +1,8 @@
 """Logging of one `bindset` command: a quiet console for people, a full log file for operators.
 
     bindset build RAW DATA          # console: progress bar, summary, warnings to act on
-    bindset -v build RAW DATA       # console also shows bindset's INFO lines; -vv: DEBUG and third-party lines
-    bindset -q build RAW DATA       # console: errors and the summary only
+    bindset build -v RAW DATA       # console also shows bindset's INFO lines; -vv: DEBUG and third-party lines
+    bindset build -q RAW DATA       # console: errors and the summary only (-v/-q follow the command's name)
 
 Where things go:
 
@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, TextIO
 
+# the environment variable that tells engines stderr is the run's log: defined by the engine that reads it
+from pipelines.ray_start import LOG_FILE_ENV
+
 #: top-level packages whose loggers are bindset's own (everything else is third-party)
 OWN = ("bindset", "pipelines", "transforms", "schemas", "training", "orchestration", "__main__")
 #: third-party loggers and the level they log to the file at (-vv: DEBUG for all). INFO for the engines and
@@ -48,8 +51,6 @@ THIRD_PARTY = {
                      "faiss", "grpc"), logging.INFO),
     **dict.fromkeys(("filelock", "PIL", "matplotlib", "great_expectations"), logging.WARNING),
 }  # fmt: skip
-#: the environment variable that tells engines stderr is the run's log (pipelines/ray_start.py reads it)
-LOG_FILE_ENV = "BINDSET_LOG_FILE"
 FILE_FORMAT = "%(asctime)s %(levelname)-7s %(process)d %(name)s: %(message)s"
 CONSOLE_FORMAT = "%(levelname)s: %(message)s"
 
