@@ -360,7 +360,9 @@ class EmbedStats:
     peak_live_rows: int  # vectors held before their writer took them, at most one batch per modality
     index_built: list[str] = field(default_factory=list)
     index_kept: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole call
+    embed_s: float = 0.0  # the parts loop: reading, inference, writing (model loading not included)
+    index_s: float = 0.0  # building the indexes from the parts
 
 
 @dataclass(frozen=True)
@@ -458,11 +460,13 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
         lr = load_run(run, "cuda" if gpu else "cpu")
         embedder = PartEmbedder(lr, table, emb, produced)
         done = _run_local(embedder, todo, batch_size, lr.cfg.data.loader_workers)
+        t_loop = time.perf_counter()
     else:
         embedder = None
         args = {"data": str(data), "run": str(Path(run).resolve()), "emb": str(emb), "version": table.version,
                 "batch_size": batch_size}  # fmt: skip
         done = _run_ray(args, todo, workers, gpu, ray_address)
+        t_loop = time.perf_counter()
     for committed, marker in enumerate(done, 1):
         markers[marker["name"]] = marker
         peak = max(peak, marker.get("peak_live_rows", 0))
@@ -471,6 +475,7 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
         _fault(committed)
     if bar is not None:
         bar.close()
+    embed_s = time.perf_counter() - t_loop
     if embedder is not None:
         peak = embedder.live.peak
         del embedder, lr  # the model is not needed for the index: free it first
@@ -483,6 +488,7 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
             "dataset_version": table.version, "dim": dim, "modalities": list(counts), "counts": counts,
             "parts": parts, "index_params": index.to_dict(), "tower": cfg.to_dict()["tower"]}  # fmt: skip
     infos, built, kept = {}, [], []
+    t_index = time.perf_counter()
     for m, n in counts.items():
         same = (old_meta is not None and m in old_meta.get("index", {}) and S.index_path(emb, m).exists()
                 and old_meta.get("index_params") == meta["index_params"]
@@ -497,7 +503,7 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
         built.append(m)
         del b
     stats = EmbedStats(len(plan), len(todo), len(plan) - len(todo), sum(len(p.rows) for p in todo), peak,
-                       built, kept, time.perf_counter() - t0)  # fmt: skip
+                       built, kept, time.perf_counter() - t0, embed_s, time.perf_counter() - t_index)  # fmt: skip
     meta.update(index=infos, last_run={**asdict(stats), "engine": engine})
     storage.atomic_write_json(emb / META, meta, indent=1)  # last: its presence marks a complete EMB folder
     return EmbedResult(emb, counts, run_id, stats, infos)
