@@ -105,6 +105,16 @@ def test_two_manifests_with_one_session_id(tmp_path):
     assert (row.source, row.reason) == ("zz_copy/manifest.json", R.DUPLICATE_SESSION)
     assert "s000_000/manifest.json" in row.detail
     _assert_all_accounted(raw, found)
+    # ids that differ only in case name one session on a case-insensitive file system: a duplicate, not a crash
+    shutil.rmtree(raw / "zz_copy")
+    shutil.copytree(raw / "s000_001", raw / "zz_case")
+    manifest = raw / "zz_case" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"s000_001"', '"S000_001"'))
+    found = discover(raw)
+    assert sorted(u.unit_id for u in found.units) == ["s000_000", "s000_001"]
+    (row,) = found.rejects
+    assert (row.source, row.reason) == ("zz_case/manifest.json", R.DUPLICATE_SESSION)
+    assert "s000_001/manifest.json" in row.detail
 
 
 # ------------------------------------------------------------------------------------------ nothing vanishes

@@ -362,7 +362,7 @@ def _captures(root: Path, listing: Listing, out: Discovery) -> None:
             by_dir[parts[0]].append(f)
     folders = sorted(set(by_dir) | {_parts(p.source)[0] for p in listing.problems if "/" not in p.source})
     problems = {p.source: p for p in listing.problems}
-    owner: dict[str, str] = {}  # session id -> manifest that declared it first
+    owner: dict[str, str] = {}  # session id (casefolded) -> manifest that declared it first
     for d in folders:
         if d in problems:  # the session folder itself cannot be listed (permission, loop)
             p = problems[d]
@@ -387,13 +387,13 @@ def _captures(root: Path, listing: Listing, out: Discovery) -> None:
             out.rejects.append(InputReject(mpath, reason, str(exc).replace(str(root) + "/", ""), session=session))
             out.claimed.add(d)
             continue
-        if m.session_id in owner:
-            first = owner[m.session_id]
+        if m.session_id.casefold() in owner:  # ids equal but for case: one key on case-insensitive storage
+            first = owner[m.session_id.casefold()]
             detail = f"session_id {m.session_id!r} is already declared by {first}; this session is skipped"
             out.rejects.append(InputReject(mpath, RejectReason.DUPLICATE_SESSION, detail, session=m.session_id))
             out.claimed.add(d)
             continue
-        owner[m.session_id] = mpath
+        owner[m.session_id.casefold()] = mpath
         out.units.append(_captures_unit(d, m))
         out.claimed.add(mpath)
 
