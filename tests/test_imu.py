@@ -285,3 +285,23 @@ def test_clock_step_read_from_csv_names_the_file_as_given(tmp_path):
     with pytest.raises(ImuFormatError) as err:
         read_imu_csv(tmp_path / "missing.csv", units=SI, source_name="s1/missing.csv")
     assert str(err.value) == "s1/missing.csv: file not found" and str(tmp_path) not in str(err.value)
+
+
+@pytest.mark.parametrize("back_s", [0.02, 0.0175])  # 4 and 3.5 periods at 200 Hz: under CLOCK_STEP_PERIODS
+def test_a_short_clock_step_back_is_not_sorted_in(back_s):
+    # a clock set back by a few periods stamps the same moments twice: sorting would interleave two readings
+    # (a zigzag) and leave every later row that much early, so it is a clock step like a long one
+    true_t, stamped, data = _stepped(back_s=back_s)
+    track = clean_track(stamped, data)
+    assert track.clock_step is not None and track.clock_step.back_s == pytest.approx(back_s - 0.005)
+    np.testing.assert_array_equal(track.t, true_t[: int(np.flatnonzero(true_t > 6.0)[0])])
+    assert imu_window(track, 3.0).ok and imu_window(track, 5.0).reason is RejectReason.IMU_CLOCK_STEP
+
+
+def test_jittery_reordered_rows_are_not_a_clock_step():
+    rng = np.random.default_rng(0)
+    t = np.arange(2000) / 200.0 + rng.uniform(-0.0015, 0.0015, 2000)  # ±30% of a period of jitter
+    for i in range(50, 1950, 97):
+        t[[i, i + 1]] = t[[i + 1, i]]  # a row written one late, every half second
+    track = clean_track(t, np.zeros((6, 2000)))
+    assert track.clock_step is None and len(track) == 2000

@@ -9,14 +9,16 @@ Times are seconds on the IMU stream's own clock; the caller maps the session tim
 ``Clock.to_stream``.
 
 A clock that steps back. A row a little earlier than the one before it is a reordered row (sorted
-back into place). A step back longer than ``CLOCK_STEP_PERIODS`` sample periods is the device clock
-being set back (a reset, an NTP correction): the rows from there on are stamped on a different clock,
-and sorting them in would interleave two readings of the same stretch of time. Nothing in the file says
-how far the clock really moved (the jump between two rows also holds whatever time passed between
-them, and samples may be missing there), so no shift can be proved right. The declared clock is kept for
-the rows before the first step, which are on it; the rows after it are set aside and reported
-(``ClockStep``), and every window that needs a sample past the step is ``imu_clock_step``. Windows
-wholly before the step stay valid; windows after it are rejected, since their times are on the unknown
+back into place). A step back longer than ``CLOCK_STEP_PERIODS`` sample periods, or a shorter one after
+which the rows stamp the same moments twice (sorted, they interleave: two or more pairs much closer than
+a period, where a reordered row fills a hole), is the device clock being set back (a reset, an NTP
+correction): the rows from there on are stamped on a different clock, and sorting them in would
+interleave two readings of the same stretch of time. Nothing in the file says how far the clock really
+moved (the jump between two rows also holds whatever time passed between them, and samples may be
+missing there), so no shift can be proved right. The declared clock is kept for the rows before the
+first step, which are on it; the rows after it are set aside and reported (``ClockStep``), and every
+window that needs a sample past the step is ``imu_clock_step``. Windows wholly before the step stay
+valid; windows after it are rejected, since their times are on the unknown
 clock. A clock that jumps *forward* looks like missing samples and is an ``imu_gap``.
 """
 
@@ -196,12 +198,27 @@ def _first_clock_step(t: np.ndarray, rows: np.ndarray, rows_read: int) -> ClockS
     forward = d[d > 0]
     if forward.size == 0:
         return None
-    big = np.flatnonzero(d < -CLOCK_STEP_PERIODS * float(np.median(forward)))
-    if big.size == 0:
+    period = float(np.median(forward))
+    big = np.flatnonzero(d < -CLOCK_STEP_PERIODS * period)
+    short = [int(i) for i in np.flatnonzero(d < 0) if (big.size == 0 or i < big[0]) and _interleaves(t, int(i), period)]
+    steps = ([short[0]] if short else []) + ([int(big[0])] if big.size else [])
+    if not steps:
         return None
-    i = int(big[0])
+    i = min(steps)
     row = int(rows[i + 1])
     return ClockStep(row=row, before_s=float(t[i]), after_s=float(t[i + 1]), rows_set_aside=rows_read - row)
+
+
+def _interleaves(t: np.ndarray, i: int, period: float) -> bool:
+    """Whether the short step back after row ``i`` (within ``CLOCK_STEP_PERIODS``) is a clock set back, not
+    reordered rows: rows written late fill a hole the rows before them left, so sorted they are about one
+    period apart again; a clock set back by a few periods stamps the same moments twice, so sorted, two or
+    more pairs of rows lie much closer than a period (a jittery stream has at most one such pair here)."""
+    span = int(CLOCK_STEP_PERIODS) + 2
+    seg = t[max(i - span, 0) : i + span + 1]
+    seg = seg[np.r_[True, np.diff(seg) != 0]]  # a row written twice in a row is a duplicate, repaired apart
+    near = np.diff(np.sort(seg))
+    return int(np.count_nonzero(near < 0.5 * period)) >= 2  # 0 too: a step of whole periods repeats times
 
 
 def float_column(column: pa.ChunkedArray) -> np.ndarray:
