@@ -70,6 +70,9 @@ def write_manifests(root: Path, out: Path, units: list[MediaUnit], rows: list[Sy
         rel = _manifest_path(root, unit) if unit.layout == "captures" else None
         if rel is None:
             continue
+        if unit.stream_errors:  # rewriting it would drop the stream it declares invalidly; the user fixes it
+            log.warning("%s: not rewritten: %s", rel, "; ".join(e.detail for e in unit.stream_errors))
+            continue
         m = load_manifest(check_file(root, rel).path).model_dump(mode="json", exclude_none=True)
         for name, stream in m.get("streams", {}).items():
             r = by.get((unit.session, name))

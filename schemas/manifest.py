@@ -13,6 +13,7 @@ The JSON Schema exported from these models is committed as ``schemas/manifest.sc
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -35,12 +36,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+class PathEscapeError(ValueError):
+    """A manifest path that is absolute or climbs out of the session folder (reject ``path_escapes_root``)."""
+
+
 def _relative_inside(value: str) -> str:
     p = PurePosixPath(value.replace("\\", "/"))
     if not value or p.is_absolute() or value.startswith("~"):
-        raise ValueError(f"path {value!r} must be relative to the session folder")
+        raise PathEscapeError(f"path {value!r} must be relative to the session folder")
     if ".." in p.parts:
-        raise ValueError(f"path {value!r} escapes the session folder")
+        raise PathEscapeError(f"path {value!r} escapes the session folder")
     return value
 
 
@@ -210,30 +215,102 @@ def _loc(loc: tuple) -> str:
     return out
 
 
+def _problems(errors: list[dict]) -> list[tuple[str, str]]:
+    problems = []
+    for err in errors:
+        # Union members add their class names to the location; they say nothing to a user.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check its spelling)"
+        elif err["type"] == "finite_number":
+            msg = f"not a finite number (got {err['input']!r})"
+        elif loc == ("schema_version",):
+            msg = f"unsupported schema_version {err['input']!r} (this bindset reads {SCHEMA_VERSION})"
+        problems.append((_loc(loc), msg))
+    return problems
+
+
 def parse_manifest(data: object, path: Path | str = "<manifest>") -> SessionManifest:
+    """The whole manifest, every stream valid, or a ManifestError listing every problem."""
     try:
         return SessionManifest.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            # Union members add their class names to the location; they say nothing to a user.
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper()))
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (check its spelling)"
-            elif err["type"] == "finite_number":
-                msg = f"not a finite number (got {err['input']!r})"
-            elif loc == ("schema_version",):
-                msg = f"unsupported schema_version {err['input']!r} (this bindset reads {SCHEMA_VERSION})"
-            problems.append((_loc(loc), msg))
-        raise ManifestError(path, problems) from None
+        raise ManifestError(path, _problems(exc.errors(include_url=False))) from None
 
 
-def load_manifest(path: Path | str, name: str | None = None) -> SessionManifest:
-    """Read a JSON or YAML manifest; every failure is a ManifestError naming the file as ``name`` (a build
-    passes the RAW-relative path, so reject details carry no absolute path), default the path."""
-    path = Path(path)
-    label = name or path
+SIDE_STREAMS = ("audio", "depth", "thermal", "imu")
+
+
+@dataclass(frozen=True)
+class StreamProblem:
+    """One side stream that is invalid on its own (a NaN intrinsic, a path leaving the session folder):
+    it costs only its modality, the rest of the manifest is used."""
+
+    stream: str  # one of SIDE_STREAMS
+    error: ManifestError  # names the file and each of the stream's bad fields
+    escaping_path: str | None = None  # the path as written, when one leaves the session folder
+    paths: tuple[str, ...] = ()  # the stream's paths that stay inside the session folder (still its inputs)
+
+
+@dataclass(frozen=True)
+class LoadedManifest:
+    manifest: SessionManifest  # without the streams in ``problems``
+    problems: tuple[StreamProblem, ...] = ()
+
+
+def _stream_paths(stream: object) -> tuple[str, ...]:
+    if not isinstance(stream, dict):
+        return ()
+    ts = stream.get("timestamps")
+    candidates = [stream.get("frames"), stream.get("path"), ts.get("path") if isinstance(ts, dict) else None]
+    out = []
+    for value in candidates:
+        try:
+            if isinstance(value, str):
+                out.append(_relative_inside(value))
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+def parse_manifest_streams(data: object, path: Path | str = "<manifest>") -> LoadedManifest:
+    """Like ``parse_manifest``, but a side stream (audio, depth, thermal, IMU) whose own fields are invalid
+    is left out and reported in ``problems`` instead of failing the manifest.
+
+    Raises ManifestError only for the manifest as a whole: its top level, ``session_id``, labels, the video
+    stream, or a rest that is invalid without the bad side streams (no stream left).
+    """
+    try:
+        return LoadedManifest(SessionManifest.model_validate(data))
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    by_stream: dict[str, list[dict]] = {}
+    for err in errors:
+        loc = err["loc"]
+        if len(loc) < 2 or loc[0] != "streams" or loc[1] not in SIDE_STREAMS:
+            raise ManifestError(path, _problems(errors))
+        by_stream.setdefault(loc[1], []).append(err)
+    streams = {k: v for k, v in data["streams"].items() if k not in by_stream}
+    try:
+        manifest = SessionManifest.model_validate({**data, "streams": streams})
+    except ValidationError as exc:
+        raise ManifestError(path, _problems(errors) + _problems(exc.errors(include_url=False))) from None
+    problems = []
+    for name in SIDE_STREAMS:
+        if name not in by_stream:
+            continue
+        escaping = next(
+            (e["input"] for e in by_stream[name] if isinstance(e.get("ctx", {}).get("error"), PathEscapeError)), None
+        )
+        problems.append(
+            StreamProblem(name, ManifestError(path, _problems(by_stream[name])), escaping,
+                          _stream_paths(data["streams"][name]))
+        )  # fmt: skip
+    return LoadedManifest(manifest, tuple(problems))
+
+
+def _read_manifest_data(path: Path, label: Path | str) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -251,7 +328,23 @@ def load_manifest(path: Path | str, name: str | None = None) -> SessionManifest:
         raise ManifestError(label, [("", f"not valid YAML: {exc}")]) from None
     if not isinstance(data, dict):
         raise ManifestError(label, [("", f"top level must be an object, got {type(data).__name__}")])
-    return parse_manifest(data, label)
+    return data
+
+
+def load_manifest(path: Path | str, name: str | None = None) -> SessionManifest:
+    """Read a JSON or YAML manifest; every failure is a ManifestError naming the file as ``name`` (a build
+    passes the RAW-relative path, so reject details carry no absolute path), default the path."""
+    path = Path(path)
+    label = name or path
+    return parse_manifest(_read_manifest_data(path, label), label)
+
+
+def load_manifest_streams(path: Path | str, name: str | None = None) -> LoadedManifest:
+    """``load_manifest`` for a build: a side stream invalid on its own is left out and reported (see
+    ``parse_manifest_streams``); ManifestError only for the manifest as a whole."""
+    path = Path(path)
+    label = name or path
+    return parse_manifest_streams(_read_manifest_data(path, label), label)
 
 
 def manifest_json_schema() -> dict:

@@ -29,6 +29,7 @@ from schemas.manifest import (
     TimeUnit,
     VideoStream,
     load_manifest,
+    load_manifest_streams,
     manifest_json_schema,
 )
 from schemas.reasons import INPUT_LEVEL, RejectReason
@@ -373,6 +374,34 @@ def test_manifest_error_is_value_error_and_lists_every_problem(tmp_path):
     assert fields == ["session_id", "streams.video.path", "labels[0].start_s"]
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
+
+
+def test_a_bad_side_stream_is_left_out_and_reported_alone(tmp_path):
+    path = tmp_path / "manifest.yaml"
+    data = _with(streams={
+        "video": {"path": "video.mp4"},
+        "audio": {"track": "file", "path": "a.wav", "clock": {"offset_s": float("nan")}},
+        "depth": {"frames": "../../outside", "timestamps": {"source": "csv", "path": "depth.csv"}},
+        "imu": {"path": "imu.csv"},
+    })  # fmt: skip
+    _write(path, data)
+    loaded = load_manifest_streams(path, name="s/manifest.yaml")
+    st = loaded.manifest.streams
+    assert st.video.path == "video.mp4" and st.imu.path == "imu.csv" and st.audio is None and st.depth is None
+    audio, depth = loaded.problems
+    assert (audio.stream, audio.escaping_path, audio.paths) == ("audio", None, ("a.wav",))
+    assert audio.error.problems == [("streams.audio.clock.offset_s", "not a finite number (got nan)")]
+    assert (depth.stream, depth.escaping_path, depth.paths) == ("depth", "../../outside", ("depth.csv",))
+    assert str(depth.error).startswith("s/manifest.yaml: invalid session manifest")
+    # the strict reader still refuses the whole manifest; a bad video or id stays a whole-manifest error
+    with pytest.raises(ManifestError):
+        load_manifest(path)
+    data["streams"]["video"]["path"] = "../v.mp4"
+    _write(path, data)
+    with pytest.raises(ManifestError) as info:
+        load_manifest_streams(path)
+    assert [f for f, _ in info.value.problems] == ["streams.video.path", "streams.audio.clock.offset_s",
+                                                  "streams.depth.frames"]  # fmt: skip
 
 
 def test_manifest_models_are_frozen():

@@ -184,6 +184,9 @@ def _make_captures(raw: Path) -> dict:
     # depth intrinsics cx: NaN
     folder = _derive(raw, "dnan")
     _edit_manifest(folder, lambda m: m["streams"]["depth"]["intrinsics"].update(cx=float("nan")))
+    # the depth `frames` entry climbs out of the session folder and out of RAW
+    folder = _derive(raw, "doutside")
+    _edit_manifest(folder, lambda m: m["streams"]["depth"].update(frames="../../outside"))
     # video.mp4 is a folder
     folder = _derive(raw, "videodir")
     (folder / "video.mp4").unlink()
@@ -302,13 +305,39 @@ def test_decompression_bomb_and_gray_alpha_frames(captures):
     assert "gray+alpha, 8-bit" in r["detail"] and "4 channels" not in r["detail"]
 
 
-def test_nan_intrinsics_is_a_readable_manifest_reject(captures):
+def _others(b: Built, session: str, lost: str) -> list[tuple]:
+    """The session's reject rows of the other modalities, as (reason, modality, window start, file name)."""
+    rows = [r for r in b.rows(session) if r["modality"] != lost]
+    return sorted((r["reason"], r["modality"] or "", r["start_s"] or -1.0, r["source"].split("/")[-1]) for r in rows)
+
+
+def test_nan_intrinsics_costs_only_depth(captures):
     b, _ = captures
-    assert not b.samples("dnan")
-    (r,) = b.rows("dnan")
-    assert r["reason"] == R.MANIFEST_INVALID and r["source"] == "dnan/manifest.json"
-    assert "streams.depth.intrinsics.cx: not a finite number" in r["detail"]
+    _assert_rest_kept(b, "dnan", lost="depth")
+    depth = b.by_key("dnan", "depth")
+    # one readable manifest reject per window, for depth only; the depth files count as its inputs
+    assert sorted(depth) == [_key("dnan", k) for k in range(SECONDS // 2)]
+    assert _others(b, "dnan", "depth") == _others(b, BASE, "depth")
+    for r in depth.values():
+        assert r["reason"] == R.MANIFEST_INVALID and r["source"] == "dnan/manifest.json", r
+        assert "streams.depth.intrinsics.cx: not a finite number" in r["detail"], r
+    assert not any(r["has_depth"] for r in b.samples("dnan").values())
     assert not any(r["reason"] == R.INTERNAL_ERROR for r in b.rejects)
+
+
+def test_frames_outside_the_session_costs_only_depth(captures):
+    b, _ = captures
+    _assert_rest_kept(b, "doutside", lost="depth")
+    depth = b.by_key("doutside", "depth")
+    assert sorted(depth) == [_key("doutside", k) for k in range(SECONDS // 2)]
+    assert _others(b, "doutside", "depth") == _others(b, BASE, "depth")
+    for r in depth.values():  # named RAW-relative, as joined to the session folder
+        assert r["reason"] == R.PATH_ESCAPES_ROOT and r["source"] == "../outside", r
+        assert "streams.depth.frames: path '../../outside' escapes the session folder" in r["detail"], r
+    # the depth timestamps table, still inside, is accounted for by those rows; the depth/ folder that the
+    # manifest no longer names holds unused files, each a reject of its own
+    unused = {r["source"] for r in b.rejects if r["source"].startswith("doutside/") and r["reason"] == R.UNUSED_FILE}
+    assert unused == {f"doutside/depth/{f.name}" for f in (b.raw / "doutside" / "depth").iterdir()}
 
 
 def test_video_that_is_a_folder_is_blamed_on_the_video(captures):

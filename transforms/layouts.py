@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from schemas.errors import UserError
-from schemas.manifest import MANIFEST_NAMES, ManifestError, SessionManifest, load_manifest
+from schemas.manifest import MANIFEST_NAMES, LoadedManifest, ManifestError, load_manifest_streams
 from schemas.reasons import RejectReason
 from transforms.paths import Listing, PathRejected, check_file, join_rel, walk
 
@@ -107,6 +107,17 @@ class LabelSpan:
 
 
 @dataclass(frozen=True)
+class StreamError:
+    """A side stream (audio, depth, thermal, imu) that the manifest declares but that cannot be used: an
+    invalid field, or a path that leaves the session folder. Each window rejects that modality with it."""
+
+    name: str
+    reason: RejectReason
+    source: str  # RAW-relative: the manifest, or the escaping path as joined to the session folder
+    detail: str
+
+
+@dataclass(frozen=True)
 class MediaUnit:
     """One recording on one session timeline."""
 
@@ -122,6 +133,7 @@ class MediaUnit:
     imu: ImuSpec | None = None
     labels: tuple[LabelSpan, ...] = ()
     caption: str | None = None
+    stream_errors: tuple[StreamError, ...] = ()
 
     def input_paths(self) -> list[str]:
         paths = [p for p in (self.video, self.audio) if p]
@@ -376,7 +388,7 @@ def _captures(root: Path, listing: Listing, out: Discovery) -> None:
             continue
         session = safe_name(d)
         try:
-            m = load_manifest(check_file(root, mpath).path)
+            loaded = load_manifest_streams(check_file(root, mpath).path, name=mpath)
         except PathRejected as exc:
             out.rejects.append(InputReject(mpath, exc.reason, exc.detail, session=session))
             out.claimed.add(d)
@@ -387,6 +399,7 @@ def _captures(root: Path, listing: Listing, out: Discovery) -> None:
             out.rejects.append(InputReject(mpath, reason, str(exc).replace(str(root) + "/", ""), session=session))
             out.claimed.add(d)
             continue
+        m = loaded.manifest
         if m.session_id.casefold() in owner:  # ids equal but for case: one key on case-insensitive storage
             first = owner[m.session_id.casefold()]
             detail = f"session_id {m.session_id!r} is already declared by {first}; this session is skipped"
@@ -394,8 +407,10 @@ def _captures(root: Path, listing: Listing, out: Discovery) -> None:
             out.claimed.add(d)
             continue
         owner[m.session_id.casefold()] = mpath
-        out.units.append(_captures_unit(d, m))
+        out.units.append(_captures_unit(d, loaded, mpath))
         out.claimed.add(mpath)
+        for problem in loaded.problems:  # a bad stream's files are accounted for by its modality rejects
+            out.claimed.update(join_rel(d, rel) for rel in problem.paths)
 
 
 def _frames(d: str, s) -> FrameStreamSpec:
@@ -411,9 +426,19 @@ def _frames(d: str, s) -> FrameStreamSpec:
     )
 
 
-def _captures_unit(d: str, m: SessionManifest) -> MediaUnit:
+def _stream_error(d: str, mpath: str, problem) -> StreamError:
+    if problem.escaping_path is not None:
+        source, reason = join_rel(d, problem.escaping_path), RejectReason.PATH_ESCAPES_ROOT
+    else:
+        source, reason = mpath, RejectReason.MANIFEST_INVALID
+    return StreamError(problem.stream, reason, source, str(problem.error))
+
+
+def _captures_unit(d: str, loaded: LoadedManifest, mpath: str) -> MediaUnit:
     # Manifest paths are RAW-relative from here on; where they lead (symlinks) is checked where each is
-    # opened (transforms/paths.check_file), so that one bad side file costs only its modality.
+    # opened (transforms/paths.check_file), so that one bad side file costs only its modality. A side
+    # stream the manifest declares invalidly is left out and carried as a StreamError, likewise.
+    m = loaded.manifest
     st = m.streams
     video = join_rel(d, st.video.path) if st.video else None
     audio = None
@@ -442,6 +467,7 @@ def _captures_unit(d: str, m: SessionManifest) -> MediaUnit:
         thermal=_frames(d, st.thermal) if st.thermal else None,
         imu=imu,
         labels=tuple(LabelSpan(lb.start_s, lb.end_s, lb.label, lb.caption) for lb in m.labels),
+        stream_errors=tuple(_stream_error(d, mpath, p) for p in loaded.problems),
     )
 
 
@@ -636,5 +662,8 @@ def unit_from_dict(d: dict) -> MediaUnit | StillUnit:
             "thermal": frames(d["thermal"]),
             "imu": None if d["imu"] is None else ImuSpec(**{**d["imu"], "clock": clock(d["imu"]["clock"])}),
             "labels": tuple(LabelSpan(**lb) for lb in d["labels"]),
+            "stream_errors": tuple(
+                StreamError(**{**e, "reason": RejectReason(e["reason"])}) for e in d.get("stream_errors", ())
+            ),
         }
     )

@@ -202,6 +202,9 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
     audio_fail: tuple[RejectReason, str, str] | None = None
     if "audio" in clock_fail:  # every window rejects it: not decoded at all
         audio_fail = (RejectReason.CLOCK_MISMATCH, unit.audio, clock_fail["audio"])
+    for err in unit.stream_errors:  # declared invalidly in the manifest: not decoded either
+        if err.name == "audio":
+            audio_fail = (err.reason, err.source, err.detail)
     streams = []
     audio_in_video = unit.audio is not None and unit.audio == unit.video
     if unit.audio is not None and not audio_in_video and audio_fail is None:
@@ -285,6 +288,10 @@ def _open_failure(rel: str, reason: RejectReason) -> RejectReason:
 def _load_sides(root: Path, unit: MediaUnit, sink: UnitSink, clock_fail: dict[str, str] | None = None) -> list[_Side]:
     sides = (_load_frames(root, unit, "depth", sink), _load_frames(root, unit, "thermal", sink),
              _load_imu(root, unit, sink))  # fmt: skip
+    # a side stream the manifest declares invalidly (schemas/manifest.parse_manifest_streams) has no spec
+    declared_bad = {e.name: _Side(e.name, source=e.source, reason=e.reason, detail=e.detail)
+                    for e in unit.stream_errors if e.name != "audio"}  # fmt: skip
+    sides = tuple(declared_bad.get(name, s) for name, s in zip(("depth", "thermal", "imu"), sides, strict=True))
     fail = clock_fail or {}
     return [
         _Side(s.name, source=s.source, reason=RejectReason.CLOCK_MISMATCH, detail=fail[s.name])
@@ -341,8 +348,8 @@ def _emit(root, unit: MediaUnit, w: Window, vw, aw, audio_fail, sides_future: Fu
         meta["video_orientation"] = {"exif": vw.orientation, "rotation_ccw_deg": vw.rotation_deg,
                                      "sar": vw.sar}  # fmt: skip
     # audio
-    if unit.audio is not None:
-        row["source_audio"] = unit.audio
+    if unit.audio is not None or audio_fail is not None:
+        row["source_audio"] = unit.audio or audio_fail[1]
         if audio_fail is not None:
             modality_reject(audio_fail[1], audio_fail[0], audio_fail[2], "audio")
         elif aw.mel is None:
