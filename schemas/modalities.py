@@ -105,7 +105,7 @@ THERMAL = Modality(
     "thermal.png",
     trainable=True,
     missing_reason=RejectReason.THERMAL_MISSING,
-    reasons=(RejectReason.THERMAL_MISSING, RejectReason.THERMAL_FLAT),
+    reasons=(RejectReason.THERMAL_MISSING, RejectReason.THERMAL_IMPLAUSIBLE, RejectReason.THERMAL_FLAT),
 )
 IMU = Modality(
     "imu",

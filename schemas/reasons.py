@@ -47,6 +47,7 @@ class RejectReason(StrEnum):
     CLOCK_MISMATCH = "clock_mismatch"  # the declared clock disagrees with a confident estimate from content
     DEPTH_BIT_DEPTH = "depth_bit_depth"  # a depth image whose bit depth cannot hold its declared unit (8-bit "mm")
     DEPTH_IMPLAUSIBLE = "depth_implausible"  # depth values outside any real sensor's range for the declared unit
+    THERMAL_IMPLAUSIBLE = "thermal_implausible"  # a thermal frame that cannot hold its declared unit (8-bit "cK")
     ORIENTATION_MISMATCH = "orientation_mismatch"  # a still pair whose members carry different EXIF orientations
     AUDIO_GAP = "audio_gap"  # the audio timestamps jump over a hole (or step back) inside the window
     AUDIO_FORMAT_CHANGE = "audio_format_change"  # the audio sample rate or channel layout changes inside the window

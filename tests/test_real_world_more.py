@@ -1,5 +1,6 @@
 """More real-world inputs of the kinds in issue 12, beyond its examples: containers whose timestamps start at
-a convention's offset (MPEG-TS at 1.4 s, MPEG-PS at 0.5 s), which a plain `ffmpeg -i x.mp4 x.ts` writes.
+a convention's offset (MPEG-TS at 1.4 s, MPEG-PS at 0.5 s), which a plain `ffmpeg -i x.mp4 x.ts` writes;
+thermal frames that cannot hold their declared unit (8-bit or raw counts declared centikelvin).
 
 Inputs are generated with the ``ffmpeg`` CLI; frames carry their index and the audio a stepped tone
 (tests/test_media_inputs.py), so the tests check which frame and which moment of sound were stored.
@@ -7,13 +8,18 @@ Inputs are generated with the ``ffmpeg`` CLI; frames carry their index and the a
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
+from bindset.synth.generate import SynthConfig, synth
 from pipelines.validate import validate
+from schemas.reasons import RejectReason as R
 from tests.test_media_inputs import FPS, ffmpeg, ffprobe_times, read_code, run_build, tone_match, write_video
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI (CI installs it)")
@@ -68,3 +74,45 @@ def test_container_start_offsets_pass_the_gate(offset_containers, tmp_path):
     shutil.copytree(b.data, data)
     outcome = validate(data, verify_hashes=False)
     assert outcome.passed, [(r.suite, r.rule, r.observed) for r in outcome.results if not r.success]
+
+
+# ------------------------------------------------------------------------------------------ thermal units
+
+
+@pytest.fixture(scope="module")
+def thermal_units(tmp_path_factory):
+    """A rig session with 16-bit centikelvin thermal frames, and copies whose frames were saved as 8-bit
+    (values >> 8) or hold raw sensor counts (about 8,000), both still declared centikelvin."""
+    raw = tmp_path_factory.mktemp("thermal") / "raw"
+    synth(raw, SynthConfig(layout="captures", sessions=1, seconds=4, seed=11, width=64, height=48,
+                           depth_size=(32, 24), thermal_size=(32, 24), workers=1))  # fmt: skip
+    shutil.rmtree(raw / "_truth")
+    (base,) = [p for p in raw.iterdir() if p.is_dir()]
+    for name, convert in (("th8bit", lambda t: (t >> 8).astype(np.uint8)),
+                          ("thcounts", lambda t: (t // 4).astype(np.uint16))):  # fmt: skip
+        folder = raw / name
+        shutil.copytree(base, folder)
+        m = json.loads((folder / "manifest.json").read_text())
+        m["session_id"] = name
+        (folder / "manifest.json").write_text(json.dumps(m))
+        for p in (folder / "thermal").glob("*.png"):
+            cv2.imwrite(str(p), convert(cv2.imread(str(p), cv2.IMREAD_UNCHANGED)))
+    return base.name, run_build(raw, raw.parent / "data", layout="captures", clocks="declared")
+
+
+def test_thermal_that_cannot_be_centikelvin_is_rejected_not_stored(thermal_units):
+    base, b = thermal_units
+    b.assert_accounting()
+    kept = [b.index[k] for k in b.keys(base)]
+    assert kept and all(r["has_thermal"] for r in kept)
+    assert all(27315 - 5000 < r["thermal_min"] <= r["thermal_max"] for r in kept)  # a scene above -50 °C
+    for session, text in (("th8bit", "thermal in centikelvin needs a 16-bit PNG"), ("thcounts", "raw counts?")):
+        keys = b.keys(session)
+        assert len(keys) == len(kept)  # the samples stay, with video, depth and the rest
+        rejects = b.modality_rejects(session, "thermal")
+        assert set(rejects) == set(keys)
+        for key in keys:
+            assert not b.index[key]["has_thermal"] and b.index[key]["has_depth"] and b.index[key]["has_video"]
+            r = rejects[key]
+            assert r["reason"] == R.THERMAL_IMPLAUSIBLE and text in r["detail"], r
+            assert r["detail"].startswith(f"{session}/thermal/")  # RAW-relative

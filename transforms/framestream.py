@@ -30,6 +30,7 @@ from transforms.images import (
     load_depth_png_mm,
     load_png16,
     load_rgb,
+    load_thermal_png,
     nearest_frame,
     orient,
     store_png16,
@@ -143,6 +144,8 @@ def pick_frame(
         path = check_file(root, source).path
         if table.units == "mm":  # depth: 16-bit millimetres of a plausible range, or a reject saying why
             arr, data = load_depth_png_mm(path, name=source, max_side=max_side)
+        elif table.units in ("centikelvin", "gray8", "raw_counts"):  # thermal: its bit depth fits its unit
+            arr, data = load_thermal_png(path, units=table.units, name=source, max_side=max_side)
         else:
             arr, data = load_png16(path, max_side=max_side, name=source)
     except PathRejected as exc:

@@ -77,6 +77,10 @@ class DepthImplausible(ImageInputError):
     reason = RejectReason.DEPTH_IMPLAUSIBLE
 
 
+class ThermalImplausible(ImageInputError):
+    reason = RejectReason.THERMAL_IMPLAUSIBLE
+
+
 @dataclass(frozen=True)
 class ImageSize:
     width: int
@@ -497,6 +501,44 @@ def load_depth_png_mm(
     mm = sunrgbd_depth_mm(arr) if sunrgbd else arr
     check_depth_mm(mm, name, max_median_mm=SUNRGBD_MAX_MEDIAN_MM if sunrgbd else None)
     return mm, data
+
+
+# Radiometric LWIR cameras that write centikelvin (FLIR Lepton/Boson "TLinear", 0.01 K per count) report
+# scene temperatures; nothing such a camera images sits mostly below -100 °C (173.15 K), and 16 bits of
+# centikelvin hold up to 655.35 K. A lower median is not centikelvin (raw sensor counts, or 8-bit grey).
+THERMAL_MIN_MEDIAN_CK = 17315
+
+
+def load_thermal_png(
+    source: ImageSource,
+    *,
+    units: str,
+    name: str | None = None,
+    max_side: int = MAX_SIDE,
+    max_bytes: int = MAX_DECODED_BYTES,
+) -> tuple[np.ndarray, bytes]:
+    """A thermal PNG (H, W) in its declared ``units`` (schemas/manifest.py ThermalStream), and the file's bytes.
+
+    ``centikelvin`` needs a 16-bit PNG whose valid (non-zero) median is at least ``THERMAL_MIN_MEDIAN_CK``
+    (an 8-bit file would be read as at most 2.55 K); ``gray8`` needs an 8-bit PNG; ``raw_counts`` takes
+    either. Raises ThermalImplausible, or what ``load_png16`` raises."""
+    data, name = _load(source, name)
+    arr, data, header = _load_gray_png(data, name, max_side=max_side, max_bytes=max_bytes)
+    if units == "centikelvin" and header.bit_depth != 16:
+        raise ThermalImplausible(
+            f"{name}: {header.describe()}; thermal in centikelvin needs a 16-bit PNG (8-bit values would be at "
+            "most 2.55 K)"
+        )
+    if units == "gray8" and header.bit_depth != 8:
+        raise ThermalImplausible(f"{name}: {header.describe()}; declared gray8, which is an 8-bit PNG")
+    valid = arr[arr > 0]
+    if units == "centikelvin" and valid.size and float(np.median(valid)) < THERMAL_MIN_MEDIAN_CK:
+        raise ThermalImplausible(
+            f"{name}: median {float(np.median(valid)):g} cK ({float(np.median(valid)) / 100:.1f} K) is below any "
+            f"scene a thermal camera images ({THERMAL_MIN_MEDIAN_CK / 100:.2f} K): the values are not "
+            "centikelvin (raw counts?)"
+        )
+    return arr, data
 
 
 # ---------------------------------------------------------------------------------------------
