@@ -4,7 +4,6 @@ and resume, the frozen towers from a local file, the image cache, and the CLI fr
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -235,8 +234,8 @@ def test_thermal_8_and_16_bit_both_land_in_unit_range():
 
 
 def _tiny_cfg(**kw) -> TrainConfig:
-    data = replace(TINY.data, loader_workers=0)
-    return replace(TINY, data=data, **kw)
+    data = TINY.data.replace(loader_workers=0)
+    return TINY.replace(data=data, **kw)
 
 
 def test_checkpoint_round_trip_is_exact_and_never_pickles(tmp_path):
@@ -278,7 +277,7 @@ def test_resume_mid_epoch_reproduces_an_uninterrupted_run(data, tmp_path):
 
     cfg = _tiny_cfg(epochs=2, checkpoint_every=1, modalities=("audio", "imu"), batch_size=4)
     whole = train(data, tmp_path / "whole", cfg, engine="local")
-    part_cfg = replace(cfg, max_steps=whole.step // 2 + 1)  # stops inside an epoch
+    part_cfg = cfg.replace(max_steps=whole.step // 2 + 1)  # stops inside an epoch
     train(data, tmp_path / "part", part_cfg, engine="local")
     rt = LocalRuntime(tmp_path / "part", keep=cfg.keep_checkpoints)
     assert train_loop(data, tmp_path / "part", cfg, rt).resumed_from_step == part_cfg.max_steps
@@ -304,17 +303,17 @@ def test_tower_loads_a_local_checkpoint_without_network(tmp_path, monkeypatch):
         raise AssertionError("network access")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    random_a = FrozenTowers(replace(tiny_tower(), init_seed=1))
+    random_a = FrozenTowers(tiny_tower().replace(init_seed=1))
     path = tmp_path / "tower.pt"
     torch.save(random_a.model.state_dict(), path)
-    loaded = FrozenTowers(replace(tiny_tower(), init_seed=2, checkpoint=str(path)))
-    fresh_b = FrozenTowers(replace(tiny_tower(), init_seed=2))
+    loaded = FrozenTowers(tiny_tower().replace(init_seed=2, checkpoint=str(path)))
+    fresh_b = FrozenTowers(tiny_tower().replace(init_seed=2))
     px = torch.randn(2, 3, 224, 224)
     torch.testing.assert_close(loaded.encode_image(px), random_a.encode_image(px))
     assert not torch.allclose(fresh_b.encode_image(px), random_a.encode_image(px))
     assert not any(p.requires_grad for p in loaded.parameters())
     with pytest.raises(FileNotFoundError, match="not a local file"):
-        FrozenTowers(replace(tiny_tower(), checkpoint=str(tmp_path / "missing.pt")))
+        FrozenTowers(tiny_tower().replace(checkpoint=str(tmp_path / "missing.pt")))
 
 
 def test_image_cache_equals_the_online_tower(data):
