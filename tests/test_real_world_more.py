@@ -20,7 +20,16 @@ import pytest
 from bindset.synth.generate import SynthConfig, synth
 from pipelines.validate import validate
 from schemas.reasons import RejectReason as R
-from tests.test_media_inputs import FPS, ffmpeg, ffprobe_times, read_code, run_build, tone_match, write_video
+from tests.test_media_inputs import (
+    FPS,
+    ffmpeg,
+    ffprobe_times,
+    read_code,
+    remux,
+    run_build,
+    tone_match,
+    write_video,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI (CI installs it)")
 
@@ -42,6 +51,9 @@ def offset_containers(tmp_path_factory):
     base = write_video(root / "base.mp4", n=6 * FPS)
     ffmpeg("-i", str(base), "-c", "copy", str(raw / "broadcast.ts"))  # MPEG-TS: timestamps from 1.4 s
     ffmpeg("-i", str(base), "-c:v", "mpeg2video", "-q:v", "2", "-c:a", "mp2", str(raw / "dvd.mpg"))  # PS: 0.5 s
+    # video-muxed AAC in MPEG-TS with 0.4 s of packets missing at content time 2.5-2.9 s
+    remux(raw / "broadcast.ts", raw / "holed.ts",
+          keep=lambda p: not (p.stream.type == "audio" and 3.9 <= p.pts * p.time_base < 4.3))  # fmt: skip
     return raw, run_build(raw, root / "data", layout="videos")
 
 
@@ -66,6 +78,21 @@ def test_container_start_offset_anchors_the_grid(offset_containers, name):
         assert read_code(b.image(key)) == inside[0] % 256
         assert row["has_audio"], key  # the audio starts with the video: every window has it
         assert tone_match(b.mel(key), row["clip_start_s"] - _start(raw / name, "a:0")) > 0.9, key
+
+
+def test_audio_hole_in_a_transport_stream_costs_only_its_window(offset_containers):
+    raw, b = offset_containers
+    a0 = _start(raw / "holed.ts", "a:0")
+    keys = b.keys("holed")
+    assert len(keys) == 3 and not b.window_rejects("holed")
+    hole = b.modality_rejects("holed", "audio")
+    assert list(hole) == [keys[1]]  # the window holding content 2.5-2.9 s (session ~3.9-4.3 s), and only it
+    r = hole[keys[1]]
+    assert r["reason"] == R.AUDIO_GAP and "jump over a hole" in r["detail"]
+    assert "outside the audio track" not in r["detail"]  # the track goes on after the hole
+    for key in (keys[0], keys[2]):
+        row = b.index[key]
+        assert row["has_audio"] and tone_match(b.mel(key), row["clip_start_s"] - a0) > 0.9, key
 
 
 def test_container_start_offsets_pass_the_gate(offset_containers, tmp_path):

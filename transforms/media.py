@@ -624,8 +624,9 @@ class _AudioTracker:
             if r.reject_reason is RejectReason.AUDIO_OUT_OF_RANGE:
                 # missing before this stretch began, or past its end: say which break, if any, caused it
                 cause = self.cause if c.start_s < self.cause_start - self.tolerance else end_cause
-                if cause is not None:
-                    r = replace(r, reject_reason=cause.reason, detail=f"{cause.detail} ({r.detail})")
+                if cause is not None:  # the window reaches across the break, not past the track's ends
+                    detail = f"{cause.detail} ({c.missing_s:.3f}s of the window lies across it)"
+                    r = replace(r, reject_reason=cause.reason, detail=detail)
             out.append(r)
         return out
 
