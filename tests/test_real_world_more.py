@@ -8,6 +8,7 @@ Inputs are generated with the ``ffmpeg`` CLI; frames carry their index and the a
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -143,3 +144,46 @@ def test_thermal_that_cannot_be_centikelvin_is_rejected_not_stored(thermal_units
             r = rejects[key]
             assert r["reason"] == R.THERMAL_IMPLAUSIBLE and text in r["detail"], r
             assert r["detail"].startswith(f"{session}/thermal/")  # RAW-relative
+
+
+# ------------------------------------------------------------------------------------------ ego4d IMU
+
+
+def _imu(b, key: str) -> np.ndarray:
+    return np.load(io.BytesIO(b.members[f"{key}.imu.npy"]), allow_pickle=False)
+
+
+def test_ego4d_imu_counts_from_the_video_start(tmp_path):
+    """Ego4D's IMU times (canonical, or the device clock assumed to start with the video) count from the start
+    of the video: a copy of the video in MPEG-TS (timestamps from 1.4 s) or Matroska at 40 s gets the same IMU
+    for the same content as the original, not IMU shifted by the container's offset (or none at all)."""
+    raw = tmp_path / "raw"
+    synth(raw, SynthConfig(layout="ego4d", sessions=1, seconds=10, seed=5, width=64, height=48, workers=1))
+    shutil.rmtree(raw / "_truth")
+    (video,) = (raw / "full_scale").glob("*.mp4")
+    csv = raw / "imu" / f"{video.stem}.csv"
+    ffmpeg("-i", str(video), "-c", "copy", str(raw / "full_scale" / "ts.ts"))
+    ffmpeg("-i", str(video), "-c", "copy", "-output_ts_offset", "40", str(raw / "full_scale" / "late.mkv"))
+    ffmpeg("-i", str(video), "-c", "copy", str(raw / "full_scale" / "nocanon.ts"))
+    shutil.copy(csv, raw / "imu" / "ts.csv")
+    shutil.copy(csv, raw / "imu" / "late.csv")
+    lines = csv.read_text().splitlines()  # the device clock only: canonical_timestamp_ms empty
+    header = lines[0].split(",")
+    col = header.index("canonical_timestamp_ms")
+    rows = [",".join("" if i == col else v for i, v in enumerate(ln.split(","))) for ln in lines[1:]]
+    (raw / "imu" / "nocanon.csv").write_text("\n".join([lines[0], *rows]) + "\n")
+    b = run_build(raw, tmp_path / "data", layout="ego4d", clocks="declared")
+    b.assert_accounting()
+    original = {round(b.index[k]["clip_start_s"], 3): k for k in b.keys(video.stem) if b.index[k]["has_imu"]}
+    assert len(original) >= 2
+    for session in ("ts", "late", "nocanon"):
+        keys = b.keys(session)
+        start = b.index[keys[0]]["clip_start_s"]
+        assert start > 1.0  # the container's offset, kept on the video's own timeline
+        shifted = {round(b.index[k]["clip_start_s"] - start, 3): k for k in keys if b.index[k]["has_imu"]}
+        assert set(shifted) == set(original), session  # the same windows have IMU
+        for t, key in original.items():
+            a, c = _imu(b, key), _imu(b, shifted[t])
+            # the same content: equal up to the grid's sub-millisecond rounding of the start
+            assert np.corrcoef(a.ravel(), c.ravel())[0, 1] > 0.99, (session, t)
+            assert np.abs(a - c).mean() < 0.05 * np.abs(a).mean(), (session, t)

@@ -11,7 +11,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -125,7 +125,7 @@ def _load_imu(root: Path, unit: MediaUnit, sink: UnitSink) -> _Side | None:
                 imu_path, time_column=spec.fallback_time_column, time_unit_s=spec.time_unit_s, units=units,
                 source_name=spec.path,
             )  # fmt: skip
-            clock = ClockSpec(offset_s=-float(track.t[0]) if len(track) else 0.0)
+            clock = ClockSpec(offset_s=clock.offset_s - (float(track.t[0]) if len(track) else 0.0))
     except I.ImuFormatError as exc:
         return _Side("imu", source=spec.path, reason=exc.reason, detail=str(exc))
     report = track.report
@@ -194,6 +194,10 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
         sink.reject(Reject(unit.video, RejectReason.PARTIAL_WINDOW, "recording is shorter than one clip", session))
         return
     sink.planned(len(windows))
+    if unit.layout == "ego4d" and unit.imu is not None and start_s:
+        # Ego4D's IMU times count from the start of its video, which is start_s on the video's timestamps
+        # (a container's offset: MPEG-TS 1.4 s, an MKV at 45 s), not from timestamp 0
+        unit = replace(unit, imu=replace(unit.imu, clock=ClockSpec(offset_s=start_s)))
     # --clocks: estimate each stream's clock from content (a separate decimated pass) before decoding;
     # `estimate` may replace clocks, `verify` names the streams whose windows are clock_mismatch rejects
     unit, clock_fail = check_clocks(root, unit, cfg.clocks, sink.folder)
