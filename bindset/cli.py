@@ -187,9 +187,15 @@ def _validate_and_print(data: Path, thresholds: Path | None) -> int:
 
 
 def _need_dataset(data: Path) -> None:
+    from pipelines.dataset import DatasetNotCommitted, open_dataset
+
     _need(data, "DATA", "dir")
-    if not (Path(data) / "manifest.json").is_file():
-        raise UserError(f"DATA {data}: not a built dataset (no manifest.json); run `bindset build` first")
+    # a committed manifest only: a build committing beside this command removes it for a moment, so wait
+    # for that commit (open_dataset's protocol) rather than call the folder unbuilt
+    try:
+        open_dataset(data)
+    except DatasetNotCommitted as exc:
+        raise UserError(f"DATA {data}: not a built dataset: {exc}") from None
 
 
 def _cmd_validate(args: argparse.Namespace, run) -> int:

@@ -9,7 +9,8 @@ writes ``manifest.json`` last. A reader that checks the manifest only before rea
 index beside old shards, or, after a session whose name sorts first was added, read shard names that now
 hold other samples. The protocol closes both gaps:
 
-1. read the manifest (none: wait for a commit in progress, up to ``wait_s``, else :class:`DatasetNotCommitted`);
+1. read the manifest (none: wait for a commit in progress, up to ``wait_s``, else :class:`DatasetNotCommitted`
+   at once: a commit holds DATA's manifest lock from removing the manifest to writing it again);
 2. read the index and ``sizes.json`` and record each shard file's identity (device, inode, size, mtime);
 3. read the manifest again: the same file (inode, mtime, bytes) means no commit ran in between, so 1-2 saw
    one version; otherwise start again.
@@ -25,6 +26,7 @@ trivial: a snapshot is then just the folder the pointer names, and nothing in it
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -161,12 +163,32 @@ def _read_version(data: Path, manifest_blob: bytes) -> Snapshot | None:
     return Snapshot(data, manifest, index, shards, pins)
 
 
+def _commit_in_progress(data: Path) -> bool:
+    """Whether a build's commit holds DATA's manifest lock (``pipelines.lock.manifest_lock``) right now.
+
+    Probed with a shared, non-blocking flock on the lock file, which conflicts only with the commit's (or
+    ``validate``'s verdict write's) exclusive hold; creates nothing (no lock file: no build ever committed).
+    """
+    try:
+        fd = os.open(Path(data) / "_work" / "manifest.lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's shared lock, if it got one
+    return False
+
+
 def open_dataset(data: Path | str, *, wait_s: float = 60.0) -> Snapshot:
     """A consistent snapshot of the committed dataset in DATA.
 
     Waits up to ``wait_s`` seconds while a commit is in progress (no manifest, or files changing under
     the read). Raises :class:`DatasetNotCommitted` (a UserError, exit 2) when DATA holds no committed
-    dataset by then. Reading is cheap: the index, sizes.json and one ``stat`` per shard.
+    dataset by then, or at once when it has no manifest and no commit is in progress (never built, or a
+    first build still decoding). Reading is cheap: the index, sizes.json and one ``stat`` per shard.
     """
     data = Path(data)
     deadline = time.monotonic() + wait_s
@@ -177,6 +199,8 @@ def open_dataset(data: Path | str, *, wait_s: float = 60.0) -> Snapshot:
             again, _ = _read_manifest(data)
             if snap is not None and again == first:
                 return replace(snap, manifest_id=first)
+        elif not _commit_in_progress(data) and _read_manifest(data)[0] is None:
+            break  # checked again after the probe: a commit may have finished in between
         if time.monotonic() >= deadline:
             break
         time.sleep(0.05)

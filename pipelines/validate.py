@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import storage
-from pipelines.dataset import DatasetChanged
+from pipelines.dataset import DatasetChanged, open_dataset
 from pipelines.lock import manifest_lock
 from schemas.expectations import (
     BUILD,
@@ -392,19 +392,19 @@ def validate(
 ) -> ValidationOutcome:
     """Run the data contracts over DATA and record the outcome in its manifest.
 
-    Bad data is an outcome (``passed`` false), not an exception; a folder without a committed build raises.
+    Bad data is an outcome (``passed`` false), not an exception. Starts from a committed manifest, waiting
+    for a commit in progress (``pipelines.dataset.open_dataset``); a folder without one raises
+    DatasetNotCommitted (a UserError).
     ``verify_hashes`` re-hashes every tar member against the index (reads all shard bytes).
     """
     data = Path(data).resolve()
     thresholds = thresholds or QualityThresholds()
     manifest_path = data / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path}: no committed dataset here (run `bindset build` first)")
+    opened = open_dataset(data).manifest  # the version validated: checked again before the verdict
     quality = data / QUALITY
     tables_dir = quality / TABLES_DIR
     tables_dir.mkdir(parents=True, exist_ok=True)
 
-    opened = json.loads(manifest_path.read_text())  # the version validated: checked again before the verdict
     tables = derive_tables(data, verify_hashes, thresholds)
     for name, df in tables.items():
         if name not in (INDEX, REJECTS):

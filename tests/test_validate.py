@@ -298,6 +298,43 @@ def test_cli_validate_exit_codes_and_thresholds_file(clean_copy, tmp_path, capsy
     assert "gate.max_reject_rat: unknown key" in capsys.readouterr().err
 
 
+def test_cli_validate_and_report_wait_for_a_commit_in_progress(clean_copy, tmp_path, capsys):
+    """A commit removes manifest.json under DATA's manifest lock and writes it last (pipelines/commit.py):
+    `validate` or `report` started in that gap waits for the committed manifest instead of calling DATA
+    unbuilt; a folder with no manifest and no commit in progress is refused at once."""
+    import threading
+    import time
+
+    from bindset.cli import main
+    from pipelines.lock import manifest_lock
+
+    manifest = clean_copy / "manifest.json"
+    for cmd in (["validate", str(clean_copy)], ["report", str(clean_copy), "--gallery", "2"]):
+        codes: list[int] = []
+        with manifest_lock(clean_copy):  # as the commit holds it
+            committed = manifest.read_bytes()
+            manifest.unlink()
+            thread = threading.Thread(target=lambda cmd=cmd, codes=codes: codes.append(main(cmd)))
+            thread.start()
+            time.sleep(1.0)
+            assert thread.is_alive() and codes == [], cmd  # waiting, not refused
+            manifest.write_bytes(committed)
+        thread.join(300)
+        assert codes == [0], cmd
+    out = capsys.readouterr().out
+    assert "validate: PASSED" in out and "validation: passed (published: True)" in out
+    assert json.loads(manifest.read_text())["validation"]["status"] == "passed"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    t0 = time.monotonic()
+    assert main(["validate", str(empty)]) == 2
+    assert time.monotonic() - t0 < 30  # not open_dataset's whole 60 s wait
+    err = capsys.readouterr().err
+    assert "not a built dataset" in err and "no committed dataset here" in err
+    assert not (empty / "_work" / "manifest.lock").exists()  # the probe for a commit in progress creates nothing
+
+
 def test_cli_build_validates_by_default_and_report_prints_verdict(raw, tmp_path, capsys):
     from bindset.cli import main
 
