@@ -72,8 +72,9 @@ def _cmd_synth(args: argparse.Namespace, run) -> int:
         long_drift=args.long_drift,
     )
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.sessions, desc=f"synth {cfg.layout}", unit="session", disable=args.quiet, file=run.console,
-               delay=0.5)
+    bar = tqdm(
+        total=cfg.sessions, desc=f"synth {cfg.layout}", unit="session", disable=args.quiet, file=run.console, delay=0.5
+    )
     with bar:
         result = synth(args.raw, cfg, progress=bar.update)
     took = time.perf_counter() - t0
@@ -358,10 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clocks", choices=CLOCK_MODES, default="exact",
                    help="what captures manifests declare: exact (the truth), coarse (offsets off by up to 1.5 s, "
                    "no drift), wrong (some streams off by 0.2-1.5 s); the truth stays in RAW/_truth/")  # fmt: skip
-    s.add_argument("--impacts", type=float, default=0.0, metavar="PER_MIN",
-                   help="shared impacts per minute that every stream registers (events to synchronise on)")
-    s.add_argument("--long-drift", action="store_true",
-                   help="depth, thermal and IMU clocks drift by 20-100 ppm (for long sessions)")
+    s.add_argument(
+        "--impacts",
+        type=float,
+        default=0.0,
+        metavar="PER_MIN",
+        help="shared impacts per minute that every stream registers (events to synchronise on)",
+    )
+    s.add_argument(
+        "--long-drift",
+        action="store_true",
+        help="depth, thermal and IMU clocks drift by 20-100 ppm (for long sessions)",
+    )
     s.set_defaults(func=_cmd_synth)
 
     y = sub.add_parser(
@@ -375,8 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("raw", type=Path)
     y.add_argument("--layout", default="auto", choices=("auto", "captures", "videos", "ego4d"))
     y.add_argument("--out", type=Path, default=Path("sync.parquet"), help="the table (default ./sync.parquet)")
-    y.add_argument("--write-manifest", type=Path, default=None, metavar="OUT",
-                   help="write corrected captures manifests to OUT/<session>/manifest.json (never into RAW)")
+    y.add_argument(
+        "--write-manifest",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="write corrected captures manifests to OUT/<session>/manifest.json (never into RAW)",
+    )
     y.add_argument("--search-s", type=float, default=2.0, help="search range around the declared offset (s)")
     y.set_defaults(func=_cmd_sync)
 
@@ -396,11 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
     b.add_argument("--workers", type=int, default=0, help="ray: CPUs of the local instance (default: all)")
     b.add_argument("--no-validate", action="store_true", help="skip the quality gate (the dataset stays unpublished)")
-    b.add_argument("--thresholds", type=Path, default=None,
-                   help='JSON/YAML file of thresholds: {"filters": {...per-sample...}, "gate": {...dataset...}}')
-    b.add_argument("--retry-failed", action="store_true",
-                   help="run units with a transient reject (decode_timeout, decoder_crash, io_error, ...) again now, "
-                   "whatever their attempt count (default: up to 3 runs in all)")
+    b.add_argument(
+        "--thresholds",
+        type=Path,
+        default=None,
+        help='JSON/YAML file of thresholds: {"filters": {...per-sample...}, "gate": {...dataset...}}',
+    )
+    b.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run units with a transient reject (decode_timeout, decoder_crash, io_error, ...) again now, "
+        "whatever their attempt count (default: up to 3 runs in all)",
+    )
     add_config_flags(b.add_argument_group("build settings (BuildConfig)"), BuildConfig, dest_prefix="cfg_")
     b.set_defaults(func=_cmd_build, passthrough=True)
 
@@ -413,8 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
         "verdict in manifest.json (a failing dataset is kept but marked unpublished) and exits 1 on failure.",
     )
     v.add_argument("data", type=Path)
-    v.add_argument("--thresholds", type=Path, default=None,
-                   help='JSON/YAML thresholds file; validate reads its "gate", e.g. {"gate": {"max_reject_rate": 0.1}}')
+    v.add_argument(
+        "--thresholds",
+        type=Path,
+        default=None,
+        help='JSON/YAML thresholds file; validate reads its "gate", e.g. {"gate": {"max_reject_rate": 0.1}}',
+    )
     v.set_defaults(func=_cmd_validate)
 
     r = sub.add_parser(

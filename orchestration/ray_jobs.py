@@ -34,7 +34,6 @@ TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 LOG_TAIL_LINES = 60
 
 
-
 @dataclass(frozen=True)
 class RayJobSpec:
     argv: tuple[str, ...]

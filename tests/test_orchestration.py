@@ -231,9 +231,9 @@ def test_ray_job_entrypoints_are_valid_bindset_commands(tmp_path):
     from bindset.cli import build_config_from, build_parser
     from orchestration.ray_jobs import build_argv, embed_argv, eval_argv, job_spec, train_argv
 
-    # every field travels, those without a short flag included
+    # every field travels, those without a short flag and the nested filters included
     cfg = BuildConfig(stride_s=1.5, jpeg_quality=90, val_fraction=0.3, layout="captures", clip_s=3.0,
-                      depth_tolerance_s=0.01)
+                      depth_tolerance_s=0.01, filters={"audio_rms_dbfs_min": -50.0})  # fmt: skip
     argv = build_argv(tmp_path / "raw", tmp_path / "d" / "build", cfg)
     args, extra = build_parser().parse_known_args(argv[1:])
     assert extra == [] and (args.command, args.engine, args.ray_address, args.no_validate) == (

@@ -74,7 +74,9 @@ def test_container_start_offset_anchors_the_grid(offset_containers, name):
     for key in keys:
         row = b.index[key]
         assert row["sync_err_video_ms"] < 1.0, key  # the first frame opens its window
-        inside = [i for i, t in enumerate(times) if t is not None and row["clip_start_s"] - 1e-9 <= t < row["clip_end_s"]]  # noqa: E501
+        inside = [
+            i for i, t in enumerate(times) if t is not None and row["clip_start_s"] - 1e-9 <= t < row["clip_end_s"]
+        ]  # noqa: E501
         assert row["frame0_t_s"] == pytest.approx(times[inside[0]], abs=1e-6)
         assert read_code(b.image(key)) == inside[0] % 256
         assert row["has_audio"], key  # the audio starts with the video: every window has it

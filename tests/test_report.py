@@ -323,7 +323,8 @@ def test_quality_filters_repairs_and_rates_against_bounds(data, tmp_path):
     assert set(re.findall(r"<tr data-filter='([a-z_]+)'>", section)) == {"audio_silent", "frame_black"}
     got = dict(re.findall(r"<tr data-filter='([a-z_]+)'>.*?data-rate='([0-9.]+)'", section, re.S))
     assert {k: float(v) for k, v in got.items()} == pytest.approx(
-        {k: float(table.at[k, "rate"]) for k in got}, abs=1e-6)
+        {k: float(table.at[k, "rate"]) for k in got}, abs=1e-6
+    )
     assert f"{black.details[0][0]}</span>: {html_escape(black.details[0][1])}" in section  # the filter's detail
     assert "Not validated" not in html and "Not validated" in write_report(data, gallery=0).read_text()
     # a validation of another dataset version is stale: no rates from it

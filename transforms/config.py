@@ -39,9 +39,7 @@ class BuildConfig(StrictConfig):
     audio_channels: Literal["first", "mean"] = Field(
         "first", description="channel(s) the mel reads: first (ImageBind) or the mean of all"
     )
-    audio_tolerance_s: float = Field(
-        0.05, ge=0, description="audio a window may miss at a track edge, zero-padded (s)"
-    )
+    audio_tolerance_s: float = Field(0.05, ge=0, description="audio a window may miss at a track edge, zero-padded (s)")
     # depth/thermal: None = half the stream's median frame period
     depth_tolerance_s: float | None = Field(
         None, ge=0, description="max distance of the depth frame from the clip's first frame (s; none: half a period)"
@@ -62,7 +60,8 @@ class BuildConfig(StrictConfig):
     split_salt: str = Field("bindset", description="salt of the session hash that picks the split")
     # robustness
     clocks: Literal["declared", "verify", "estimate"] = Field(
-        "verify", description="stream clocks: declared (as the manifest says), verify (estimate from content; "
+        "verify",
+        description="stream clocks: declared (as the manifest says), verify (estimate from content; "
         "windows of a stream whose confident estimate disagrees are clock_mismatch rejects), estimate (use a "
         "confident estimate where it disagrees); DATA/sync.parquet records each (transforms/clockcheck.py)",
     )
