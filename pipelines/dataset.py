@@ -182,6 +182,30 @@ def _commit_in_progress(data: Path) -> bool:
     return False
 
 
+def committed_manifest(data: Path | str, *, wait_s: float = 60.0) -> dict:
+    """The committed ``manifest.json`` of DATA, waiting up to ``wait_s`` s while a commit is in progress.
+
+    For the checkers (``validate``, ``report``): unlike :func:`open_dataset` it does not require the index and
+    the shards to agree, because finding out whether they do is the quality gate's job. Raises
+    :class:`DatasetNotCommitted` (exit 2) when DATA has no manifest and no commit is in progress, or when a
+    commit does not finish within ``wait_s``.
+    """
+    data = Path(data)
+    deadline = time.monotonic() + wait_s
+    while True:
+        if not _commit_in_progress(data):
+            first, blob = _read_manifest(data)
+            if first is not None:
+                return json.loads(blob)
+            if not _commit_in_progress(data):
+                break
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    raise DatasetNotCommitted(f"{data / MANIFEST}: no committed dataset here (run `bindset build`, or wait "
+                              "for the build in progress to commit)")  # fmt: skip
+
+
 def open_dataset(data: Path | str, *, wait_s: float = 60.0) -> Snapshot:
     """A consistent snapshot of the committed dataset in DATA.
 

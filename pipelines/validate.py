@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import storage
-from pipelines.dataset import DatasetChanged, open_dataset
+from pipelines.dataset import DatasetChanged, committed_manifest
 from pipelines.lock import manifest_lock
 from schemas.expectations import (
     BUILD,
@@ -393,14 +393,14 @@ def validate(
     """Run the data contracts over DATA and record the outcome in its manifest.
 
     Bad data is an outcome (``passed`` false), not an exception. Starts from a committed manifest, waiting
-    for a commit in progress (``pipelines.dataset.open_dataset``); a folder without one raises
+    for a commit in progress (``pipelines.dataset.committed_manifest``); a folder without one raises
     DatasetNotCommitted (a UserError).
     ``verify_hashes`` re-hashes every tar member against the index (reads all shard bytes).
     """
     data = Path(data).resolve()
     thresholds = thresholds or QualityThresholds()
     manifest_path = data / "manifest.json"
-    opened = open_dataset(data).manifest  # the version validated: checked again before the verdict
+    opened = committed_manifest(data)  # the version validated: checked again before the verdict
     quality = data / QUALITY
     tables_dir = quality / TABLES_DIR
     tables_dir.mkdir(parents=True, exist_ok=True)

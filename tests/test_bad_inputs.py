@@ -465,12 +465,14 @@ def test_depth_missing_for_a_time_range(captures):
 
 
 def test_manifest_path_escaping_the_input(captures):
-    # '..' in a manifest breaks its schema: the session is one input reject naming the manifest
+    # '..' in one stream's path costs only that stream: every window's IMU is a path_escapes_root reject
+    # naming the RAW-relative path, and the session's video and audio are kept
     _, bad = captures
-    row = _input_reject(bad, "bad_dotdot")
-    assert row["reason"] == R.PATH_ESCAPES_ROOT
-    assert row["source"] == "bad_dotdot/manifest.json" and "../../etc/passwd" in row["detail"]
-    assert "bad_dotdot" not in bad.manifest["inputs"]
+    imu = bad.modality_rejects("bad_dotdot", "imu")
+    assert sorted(imu) == [_key("bad_dotdot", k) for k in range(SECONDS // 2)]
+    assert {(r["reason"], r["source"]) for r in imu.values()} == {(R.PATH_ESCAPES_ROOT, "../etc/passwd")}
+    assert sorted(bad.samples("bad_dotdot")) == [_key("bad_dotdot", k) for k in range(SECONDS // 2)]
+    assert all(r["has_video"] and not r["has_imu"] for r in bad.samples("bad_dotdot").values())
 
 
 def test_symlinked_side_file_leaving_the_input_costs_only_its_modality(captures):
