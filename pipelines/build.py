@@ -42,7 +42,8 @@ from pipelines.work import (
 from schemas.errors import InputError
 from schemas.reasons import RejectReason
 from transforms.config import BuildConfig
-from transforms.layouts import MediaUnit, StillUnit, discover, unit_to_dict
+from transforms.grouping import WorkUnit, plan_units
+from transforms.layouts import discover
 from transforms.records import SUMMARY, Reject, UnitSummary
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,13 @@ def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineCon
 def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig, progress, build_id: str,
                   retry_failed: bool, max_attempts: int, t0: float) -> BuildResult:  # fmt: skip
     discovery = discover(raw, cfg.layout)
-    fps = {u.unit_id: fingerprint(raw, u, cfg) for u in discovery.units}
+    # one stat per input file: it sizes the units (transforms/grouping.py) and fingerprints them
+    stats = {rel: work.path_stats(raw, rel) for inp in discovery.units for rel in inp.input_paths()}
+    sizes = {e[0]: e[1] for entries in stats.values() for e in entries}
+    plan = plan_units(discovery.units, sizes, cfg)
+    fps = {u.unit_id: fingerprint(raw, u, cfg, [e for rel in u.input_paths() for e in stats[rel]]) for u in plan}
     todo, attempts = [], {}
-    for u in discovery.units:
+    for u in plan:
         done = cached_summary(data, u.unit_id, fps[u.unit_id])
         if done is None:
             todo.append(u)
@@ -159,7 +164,7 @@ def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig,
             todo.append(u)
     if attempts:
         log.info("running %d unit(s) with transient failures again: %s", len(attempts), sorted(attempts))
-    units_json = [json.dumps(unit_to_dict(u), sort_keys=True) for u in todo]
+    units_json = [json.dumps(u.to_dict(), sort_keys=True) for u in todo]
     ctx = WorkContext(str(raw), str(data), cfg.to_dict(), build_id, attempts)
     bar = progress(len(todo)) if (progress and todo) else None
     if todo:
@@ -178,7 +183,7 @@ def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig,
         bar.close()
 
     units, changed = [], []
-    for u in discovery.units:
+    for u in plan:
         fp = fingerprint(raw, u, cfg)
         summary = cached_summary(data, u.unit_id, fp)
         if summary is None:
@@ -186,16 +191,16 @@ def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig,
             fp, summary = _redo_changed(raw, data, cfg, ctx, u)
         fps[u.unit_id] = fp
         units.append((u.unit_id, units_dir(data) / u.unit_id, summary))
-    _prune(data, {u.unit_id for u in discovery.units})
+    _prune(data, {u.unit_id for u in plan})
     write_sync_table(data, [folder for _, folder, _ in units])  # DATA/sync.parquet, before the manifest commits
     result = commit(data, discovery, units, cfg, code_version(), fps)
     processed = sorted({u.unit_id for u in todo} | set(changed))
     return BuildResult(
         layout=discovery.layout,
         detected=discovery.detected,
-        units=len(discovery.units),
+        units=len(plan),
         processed=len(processed),
-        reused=len(discovery.units) - len(processed),
+        reused=len(plan) - len(processed),
         seconds=time.perf_counter() - t0,
         commit=result,
         processed_units=processed,
@@ -205,13 +210,13 @@ def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig,
 
 
 def _redo_changed(raw: Path, data: Path, cfg: BuildConfig, ctx: WorkContext,
-                  unit: MediaUnit | StillUnit) -> tuple[str, UnitSummary]:  # fmt: skip
+                  unit: WorkUnit) -> tuple[str, UnitSummary]:  # fmt: skip
     """A unit without a result for its inputs as they are now: they changed during the build (or a worker
     gave up). Run it once more here; if its inputs change again meanwhile, record it as ``input_changed``,
     a transient reject, so that the next build takes it up again. Returns (fingerprint, summary)."""
     before = input_stats(raw, unit)
     log.warning("unit %s: its inputs changed during the build; building it again", unit.unit_id)
-    work.run_unit(ctx, json.dumps(unit_to_dict(unit), sort_keys=True))
+    work.run_unit(ctx, json.dumps(unit.to_dict(), sort_keys=True))
     fp = fingerprint(raw, unit, cfg)
     summary = cached_summary(data, unit.unit_id, fp)
     if summary is None:
@@ -219,7 +224,9 @@ def _redo_changed(raw: Path, data: Path, cfg: BuildConfig, ctx: WorkContext,
         moved = [a[0] for a in after if a not in before] or [e[0] for e in before if e not in after]
         source = moved[0] if moved else (unit.input_paths() or [unit.unit_id])[0]
         detail = "changed (size or mtime) while the build read it; the next build reads it again"
-        reject = Reject(source, RejectReason.INPUT_CHANGED, detail, getattr(unit, "session", None))
+        owner = next((i for i in unit.inputs for p in i.input_paths() if source == p or source.startswith(p + "/")),
+                     unit.inputs[0])  # fmt: skip
+        reject = Reject(source, RejectReason.INPUT_CHANGED, detail, getattr(owner, "session", None))
         write_unit_reject(data, unit, fp, cfg, reject, ctx.attempts.get(unit.unit_id, 1))
         log.warning("unit %s: rejected as input_changed (%s)", unit.unit_id, source)
         summary = cached_summary(data, unit.unit_id, fp)

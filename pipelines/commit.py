@@ -26,6 +26,43 @@ from transforms.layouts import Discovery
 from transforms.records import Reject, UnitSummary
 
 SPLITS = ("train", "val")
+#: Rows per row group of index.parquet and rejects.parquet: large enough for column statistics and
+#: compression to pay off (Parquet's advice is 128 MB-1 GB groups; index rows are ~1 KB), small enough
+#: that the commit holds only this much of the index at a time.
+ROW_GROUP_ROWS = 65_536
+
+
+class _RowGroups:
+    """A Parquet writer that collects tables and writes a row group each ``ROW_GROUP_ROWS`` rows.
+
+    Row groups of a fixed row count: the file's bytes depend on its rows alone, not on how the units cut them.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.schema = schema
+        self.writer = pq.ParquetWriter(path, schema, **storage.PARQUET_OPTS)
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.pending.append(table)
+            self.rows += table.num_rows
+        if len(self.pending) >= 256:  # many small unit tables: one contiguous copy frees their read buffers
+            self.pending = [pa.concat_tables(self.pending).combine_chunks()]
+        while self.rows >= ROW_GROUP_ROWS:
+            both = pa.concat_tables(self.pending)
+            self.writer.write_table(both.slice(0, ROW_GROUP_ROWS).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+            rest = both.slice(ROW_GROUP_ROWS)
+            self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def __enter__(self) -> _RowGroups:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pending and exc[0] is None:
+            self.writer.write_table(pa.concat_tables(self.pending).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+        self.writer.close()
 
 
 @dataclass(frozen=True)
@@ -80,29 +117,45 @@ def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitS
         if stale.name not in sizes:
             stale.unlink()
 
-    index_parts, reject_parts = [], []
-    for unit_id, folder, _ in units:
-        idx = pq.read_table(folder / "index.parquet", schema=INDEX_SCHEMA)
-        if idx.num_rows:
-            mapping = {local: final for (u, local), final in rename.items() if u == unit_id}
-            shard = pa.array([mapping[s] for s in idx.column("shard").to_pylist()], pa.string())
-            idx = idx.set_column(idx.schema.get_field_index("shard"), INDEX_SCHEMA.field("shard"), shard)
-        index_parts.append(idx)
-        reject_parts.append(pq.read_table(folder / "rejects.parquet", schema=REJECTS_SCHEMA))
-    found = [Reject(r.source, r.reason, r.detail, r.session).row() for r in discovery.rejects]
-    reject_parts.insert(0, pa.Table.from_pylist(found, schema=REJECTS_SCHEMA))
-    index = pa.concat_tables(index_parts) if index_parts else INDEX_SCHEMA.empty_table()
-    rejects = pa.concat_tables(reject_parts)
-    # order the index as the shards are: split, then shard, then position (stable)
-    if index.num_rows:
-        order = pc.sort_indices(index, sort_keys=[("shard", "ascending")])
-        index = index.take(order)
+    # The index and rejects stream into one Parquet table each, a row group per ROW_GROUP_ROWS rows, in
+    # shard order (split, unit, part: the order the names were given in), never all in memory at once.
+    by_split: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    n_rejects = 0
 
-    storage.atomic_write_parquet(data / "index.parquet", index.combine_chunks())
-    storage.atomic_write_parquet(data / "rejects.parquet", rejects.combine_chunks())
+    def write_index(tmp: Path) -> None:
+        with _RowGroups(tmp, INDEX_SCHEMA) as out:
+            for split in SPLITS:
+                for unit_id, folder, summary in units:
+                    if not any(p["split"] == split for p in summary.parts):
+                        continue
+                    idx = pq.read_table(folder / "index.parquet", schema=INDEX_SCHEMA)
+                    idx = idx.filter(pc.equal(idx.column("split"), split))
+                    local = idx.column("shard").to_pylist()
+                    shard = pa.array([rename[(unit_id, s)] for s in local], pa.string())
+                    idx = idx.set_column(idx.schema.get_field_index("shard"), INDEX_SCHEMA.field("shard"), shard)
+                    by_split[split] += idx.num_rows
+                    out.write(idx)
+
+    def write_rejects(tmp: Path) -> None:
+        nonlocal n_rejects
+        found = [Reject(r.source, r.reason, r.detail, r.session).row() for r in discovery.rejects]
+
+        def tables():
+            yield pa.Table.from_pylist(found, schema=REJECTS_SCHEMA)  # input rejects of discovery first
+            for _, folder, _ in units:
+                yield pq.read_table(folder / "rejects.parquet", schema=REJECTS_SCHEMA)
+
+        with _RowGroups(tmp, REJECTS_SCHEMA) as out:
+            for table in tables():
+                reasons.update(table.column("reason").to_pylist())
+                n_rejects += table.num_rows
+                out.write(table)
+
+    storage.atomic_write_with(data / "index.parquet", write_index)
+    storage.atomic_write_with(data / "rejects.parquet", write_rejects)
     storage.atomic_write_bytes(shards_dir / "sizes.json", (json.dumps(sizes, indent=1, sort_keys=True) + "\n").encode())
 
-    reasons = Counter(rejects.column("reason").to_pylist())
     summaries = [s for _, _, s in units]
     # the units' outcomes too: a unit that failed transiently and succeeded on a retry has the same inputs,
     # config and code but other content, and readers' caches (training's image cache) are keyed on the version
@@ -111,10 +164,10 @@ def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitS
         json.dumps([input_fingerprints, cfg.to_dict(), code_version, outcomes], sort_keys=True).encode()
     ).hexdigest()[:16]
     result = CommitResult(
-        samples=index.num_rows,
+        samples=sum(by_split.values()),
         windows_planned=sum(s.windows_planned for s in summaries),
         window_rejects=sum(s.window_rejects for s in summaries),
-        rejects=rejects.num_rows,
+        rejects=n_rejects,
         shards={k: v for k, v in counters.items()},
         reasons=dict(sorted(reasons.items())),
         version=version,
@@ -133,7 +186,7 @@ def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitS
             "samples": result.samples,
             "window_rejects": result.window_rejects,
             "reject_rows": result.rejects,
-            "samples_by_split": dict(Counter(index.column("split").to_pylist())),
+            "samples_by_split": {k: v for k, v in by_split.items() if v},
             "shards": result.shards,
         },
         "rejects_by_reason": result.reasons,

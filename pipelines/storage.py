@@ -69,6 +69,17 @@ def create(path: Path | str) -> IO[bytes]:
     return open(path, "wb")  # noqa: SIM115 - the caller closes it with close_synced
 
 
+def reopen_at(path: Path | str, offset: int) -> IO[bytes]:
+    """Open a file written with ``create`` again, cut back to ``offset`` bytes, positioned there.
+
+    For a staging folder's tar part whose last samples are withdrawn (a decoder died inside an input).
+    """
+    fh = open(path, "r+b")  # noqa: SIM115 - the caller closes it with close_synced
+    fh.truncate(offset)
+    fh.seek(offset)
+    return fh
+
+
 def close_synced(fh: IO[bytes]) -> None:
     """Flush, fsync and close a file opened with ``create``."""
     fh.flush()

@@ -1,10 +1,13 @@
-"""Running one unit of work safely: fingerprints, a watchdog child process, atomic unit commits.
+"""Running one unit of work safely: fingerprints, a long-lived decode worker, atomic unit commits.
 
-Native decoders can segfault or hang on hostile input. Each unit therefore runs in a child process
-forked from a preloaded server; the child announces every file it opens (with its size, and its media
-duration once probed), and the parent kills it when a file outlives its decode budget (``decode_budget``:
-``decode_timeout_s`` at least, more for long or large files, never the time earlier files took). A crash
-or a timeout becomes a reject record for the file, never a failed build. Messages cross the pipe as JSON.
+A unit of work (``transforms.grouping.WorkUnit``) holds whole inputs. Native decoders can segfault or hang
+on hostile input, so inputs are decoded in a child process (``DecodeWorker``: one per engine worker, forked
+from a preloaded server and reused input after input), while this process writes the unit's tar parts and
+tables from what the child sends (JSON headers and raw member bytes: no pickle). The child announces every
+file it opens (with its size, and its media duration once probed), and the parent kills it when a file
+outlives its decode budget (``decode_budget``: ``decode_timeout_s`` at least, more for long or large files,
+never the time earlier files took). A crash or a timeout becomes a reject record for the file, the samples
+already sent of that input are withdrawn, the child is started afresh and the input's unit-mates go on.
 
 Such rejects are *transient* (``schemas.reasons.TRANSIENT``): the unit records its attempt number, and
 the next build runs it again, up to ``MAX_ATTEMPTS`` times (``bindset build --retry-failed``: at once).
@@ -17,6 +20,7 @@ Workers log each unit's start, end, seconds and rejects by reason (logger ``pipe
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -25,9 +29,11 @@ import os
 import shutil
 import signal
 import stat
+import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -36,9 +42,13 @@ from pipelines.lock import build_alive
 from pipelines.storage import replace_dir
 from schemas.reasons import TRANSIENT, RejectReason
 from transforms.config import BuildConfig
+from transforms.grouping import WorkUnit
 from transforms.layouts import MediaUnit, StillUnit, unit_from_dict, unit_to_dict
 from transforms.paths import walk
 from transforms.records import SUMMARY, Reject, UnitSink, UnitSummary
+
+Input = MediaUnit | StillUnit  # one recording or chunk of still pairs (transforms/layouts.py)
+Unit = WorkUnit | MediaUnit | StillUnit  # a unit of work, or an input taken as a unit of its own
 
 log = logging.getLogger(__name__)
 
@@ -133,21 +143,31 @@ def _stat_entries(root: Path, rel: str) -> list:
     return sorted(found, key=lambda e: e[0])
 
 
-def input_stats(root: Path, unit: MediaUnit | StillUnit) -> list:
-    """[RAW-relative path, size, mtime_ns] of every file a unit reads (size None: missing)."""
+def path_stats(root: Path, rel: str) -> list:
+    """[RAW-relative path, size, mtime_ns] of a file, or of each file below a folder (size None: missing)."""
+    return _stat_entries(root, rel)
+
+
+def input_stats(root: Path, unit: Unit) -> list:
+    """[RAW-relative path, size, mtime_ns] of every file a unit (or an input) reads (size None: missing)."""
     return [e for rel in unit.input_paths() for e in _stat_entries(root, rel)]
 
 
-def fingerprint(root: Path, unit: MediaUnit | StillUnit, cfg: BuildConfig) -> str:
+def unit_dict(unit: Unit) -> dict:
+    """A unit of work's JSON form; an input alone is the unit of that input."""
+    return (unit if isinstance(unit, WorkUnit) else WorkUnit(unit.unit_id, (unit,))).to_dict()
+
+
+def fingerprint(root: Path, unit: Unit, cfg: BuildConfig, stats: list | None = None) -> str:
     """What a unit's outputs depend on: its description, its files (path, size, mtime), config, code and the
     versions of the libraries that write its bytes (``library_versions``).
 
     Size and mtime rather than content hashes: a nightly build over a large archive must not reread
     every byte to find out that nothing changed.
     """
-    stats = input_stats(root, unit)
+    stats = input_stats(root, unit) if stats is None else stats
     blob = json.dumps(
-        {"unit": unit_to_dict(unit), "files": stats, "config": cfg.to_dict(), "code": code_version(),
+        {"unit": unit_dict(unit), "files": stats, "config": cfg.to_dict(), "code": code_version(),
          "libraries": library_versions()},
         sort_keys=True,
     )  # fmt: skip
@@ -214,9 +234,10 @@ def decode_budget(floor_s: float, size_bytes: int | None, duration_s: float | No
 
 
 #: Fault injection, for tests of the watchdog: ``segv:SUBSTRING`` or ``hang:SUBSTRING`` (comma-separated for
-#: several). The child then crashes with SIGSEGV, or hangs, right after announcing a file whose path contains
-#: SUBSTRING, as a native decoder may on hostile input. Read by the parent in ``run_unit`` and handed to the
-#: child, because forkserver children inherit the server's environment, not the caller's current one.
+#: several). The decode worker then crashes with SIGSEGV, or hangs, right after announcing a file whose path
+#: contains SUBSTRING, as a native decoder may on hostile input. Read by the parent in ``run_unit`` and handed
+#: to the worker with each input, because forkserver children inherit the server's environment, not the
+#: caller's current one.
 FAULT_ENV = "BINDSET_FAULT_INJECT"
 
 
@@ -241,72 +262,128 @@ def _media_duration(path: Path) -> float | None:
         return None  # the decode that follows reports the problem with its own reason
 
 
-def _exit_when_orphaned(data: str, build_id: str, watchdog_pid: int) -> None:
-    """Child-side guard: stop at once when the watchdog or the build is gone, before writing more into DATA."""
+# Messages between the unit's writer (parent) and its decode worker (child) are frames of
+# ``4-byte header length | JSON header | payload``; a sample's payload is its members' bytes, back to back.
+def _frame(head: dict, payload: bytes = b"") -> bytes:
+    text = json.dumps(head, default=_plain).encode()
+    return len(text).to_bytes(4, "big") + text + payload
+
+
+def _unframe(buf: bytes) -> tuple[dict, memoryview]:
+    n = int.from_bytes(buf[:4], "big")
+    return json.loads(buf[4 : 4 + n]), memoryview(buf)[4 + n :]
+
+
+def _plain(obj):
+    # numpy scalars in index rows (frame figures): their exact Python value
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON-able: {type(obj).__name__}")
+
+
+class _PipeSink:
+    """The decode worker's side of a unit's sink: every call becomes one frame, in call order.
+
+    ``transforms/unit.py`` calls it from its decoding and its writing thread, hence the lock (a frame must
+    not interleave with another)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def _send(self, data: bytes) -> None:
+        with self.lock:
+            self.conn.send_bytes(data)
+
+    def planned(self, n: int) -> None:
+        self._send(_frame({"planned": n}))
+
+    def reject(self, r: Reject) -> None:
+        self._send(_frame({"reject": r.row()}))
+
+    def sync(self, rows: list[dict]) -> None:
+        self._send(_frame({"sync": rows}))
+
+    def sample(self, split: str, key: str, members: dict[str, bytes], row: dict) -> None:
+        names = list(members)
+        head = {"sample": {"split": split, "key": key, "row": row, "names": names,
+                           "lens": [len(members[n]) for n in names]}}  # fmt: skip
+        self._send(_frame(head, b"".join(members[n] for n in names)))
+
+
+def _guard(state: dict, watchdog_pid: int) -> None:
+    """Child-side guard: stop at once when the watchdog, or the build of the input at hand, is gone."""
     while True:
         time.sleep(0.25)
         try:
             os.kill(watchdog_pid, 0)
-            alive = build_alive(data, build_id)
+            task = state.get("ctx")
+            alive = task is None or not task.build_id or build_alive(task.data, task.build_id)
         except ProcessLookupError:
             alive = False
         if not alive:
             os._exit(3)
 
 
-def _child_main(conn, ctx_json: str, unit_json: str, tmp: str, fp: str, fault: str = "", watchdog_pid: int = 0) -> None:
-    import threading
-
+def _decoder_main(conn, watchdog_pid: int) -> None:
+    """A long-lived decode worker: takes inputs one at a time from ``conn`` and sends back their results."""
     import torch
 
-    from transforms.unit import process_unit
+    from transforms.unit import process_input
 
     # Float reductions in resampling and fbank add up in an order that depends on the thread count;
     # one thread makes mel.npy byte-identical whatever engine, machine or core count ran the unit.
     torch.set_num_threads(1)
-
-    ctx = WorkContext.from_json(ctx_json)
-    cfg = BuildConfig.from_dict(ctx.config)
-    unit = unit_from_dict(json.loads(unit_json))
-    raw = Path(ctx.raw)
-    if ctx.build_id and watchdog_pid:
-        guard = threading.Thread(target=_exit_when_orphaned, args=(ctx.data, ctx.build_id, watchdog_pid), daemon=True)
-        guard.start()
-
-    def heartbeat(path: str) -> None:
-        # a crash or timeout reject names the file relative to RAW, like every other reject
-        p = Path(path)
-        rel = p.relative_to(raw).as_posix() if p.is_relative_to(raw) else path
+    state: dict = {}
+    threading.Thread(target=_guard, args=(state, watchdog_pid), daemon=True).start()
+    sink = _PipeSink(conn)
+    while True:
         try:
-            size = p.stat().st_size
-        except OSError:
-            size = None
-        conn.send_bytes(json.dumps({"file": rel, "bytes": size}).encode())
-        duration = _media_duration(p) if size else None
-        if duration:
-            conn.send_bytes(json.dumps({"file": rel, "bytes": size, "duration_s": duration}).encode())
-        kind = _fault_for(fault, rel) if fault else None
-        if kind == "segv":
-            os.kill(os.getpid(), signal.SIGSEGV)
-        while kind == "hang":
-            time.sleep(3600)
+            task = json.loads(conn.recv_bytes())
+        except (EOFError, OSError):  # the unit's writer is gone
+            os._exit(0)
+        ctx = WorkContext.from_json(task["ctx"])
+        cfg = BuildConfig.from_dict(ctx.config)
+        inp = unit_from_dict(task["input"])
+        raw, fault = Path(ctx.raw), task.get("fault", "")
+        state["ctx"] = ctx
 
-    try:
-        summary = process_unit(raw, unit, cfg, UnitSink(Path(tmp), unit.unit_id, fp, cfg), heartbeat)
-        conn.send_bytes(json.dumps({"done": summary.samples}).encode())
-    except BaseException:  # noqa: BLE001 - reported to the parent, which records it as a reject
-        conn.send_bytes(json.dumps({"error": traceback.format_exc(limit=8)}).encode())
-    finally:
-        conn.close()
+        def heartbeat(path: str, raw=raw, fault=fault) -> None:
+            # a crash or timeout reject names the file relative to RAW, like every other reject
+            p = Path(path)
+            rel = p.relative_to(raw).as_posix() if p.is_relative_to(raw) else path
+            try:
+                size = p.stat().st_size
+            except OSError:
+                size = None
+            sink._send(_frame({"file": rel, "bytes": size}))
+            duration = _media_duration(p) if size else None
+            if duration:
+                sink._send(_frame({"file": rel, "bytes": size, "duration_s": duration}))
+            kind = _fault_for(fault, rel) if fault else None
+            if kind == "segv":
+                os.kill(os.getpid(), signal.SIGSEGV)
+            while kind == "hang":
+                time.sleep(3600)
+
+        try:
+            process_input(raw, inp, cfg, sink, heartbeat)
+            sink._send(_frame({"done": True}))
+        except BaseException:  # noqa: BLE001 - reported to the parent, which records it as a reject
+            sink._send(_frame({"error": traceback.format_exc(limit=8)}))
+        state["ctx"] = None
 
 
 @lru_cache(maxsize=1)
 def _context() -> mp.context.BaseContext:
-    # forkserver: children fork from a clean server that already imported the heavy modules, so a unit
-    # starts in milliseconds and never inherits an engine's threads.
+    # forkserver: children fork from a clean server that already imported the heavy modules, so a decode
+    # worker starts in milliseconds and never inherits an engine's threads.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["transforms.unit", "pyarrow.parquet", "pandas"])
+    ctx.set_forkserver_preload(["transforms.unit"])
     return ctx
+
+
+# ------------------------------------------------------------------------------------------ parent side
 
 
 @dataclass
@@ -320,69 +397,131 @@ class _Abandoned(Exception):
     """The build that launched this unit is gone: its worker stops and writes nothing more."""
 
 
-def _watch(proc, conn, floor_s: float, first_source: str, extra_bytes: int, alive) -> _Failure | None:
-    """Relay the child's messages; kill it when the file it reads outlives its budget, or the build is gone.
+class DecodeWorker:
+    """One long-lived decode process per engine worker, reused by every input of every unit it runs.
 
-    Each announced file gets ``decode_budget(floor, its bytes + extra_bytes, its duration)`` from its
-    announcement (extended when the duration arrives); the deadline only moves later, so a file announced
-    while another is still decoding (video + separate audio) never shortens the first one's time.
-    ``extra_bytes``: the unit's files that are read without an announcement (depth/thermal frames, IMU).
+    Isolation without a process per input: a decoder that segfaults or outlives its budget costs its
+    input alone (a ``decoder_crash`` / ``decode_timeout`` reject; the samples it sent of that input are
+    withdrawn from the unit's sink) and the process is started afresh for the next input.
     """
-    current = first_source
-    budget = decode_budget(floor_s, extra_bytes, None)
-    announced = time.monotonic()
-    deadline = announced + budget
-    while True:
-        if conn.poll(0.2):
-            try:
-                msg = json.loads(conn.recv_bytes())
-            except (EOFError, OSError):
-                msg = None
-            if msg is None:
-                proc.join(5)
+
+    #: seconds between two checks that the build still holds DATA's lock
+    ALIVE_EVERY_S = 0.2
+
+    def __init__(self) -> None:
+        self.proc = None
+        self.conn = None
+
+    def _start(self) -> None:
+        parent, child = _context().Pipe(duplex=True)
+        self.proc = _context().Process(target=_decoder_main, args=(child, os.getpid()), daemon=True)
+        self.proc.start()
+        child.close()
+        self.conn = parent
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join()
+        if self.conn is not None:
+            self.conn.close()
+        self.proc = self.conn = None
+
+    def run_input(self, ctx_json: str, inp: Input, sink: UnitSink, floor_s: float, extra_bytes: int,
+                  alive: Callable[[], bool]) -> _Failure | None:  # fmt: skip
+        """Decode one input into ``sink``; a crash, a timeout or an exception becomes the returned failure.
+
+        The watchdog: each announced file gets ``decode_budget(floor, its bytes + extra_bytes, its
+        duration)`` from its announcement (extended when the duration arrives); the deadline only moves
+        later, so a file announced while another is still decoding (video + separate audio) never shortens
+        the first one's time. ``extra_bytes``: the input's files read without an announcement (depth/thermal
+        frames, IMU). Raises ``_Abandoned`` (after killing the decoder) when ``alive()`` turns false.
+        """
+        if self.proc is None or not self.proc.is_alive():
+            self.stop()
+            self._start()
+        task = {"ctx": ctx_json, "input": unit_to_dict(inp), "fault": os.environ.get(FAULT_ENV, "")}
+        self.conn.send_bytes(json.dumps(task).encode())
+        current = inp.input_paths()[0] if inp.input_paths() else inp.unit_id
+        budget = decode_budget(floor_s, extra_bytes, None)
+        announced = checked = time.monotonic()
+        deadline = announced + budget
+        while True:
+            if self.conn.poll(0.2):
+                try:
+                    head, body = _unframe(self.conn.recv_bytes())
+                except (EOFError, OSError):
+                    self.proc.join(5)
+                    break
+                if "sample" in head:
+                    s = head["sample"]
+                    members, at = {}, 0
+                    for name, n in zip(s["names"], s["lens"], strict=True):
+                        members[name] = bytes(body[at : at + n])
+                        at += n
+                    sink.sample(s["split"], s["key"], members, s["row"])
+                elif "reject" in head:
+                    row = head["reject"]
+                    sink.reject(Reject(**{**row, "reason": RejectReason(row["reason"])}))
+                elif "sync" in head:
+                    sink.sync(head["sync"])
+                elif "planned" in head:
+                    sink.planned(head["planned"])
+                elif "file" in head:
+                    if head["file"] != current or "duration_s" not in head:
+                        current, announced = head["file"], time.monotonic()
+                    budget = decode_budget(floor_s, (head.get("bytes") or 0) + extra_bytes, head.get("duration_s"))
+                    deadline = max(deadline, announced + budget)
+                elif "done" in head:
+                    return None
+                elif "error" in head:
+                    return _Failure(RejectReason.INTERNAL_ERROR, current, head["error"].strip().splitlines()[-1][:2000])
+            elif not self.proc.is_alive():
                 break
-            if "file" in msg:
-                if msg["file"] != current or "duration_s" not in msg:
-                    current, announced = msg["file"], time.monotonic()
-                budget = decode_budget(floor_s, (msg.get("bytes") or 0) + extra_bytes, msg.get("duration_s"))
-                deadline = max(deadline, announced + budget)
-            elif "done" in msg:
-                proc.join()
-                return None
-            elif "error" in msg:
-                proc.join()
-                return _Failure(RejectReason.INTERNAL_ERROR, current, msg["error"].strip().splitlines()[-1][:2000])
-        elif not proc.is_alive():
-            break
-        if not alive():
-            proc.kill()
-            proc.join()
-            raise _Abandoned
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.join()
-            detail = f"not decoded within its budget of {budget:g} s (decode_budget); decoder killed"
-            return _Failure(RejectReason.DECODE_TIMEOUT, current, detail)
-    code = proc.exitcode
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name
-        return _Failure(RejectReason.DECODER_CRASH, current, f"worker died with {name} while reading this file")
-    return _Failure(RejectReason.DECODER_CRASH, current, f"worker exited with code {code} while reading this file")
+            now = time.monotonic()
+            if now - checked >= self.ALIVE_EVERY_S:
+                checked = now
+                if not alive():
+                    self.stop()
+                    raise _Abandoned
+            if now > deadline:
+                self.stop()
+                detail = f"not decoded within its budget of {budget:g} s (decode_budget); decoder killed"
+                return _Failure(RejectReason.DECODE_TIMEOUT, current, detail)
+        code = self.proc.exitcode
+        self.stop()
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            return _Failure(RejectReason.DECODER_CRASH, current, f"worker died with {name} while reading this file")
+        return _Failure(RejectReason.DECODER_CRASH, current, f"worker exited with code {code} while reading this file")
 
 
-def _extra_bytes(root: Path, unit: MediaUnit | StillUnit) -> int:
+_DECODER: DecodeWorker | None = None
+
+
+def _decoder() -> DecodeWorker:
+    """This process's decode worker (engine workers run many units one after another)."""
+    global _DECODER
+    if _DECODER is None:
+        _DECODER = DecodeWorker()
+        atexit.register(_DECODER.stop)
+    return _DECODER
+
+
+def _extra_bytes(root: Path, inp: Input) -> int:
     """Bytes of a recording's side files (depth/thermal frames, IMU), read while its media files decode."""
-    if not isinstance(unit, MediaUnit):
+    if not isinstance(inp, MediaUnit):
         return 0
-    announced = {unit.video, unit.audio}
-    return sum(e[1] or 0 for rel in unit.input_paths() if rel not in announced for e in _stat_entries(root, rel))
+    announced = {inp.video, inp.audio}
+    return sum(e[1] or 0 for rel in inp.input_paths() if rel not in announced for e in _stat_entries(root, rel))
 
 
-def write_unit_reject(data: Path, unit: MediaUnit | StillUnit, fp: str, cfg: BuildConfig, reject: Reject,
+def write_unit_reject(data: Path, unit: Unit, fp: str, cfg: BuildConfig, reject: Reject,
                       attempt: int, tmp: Path | None = None) -> None:  # fmt: skip
-    """Commit a unit whose whole outcome is one reject (a crash, a timeout, an input that changed)."""
+    """Commit a unit whose whole outcome is one reject (an input that changed)."""
     tmp = tmp or data / WORK / "tmp" / f"{unit.unit_id}.{uuid.uuid4().hex[:8]}"
-    shutil.rmtree(tmp, ignore_errors=True)  # keep nothing a child half-wrote
+    shutil.rmtree(tmp, ignore_errors=True)  # keep nothing half-written
     sink = UnitSink(tmp, unit.unit_id, fp, cfg)
     sink.reject(reject)
     sink.summary.failed = True
@@ -392,67 +531,74 @@ def write_unit_reject(data: Path, unit: MediaUnit | StillUnit, fp: str, cfg: Bui
 
 
 def run_unit(ctx: WorkContext, unit_json: str) -> dict:
-    """Process one unit (unless its committed result is current) and commit its folder atomically.
+    """Process one unit of work (unless its committed result is current) and commit its folder atomically.
 
+    ``unit_json``: a ``WorkUnit``'s JSON, or one input's (``unit_to_dict``: a unit of that input alone).
+    Its inputs run one after another in this process's decode worker (``DecodeWorker``); their samples
+    share the unit's tar parts. An input whose decoder crashes, hangs or raises becomes one reject and its
+    unit-mates go on; the unit is then ``failed`` (its reasons are transient: the next build runs it again).
     Returns ``{"unit_id", "processed": bool, "abandoned": bool}``; abandoned: the build that launched the
     unit was gone (``pipelines.lock.build_alive``), and nothing was written. A result is current when its
     fingerprint matches and it is not a transient failure from an earlier attempt than ``ctx.attempts``
     asks for (engines may run a task twice; the second run then finds the first one's result).
     """
     t0 = time.perf_counter()
-    data = Path(ctx.data)
+    data, raw = Path(ctx.data), Path(ctx.raw)
     cfg = BuildConfig.from_dict(ctx.config)
-    unit = unit_from_dict(json.loads(unit_json))
+    unit = WorkUnit.from_dict(json.loads(unit_json))
     attempt = ctx.attempts.get(unit.unit_id, 1)
     out = {"unit_id": unit.unit_id, "processed": False, "abandoned": False}
 
     def alive() -> bool:
         return not ctx.build_id or build_alive(data, ctx.build_id)
 
-    fp = fingerprint(Path(ctx.raw), unit, cfg)
+    fp = fingerprint(raw, unit, cfg)
     done = cached_summary(data, unit.unit_id, fp)
     if done is not None and (not transient_reasons(done) or attempt_of(data, unit.unit_id) >= attempt):
         return out
     if not alive():
         log.warning("unit %s: not started, its build %s is gone", unit.unit_id, ctx.build_id)
         return dict(out, abandoned=True)
-    log.info("unit %s: start (attempt %d)", unit.unit_id, attempt)
+    log.info("unit %s: start (attempt %d, %d input(s))", unit.unit_id, attempt, len(unit.inputs))
     tmp = data / WORK / "tmp" / f"{unit.unit_id}.{uuid.uuid4().hex[:8]}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    parent_conn, child_conn = _context().Pipe(duplex=False)
-    fault = os.environ.get(FAULT_ENV, "")
-    args = (child_conn, ctx.to_json(), unit_json, str(tmp), fp, fault, os.getpid())
-    proc = _context().Process(target=_child_main, args=args)
-    proc.start()
-    child_conn.close()
-    first = unit.input_paths()[0] if unit.input_paths() else unit.unit_id
+    sink = UnitSink(tmp, unit.unit_id, fp, cfg)
+    decoder, ctx_json = _decoder(), ctx.to_json()
+    failures = 0
     try:
-        failure = _watch(proc, parent_conn, cfg.decode_timeout_s, first, _extra_bytes(Path(ctx.raw), unit), alive)
+        for inp in unit.inputs:
+            mark = sink.mark()
+            failure = decoder.run_input(ctx_json, inp, sink, cfg.decode_timeout_s, _extra_bytes(raw, inp), alive)
+            if failure is not None:
+                failures += 1
+                sink.rollback(mark)  # what the decoder sent of this input goes; its unit-mates' stays
+                sink.reject(Reject(failure.source, failure.reason, failure.detail, getattr(inp, "session", None)))
+                sink.summary.failed = True
+                log.warning("unit %s: input %s failed: %s on %s (%s)", unit.unit_id, inp.unit_id,
+                            failure.reason.value, failure.source, failure.detail)  # fmt: skip
+        if not alive():  # the last moment before the result becomes visible
+            raise _Abandoned
+        summary = sink.close()
     except _Abandoned:
         shutil.rmtree(tmp, ignore_errors=True)
         log.warning("unit %s: stopped, its build %s is gone; nothing written", unit.unit_id, ctx.build_id)
         return dict(out, abandoned=True)
-    finally:
-        parent_conn.close()
-    if not alive():  # the last moment before the result becomes visible
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        return dict(out, abandoned=True)
-    if failure is not None:
-        reject = Reject(failure.source, failure.reason, failure.detail, getattr(unit, "session", None))
-        write_unit_reject(data, unit, fp, cfg, reject, attempt, tmp)
-        log.warning("unit %s: end in %.2f s, failed: %s on %s (%s)", unit.unit_id, time.perf_counter() - t0,
-                    failure.reason.value, failure.source, failure.detail)  # fmt: skip
-    else:
-        (tmp / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
-        replace_dir(tmp, units_dir(data) / unit.unit_id)
-        summary = cached_summary(data, unit.unit_id, fp)
-        if summary is not None:
-            took = time.perf_counter() - t0
-            log.info("unit %s: end in %.2f s, %d sample(s) of %d window(s), rejects by reason %s", unit.unit_id,
-                     took, summary.samples, summary.windows_planned, summary.reasons or "{}")  # fmt: skip
+        raise
+    (tmp / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
+    replace_dir(tmp, units_dir(data) / unit.unit_id)
+    log.info("unit %s: end in %.2f s, %d input(s) (%d failed), %d sample(s) of %d window(s), rejects by reason %s",
+             unit.unit_id, time.perf_counter() - t0, len(unit.inputs), failures, summary.samples,
+             summary.windows_planned, summary.reasons or "{}")  # fmt: skip
     return dict(out, processed=True)
 
 
 def run_unit_json(ctx_json: str, unit_json: str) -> dict:
     """Engine entry point: everything in and out is JSON text."""
     return run_unit(WorkContext.from_json(ctx_json), unit_json)
+
+
+def run_units_json(ctx_json: str, units_json: list[str]) -> list[dict]:
+    """Engine entry point for a batch of units (one engine task): run them one after another."""
+    return [run_unit_json(ctx_json, u) for u in units_json]

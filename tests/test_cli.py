@@ -247,5 +247,5 @@ def test_a_ray_build_logs_each_unit_in_the_run_log(tmp_path):
     (log,) = (data / "_work" / "logs").glob("build-*.log")
     text = log.read_text()
     for session in ("s000_000", "s000_001"):
-        assert f"unit {session}: start (attempt 1)" in text and f"unit {session}: end in " in text
+        assert f"unit {session}: start (attempt 1, 1 input(s))" in text and f"unit {session}: end in " in text
     assert "\x1b[" not in text  # no terminal colour codes in a file

@@ -228,9 +228,10 @@ def with_used_clocks(unit: MediaUnit, rows: list[SyncRow]) -> MediaUnit:
 
 
 def check_clocks(root: Path, unit: MediaUnit, mode: str, folder: Path | None = None,
-                 params: sync.SyncParams | None = None) -> tuple[MediaUnit, dict[str, str]]:  # fmt: skip
+                 params: sync.SyncParams | None = None, on_rows=None) -> tuple[MediaUnit, dict[str, str]]:  # fmt: skip
     """Check a unit's clocks under ``--clocks mode``; returns the unit to build and ``{stream: detail}`` of
-    the streams whose windows are ``clock_mismatch`` rejects (verify). Writes ``folder/sync.json`` (the rows).
+    the streams whose windows are ``clock_mismatch`` rejects (verify). Writes ``folder/sync.json`` (the rows),
+    or hands the rows (dicts) to ``on_rows`` (a unit of work of several inputs collects them: records.UnitSink).
 
     ``declared``: nothing estimated, rows ``declared_only``. ``verify``: a confident estimate that disagrees
     makes the stream mismatched; the declared clock stays. ``estimate``: such an estimate is used instead.
@@ -240,6 +241,8 @@ def check_clocks(root: Path, unit: MediaUnit, mode: str, folder: Path | None = N
     except Exception:  # noqa: BLE001 - an estimator failure must never cost the unit: keep the declared clocks
         log.exception("%s: clock check failed; declared clocks kept", unit.session)
         rows = declared_rows(unit)
+    if on_rows is not None:
+        on_rows([asdict(r) for r in rows])
     if folder is not None:
         from pipelines.storage import write_synced
 

@@ -56,6 +56,14 @@ class BuildConfig(StrictConfig):
     # output
     shard_max_samples: int = Field(1000, ge=1, description="samples per shard at most")
     shard_max_bytes: int = Field(512 * 1024 * 1024, ge=4096, description="bytes per shard at most")
+    # units of work (transforms/grouping.py)
+    unit_windows: int = Field(
+        1500, ge=1, description="planned windows a unit of work aims at (inputs are grouped up to it)"
+    )
+    unit_min_count: int = Field(
+        16, ge=1, description="the unit target shrinks (by powers of two) until a corpus has about this many units"
+    )
+    unit_max_bytes: int = Field(8 * 1024**3, ge=1, description="input bytes a unit of several inputs holds at most")
     val_fraction: float = Field(0.2, ge=0, le=1, description="fraction of sessions in the val split")
     split_salt: str = Field("bindset", description="salt of the session hash that picks the split")
     # robustness

@@ -20,7 +20,7 @@ from pipelines.storage import write_parquet, write_synced
 from schemas.reasons import RejectReason
 from schemas.tables import INDEX_SCHEMA, MEMBERS, REJECTS_SCHEMA, member_column
 from transforms.config import BuildConfig
-from transforms.shardwriter import PartInfo, RollingTarWriter
+from transforms.shardwriter import PartInfo, RollingTarWriter, WriterMark
 
 SUMMARY = "summary.json"
 
@@ -71,7 +71,20 @@ class UnitSummary:
         return cls(**json.loads(text))
 
 
+@dataclass(frozen=True)
+class SinkMark:
+    rows: int
+    rejects: int
+    windows_planned: int
+    samples: int
+    window_rejects: int
+    writers: dict[str, WriterMark]
+    sync_rows: int = 0
+
+
 class UnitSink:
+    """A unit's results, from any number of inputs: samples of one split share rolling tar parts."""
+
     def __init__(self, folder: Path, unit_id: str, fingerprint: str, cfg: BuildConfig):
         self.folder, self.unit_id, self.cfg = folder, unit_id, cfg
         folder.mkdir(parents=True, exist_ok=True)
@@ -80,6 +93,7 @@ class UnitSink:
         self.rejects: list[dict] = []
         self.summary = UnitSummary(unit_id, fingerprint)
         self.reasons: Counter[str] = Counter()
+        self.sync_rows: list[dict] = []
 
     def planned(self, n: int) -> None:
         self.summary.windows_planned += n
@@ -103,6 +117,31 @@ class UnitSink:
         self.rows.append(row)
         self.summary.samples += 1
 
+    def sync(self, rows: list[dict]) -> None:
+        """An input's clock rows (transforms/clockcheck.py); ``close`` writes the unit's as one sync.json."""
+        self.sync_rows += rows
+
+    def mark(self) -> SinkMark:
+        """Where the sink stands now (before an input), for ``rollback``."""
+        s = self.summary
+        return SinkMark(len(self.rows), len(self.rejects), s.windows_planned, s.samples, s.window_rejects,
+                        {split: w.mark() for split, w in self.writers.items()}, len(self.sync_rows))  # fmt: skip
+
+    def rollback(self, m: SinkMark) -> None:
+        """Withdraw everything recorded since ``m``: samples, rows, rejects and planned windows of one input."""
+        for r in self.rejects[m.rejects :]:
+            self.reasons[r["reason"]] -= 1
+        self.reasons = +self.reasons  # drops the reasons that went to zero
+        del self.rows[m.rows :], self.rejects[m.rejects :], self.sync_rows[m.sync_rows :]
+        s = self.summary
+        s.windows_planned, s.samples, s.window_rejects = m.windows_planned, m.samples, m.window_rejects
+        for split in list(self.writers):
+            if split in m.writers:
+                self.writers[split].rollback(m.writers[split])
+            else:  # opened by the withdrawn input
+                self.writers[split].rollback(WriterMark(0, 0, 0, None))
+                del self.writers[split]
+
     def close(self) -> UnitSummary:
         parts: list[PartInfo] = []
         for split in sorted(self.writers):
@@ -112,5 +151,10 @@ class UnitSink:
         self.summary.reasons = dict(sorted(self.reasons.items()))
         write_parquet(pa.Table.from_pylist(self.rows, schema=INDEX_SCHEMA), self.folder / "index.parquet")
         write_parquet(pa.Table.from_pylist(self.rejects, schema=REJECTS_SCHEMA), self.folder / "rejects.parquet")
+        if self.sync_rows:
+            from transforms.clockcheck import SYNC_FILE
+
+            text = json.dumps(self.sync_rows, sort_keys=True, allow_nan=False, indent=1) + "\n"
+            write_synced(self.folder / SYNC_FILE, text.encode())
         write_synced(self.folder / SUMMARY, self.summary.to_json().encode())
         return self.summary

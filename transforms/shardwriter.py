@@ -24,6 +24,14 @@ class PartInfo:
     bytes: int = 0
 
 
+@dataclass(frozen=True)
+class WriterMark:
+    parts: int  # parts that existed
+    samples: int  # samples and bytes of the last of them
+    bytes: int
+    offset: int | None  # write position in the last part, None when no part was open
+
+
 @dataclass
 class RollingTarWriter:
     """Writes samples of one split into parts bounded by sample count and bytes.
@@ -67,6 +75,29 @@ class RollingTarWriter:
         self._fh = storage.create(self.folder / name)
         self.parts.append(PartInfo(name, self.split))
         return self.parts[-1]
+
+    def mark(self) -> WriterMark:
+        """Where the writer stands now, for ``rollback``."""
+        last = self.parts[-1] if self.parts else None
+        offset = self._fh.tell() if self._fh is not None else None
+        return WriterMark(len(self.parts), last.samples if last else 0, last.bytes if last else 0, offset)
+
+    def rollback(self, m: WriterMark) -> None:
+        """Forget every sample written since ``m``: later parts are deleted, the part open then is cut back.
+
+        Used when the decoder dies inside an input: the samples it sent of that input go, its unit-mates'
+        stay. A part that was open at ``m`` and closed since is reopened at its mark (its end-of-archive goes).
+        """
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        for part in self.parts[m.parts :]:
+            (self.folder / part.file).unlink(missing_ok=True)
+        del self.parts[m.parts :]
+        if m.offset is not None and self.parts:
+            part = self.parts[-1]
+            part.samples, part.bytes = m.samples, m.bytes
+            self._fh = storage.reopen_at(self.folder / part.file, m.offset)
 
     def close(self) -> None:
         if self._fh is not None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -46,6 +47,19 @@ from transforms.records import Reject, UnitSink, UnitSummary, json_bytes, npy_by
 
 Heartbeat = Callable[[str], None]
 
+
+class Sink(Protocol):
+    """Where an input's results go: ``records.UnitSink``, or pipelines/work.py's pipe to the unit's writer."""
+
+    def planned(self, n: int) -> None: ...
+
+    def reject(self, r: Reject) -> None: ...
+
+    def sample(self, split: str, key: str, members: dict[str, bytes], row: dict) -> None: ...
+
+    def sync(self, rows: list[dict]) -> None: ...
+
+
 # Samples handed to the writing thread and not yet written, before the decoding thread waits for it.
 _MAX_PENDING_SAMPLES = 8
 
@@ -57,6 +71,17 @@ def _none(_: str) -> None:
 def process_unit(
     root: Path, unit: MediaUnit | StillUnit, cfg: BuildConfig, sink: UnitSink, heartbeat: Heartbeat = _none
 ) -> UnitSummary:
+    """One input alone into ``sink``, closed: its summary. (A unit of work of several inputs calls
+    ``process_input`` once per input on one sink; pipelines/work.py.)"""
+    process_input(root, unit, cfg, sink, heartbeat)
+    return sink.close()
+
+
+def process_input(
+    root: Path, unit: MediaUnit | StillUnit, cfg: BuildConfig, sink: Sink, heartbeat: Heartbeat = _none
+) -> None:
+    """Record one input's windows in ``sink`` (``planned``, then a ``sample`` or ``reject`` per window, in
+    window order) without closing it, so that the inputs of a unit of work share its tar parts."""
     # OpenCV's own thread pool splits even a 320p colour conversion across cores and then spin-waits
     # for more (tens of thousands of sched_yield calls per minute of video), taking CPU from the
     # decoder for no gain on frames this small. Results do not depend on it either way.
@@ -67,7 +92,6 @@ def process_unit(
             _process_stills(root, unit, cfg, sink, heartbeat)
         else:
             _process_media(root, unit, cfg, sink, heartbeat)
-        return sink.close()
     finally:
         cv2.setNumThreads(cv2_threads)
 
@@ -174,6 +198,8 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
         return
     try:
         video_path = check_file(root, unit.video).path
+        # announced before the probe and the clock check read it: its decode budget covers them too
+        heartbeat(str(video_path))
         info = probe(video_path, cfg.max_image_side)
     except PathRejected as exc:
         sink.reject(Reject(exc.source, exc.reason, exc.detail, session))
@@ -200,7 +226,7 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
         unit = replace(unit, imu=replace(unit.imu, clock=ClockSpec(offset_s=start_s)))
     # --clocks: estimate each stream's clock from content (a separate decimated pass) before decoding;
     # `estimate` may replace clocks, `verify` names the streams whose windows are clock_mismatch rejects
-    unit, clock_fail = check_clocks(root, unit, cfg.clocks, sink.folder)
+    unit, clock_fail = check_clocks(root, unit, cfg.clocks, on_rows=sink.sync)
 
     # audio: in the video container, in a file of its own, or unusable for every window
     audio_fail: tuple[RejectReason, str, str] | None = None
