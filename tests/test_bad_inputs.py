@@ -8,7 +8,6 @@ crash and hang cases run in a small build of their own with the watchdog's fault
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import struct
@@ -27,6 +26,7 @@ from bindset.synth.generate import SynthConfig, synth
 from pipelines.build import EngineConfig, build, load_summary
 from pipelines.work import FAULT_ENV
 from schemas.reasons import RejectReason as R
+from tests.csvutil import read_csv, write_csv
 from transforms.config import BuildConfig
 
 SMALL = dict(width=160, height=120, workers=1)
@@ -130,22 +130,9 @@ def _to_session(folder: Path, stream: str, t_stream_s):
     return np.asarray(t_stream_s, np.float64) * (1 + clock["drift_ppm"] * 1e-6) + clock["offset_s"]
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames), list(reader)
-
-
-def _write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, header, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _frames_between(folder: Path, stream: str, lo: float, hi: float) -> list[str]:
     """Frame files of a depth/thermal stream whose session time is in [lo, hi]."""
-    _, rows = _read_csv(folder / f"{stream}_timestamps.csv")
+    _, rows = read_csv(folder / f"{stream}_timestamps.csv")
     t = _to_session(folder, stream, [float(r["timestamp"]) * 1e-3 for r in rows])
     return [r["file"] for r, ts in zip(rows, t, strict=True) if lo <= ts <= hi]
 
@@ -201,27 +188,27 @@ def _make_captures(raw: Path, outside: Path) -> dict:
 
     # depth timestamps: one row repeated, two rows swapped; the same frames, so the same pairing
     folder = _derive(raw, "bad_ts")
-    header, rows = _read_csv(folder / "depth_timestamps.csv")
+    header, rows = read_csv(folder / "depth_timestamps.csv")
     rows[10], rows[11] = rows[11], rows[10]
     rows.insert(21, dict(rows[20]))
-    _write_csv(folder / "depth_timestamps.csv", header, rows)
+    write_csv(folder / "depth_timestamps.csv", header, rows)
 
     # IMU: non-finite values over [1.0, 1.3] s (only window 1's IMU span [0.5, 5.5] sees them) and no
     # samples over [9.0, 9.3] s (only window 3's span [4.5, 9.5]); window 2's span [2.5, 7.5] stays clean
     folder = _derive(raw, "bad_imu")
-    header, rows = _read_csv(folder / "imu.csv")
+    header, rows = read_csv(folder / "imu.csv")
     t = _to_session(folder, "imu", [float(r["component_timestamp_ms"]) * 1e-3 for r in rows])
     for r, ts in zip(rows, t, strict=True):
         if 1.0 <= ts <= 1.3:
             r["gyro_x"] = "nan"
     rows = [r for r, ts in zip(rows, t, strict=True) if not 9.0 <= ts <= 9.3]
-    _write_csv(folder / "imu.csv", header, rows)
+    write_csv(folder / "imu.csv", header, rows)
 
     # depth frames missing from 1.9 s to 3.9 s: rows and files gone
     folder = _derive(raw, "bad_depthgap")
     gone = set(_frames_between(folder, "depth", 1.9, 3.9))
-    header, rows = _read_csv(folder / "depth_timestamps.csv")
-    _write_csv(folder / "depth_timestamps.csv", header, [r for r in rows if r["file"] not in gone])
+    header, rows = read_csv(folder / "depth_timestamps.csv")
+    write_csv(folder / "depth_timestamps.csv", header, [r for r in rows if r["file"] not in gone])
     for name in gone:
         (folder / "depth" / name).unlink()
 

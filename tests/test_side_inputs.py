@@ -12,7 +12,6 @@ Each corpus is generated here (synthetic captures / stills, then edited copies) 
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -35,6 +34,7 @@ from PIL import Image
 from bindset.synth.generate import SynthConfig, synth
 from pipelines.build import EngineConfig, build
 from schemas.reasons import RejectReason as R
+from tests.csvutil import read_csv, write_csv
 from transforms.config import BuildConfig
 from transforms.images import PNG_SIGNATURE, orient, sunrgbd_depth_mm
 
@@ -104,19 +104,6 @@ def _read_rgb_file(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames), list(reader)
-
-
-def _write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, header, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _edit_manifest(folder: Path, change) -> None:
     path = folder / "manifest.json"
     m = json.loads(path.read_text())
@@ -138,7 +125,7 @@ def _clock(folder: Path, stream: str) -> dict:
 def _frame_near(folder: Path, stream: str, t_session: float) -> str:
     """The frame file of a depth/thermal stream nearest session time ``t_session``."""
     c = _clock(folder, stream)
-    _, rows = _read_csv(folder / f"{stream}_timestamps.csv")
+    _, rows = read_csv(folder / f"{stream}_timestamps.csv")
     t = np.array([float(r["timestamp"]) * 1e-3 for r in rows]) * (1 + c["drift_ppm"] * 1e-6) + c["offset_s"]
     return rows[int(np.argmin(np.abs(t - t_session)))]["file"]
 
@@ -163,9 +150,9 @@ def _make_captures(raw: Path) -> dict:
     _edit_manifest(folder, lambda m: m["streams"]["depth"].update(frames="video.mp4"))
     # an empty `file` cell in the depth table
     folder = _derive(raw, "demptycell")
-    header, rows = _read_csv(folder / "depth_timestamps.csv")
+    header, rows = read_csv(folder / "depth_timestamps.csv")
     rows[5]["file"] = ""
-    _write_csv(folder / "depth_timestamps.csv", header, rows)
+    write_csv(folder / "depth_timestamps.csv", header, rows)
     # the depth frames around 4.1 s are unreadable (a folder where each file should be): window 2 picks one
     folder = _derive(raw, "dunread")
     for name in {_frame_near(folder, "depth", t) for t in np.arange(3.95, 4.25, 0.01)}:
@@ -193,13 +180,13 @@ def _make_captures(raw: Path) -> dict:
     (folder / "video.mp4").mkdir()
     # the IMU clock steps back: every timestamp after 6 s (session time) is 0.5 s earlier
     folder = _derive(raw, "imustep")
-    header, rows = _read_csv(folder / "imu.csv")
+    header, rows = read_csv(folder / "imu.csv")
     c = _clock(folder, "imu")
     step_at = (6.0 - c["offset_s"]) / (1 + c["drift_ppm"] * 1e-6) * 1e3  # 6 s session time, stream ms
     for r in rows:
         if float(r["component_timestamp_ms"]) > step_at:
             r["component_timestamp_ms"] = f"{float(r['component_timestamp_ms']) - 500.0:.3f}"
-    _write_csv(folder / "imu.csv", header, rows)
+    write_csv(folder / "imu.csv", header, rows)
     return cases
 
 
