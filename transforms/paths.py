@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -128,14 +129,39 @@ def check_file(root: Path | str, rel: str) -> CheckedPath:
         ``not_a_regular_file``, ``file_missing`` (also for a name no file can have: a NUL, too long) or
         ``io_error`` (any other OS error; transient).
     """
+    return _check(root, rel, stat.S_ISREG, "a regular file", _probe_file)
+
+
+def check_dir(root: Path | str, rel: str) -> CheckedPath:
+    """Like :func:`check_file` for a folder the build lists (a declared frames folder): it must be a
+    searchable, readable folder inside RAW. Raises PathRejected (``not_a_regular_file`` when it is a file)."""
+    return _check(root, rel, stat.S_ISDIR, "a folder", _probe_dir)
+
+
+def _check(
+    root: Path | str, rel: str, is_type: Callable[[int], bool], expected: str, probe: Callable[[str, Path], int]
+) -> CheckedPath:
+    """The steps both checks take: resolve inside RAW (escape, loop), stat, require the type, then ``probe``
+    the resolved target for readability; ``probe`` returns the size to record."""
     root = Path(root)
     real_root, target = _resolve(root, rel)
     try:
         st = os.stat(target)
     except OSError as exc:
         raise _os_reject(rel, exc) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise PathRejected(rel, RejectReason.NOT_A_REGULAR_FILE, f"is {_kind(st.st_mode)}, not a regular file")
+    _require_type(rel, st.st_mode, is_type, expected)
+    size = probe(rel, target)
+    return CheckedPath(rel, root / target.relative_to(real_root), size)
+
+
+def _require_type(rel: str, mode: int, is_type: Callable[[int], bool], expected: str) -> None:
+    if not is_type(mode):
+        raise PathRejected(rel, RejectReason.NOT_A_REGULAR_FILE, f"is {_kind(mode)}, not {expected}")
+
+
+def _probe_file(rel: str, target: Path) -> int:
+    """Open without blocking and check the type again on the open file (a FIFO swapped in since the stat
+    must not hang the build); the file's size."""
     try:
         fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
@@ -144,28 +170,18 @@ def check_file(root: Path | str, rel: str) -> CheckedPath:
         st = os.fstat(fd)
     finally:
         os.close(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise PathRejected(rel, RejectReason.NOT_A_REGULAR_FILE, f"is {_kind(st.st_mode)}, not a regular file")
-    return CheckedPath(rel, root / target.relative_to(real_root), st.st_size)
+    _require_type(rel, st.st_mode, stat.S_ISREG, "a regular file")
+    return st.st_size
 
 
-def check_dir(root: Path | str, rel: str) -> CheckedPath:
-    """Like :func:`check_file` for a folder the build lists (a declared frames folder): it must be a
-    searchable, readable folder inside RAW. Raises PathRejected (``not_a_regular_file`` when it is a file)."""
-    root = Path(root)
-    real_root, target = _resolve(root, rel)
-    try:
-        st = os.stat(target)
-    except OSError as exc:
-        raise _os_reject(rel, exc) from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise PathRejected(rel, RejectReason.NOT_A_REGULAR_FILE, f"is {_kind(st.st_mode)}, not a folder")
+def _probe_dir(rel: str, target: Path) -> int:
+    """List the folder's first entry, so a folder that cannot be read is rejected here; size 0."""
     try:
         with os.scandir(target) as it:
             next(it, None)
     except OSError as exc:
         raise _os_reject(rel, exc) from None
-    return CheckedPath(rel, root / target.relative_to(real_root), 0)
+    return 0
 
 
 def is_under(rel: str, folder: str) -> bool:
