@@ -25,9 +25,11 @@ import pyarrow.parquet as pq
 from pipelines import storage
 from pipelines.report import charts
 from pipelines.report.charts import COLORS, Svg
+from pipelines.report.clocks import SYNC_TABLE, ClockSync, clock_sync
 from pipelines.report.fmt import data_uri, nbytes, num, pct, short
 from schemas import modalities as M
 from schemas.reasons import QUALITY_FILTER
+from transforms.clockcheck import SYNC_COLUMNS
 
 HIST_MAX_ROWS = 200_000  # index rows sampled for the histograms
 TIMELINE_MAX_SESSIONS = 30
@@ -43,6 +45,7 @@ REASON_PALETTE = ("#6366f1", "#0ea5e9", "#14b8a6", "#a855f7", "#64748b", "#ec489
 SECTIONS = (
     ("headline", "Overview"),
     ("rejects", "Rejects"),
+    ("sync", "Clock sync"),
     ("timeline", "Timeline"),
     ("distributions", "Distributions"),
     ("gallery", "Gallery"),
@@ -80,6 +83,8 @@ class Dataset:
     last_build: dict | None  # the last line of _work/builds.jsonl
     built_at: float  # manifest.json's mtime: when the build was committed
     reason_bounds: pd.DataFrame | None = None  # the gate's per-reason table (reason, rate, max_rate), if validated
+    sync: pd.DataFrame | None = None  # sync.parquet (one row per session and stream); None: the build has none
+    sync_problem: str | None = None  # why sync.parquet could not be read
 
 
 def reject_kind(key, modality) -> str:
@@ -147,8 +152,26 @@ def load(data: Path, seed: int) -> Dataset:
         if lines:
             last_build = json.loads(lines[-1])
     bounds = read_reason_bounds(data, manifest.get("version"))
+    sync, sync_problem = read_sync(data)
     return Dataset(data, manifest, index, rejects, hist, min(n, HIST_MAX_ROWS), last_build, mpath.stat().st_mtime,
-                   bounds)  # fmt: skip
+                   bounds, sync, sync_problem)  # fmt: skip
+
+
+def read_sync(data: Path) -> tuple[pd.DataFrame | None, str | None]:
+    """DATA/sync.parquet, read beside index.parquet under the same committed manifest (the build writes it
+    before the manifest commits; manifest.json does not list it): ``(table, None)``, ``(None, None)`` when
+    there is none (a dataset built before clocks were checked), or ``(None, why)`` when it is unreadable."""
+    path = data / SYNC_TABLE
+    if not path.exists():
+        return None, None
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:  # the page says so rather than failing
+        return None, f"{type(exc).__name__}: {short(exc, 160)}"
+    missing = [c for c in SYNC_COLUMNS if c not in table.column_names]
+    if missing:
+        return None, f"no column {', '.join(missing)}"
+    return table.to_pandas(), None
 
 
 # --------------------------------------------------------------------------------------------- the view
@@ -345,6 +368,7 @@ class ReportView:
     sections: tuple[tuple[str, str], ...]
     overview: Overview
     rejects: Rejects
+    sync: ClockSync
     timeline: Timeline
     distributions: list[HistCard]
     hist_rows: int
@@ -364,6 +388,7 @@ def build_view(ds: Dataset, *, gallery: int, seed: int) -> ReportView:
         sections=SECTIONS,
         overview=_overview(ds),
         rejects=_rejects(ds),
+        sync=clock_sync(ds.sync, ds.rejects, ds.manifest, ds.sync_problem),
         timeline=_timeline(ds),
         distributions=_distributions(ds),
         hist_rows=ds.hist_rows,
@@ -488,6 +513,14 @@ def _findings(ds: Dataset, n, planned, wrej, by_split, input_sessions) -> list[F
             if p99 > 0.5 * tol_s * 1000:
                 text = f"{mod} sync error p99 is {p99:.1f} ms, over half the {tol_s * 1000:.0f} ms tolerance."
                 out.append(Finding("warn", text))
+    if ds.sync is not None and len(ds.sync):
+        for status, what in (("mismatch", "declare a clock their content disagrees with (their windows are "
+                              "clock_mismatch rejects)"), ("estimated", "were built on a clock estimated from "
+                              "their content, not the declared one")):  # fmt: skip
+            off = ds.sync[ds.sync["status"] == status]
+            if len(off):
+                kinds = ", ".join(f"{k} ×{c}" for k, c in off["stream"].value_counts().items())
+                out.append(Finding("warn", f"{len(off)} stream(s) {what}: {kinds}. See Clock sync."))
     if not out:
         out.append(Finding("ok", "Nothing stands out: no input or window rejects, every modality present."))
     return out
