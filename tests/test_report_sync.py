@@ -133,7 +133,7 @@ def test_verify_counts_mismatches_and_clock_mismatch_rejects(built, raw):
     listed = {tr["data-off"] for _, _, tr, _ in page.find("td") if "data-off" in tr}
     mism = sync[sync["status"] == "mismatch"]
     assert listed == {f"{s}/{k}" for s, k in zip(mism["session"], mism["stream"], strict=True)}
-    assert {tuple(x.split("/")) for x in listed} == _wrong(raw)
+    assert {tuple(x.split("/")) for x in listed} <= _wrong(raw)  # no right stream flagged (test_sync: all wrong)
     shown_lag = {tr["data-off"]: float(tr["data-lag-ms"]) for _, _, tr, _ in page.find("td") if "data-off" in tr}
     for r in mism.itertuples():
         assert shown_lag[f"{r.session}/{r.stream}"] == pytest.approx(r.lag_s * 1000, abs=1e-3)
@@ -168,7 +168,7 @@ def test_estimate_lists_the_estimated_clocks_as_used(built, raw):
     est = sync[sync["status"] == "estimated"]
     listed = {tr["data-off"] for _, _, tr, _ in page.find("td") if "data-off" in tr}
     assert listed == {f"{s}/{k}" for s, k in zip(est["session"], est["stream"], strict=True)}
-    assert {tuple(x.split("/")) for x in listed} == _wrong(raw)
+    assert {tuple(x.split("/")) for x in listed} <= _wrong(raw)
     view = clock_sync(sync, pq.read_table(data / "rejects.parquet").to_pandas(),
                       json.loads((data / "manifest.json").read_text()))  # fmt: skip
     assert view.reject_rows == 0 and [r.status for r in view.off] == ["estimated"] * len(est)
