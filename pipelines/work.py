@@ -304,6 +304,12 @@ class _PipeSink:
     def sync(self, rows: list[dict]) -> None:
         self._send(_frame({"sync": rows}))
 
+    def begin_input(self) -> None:
+        """The parent marks the sink before it sends an input (``run_unit``): nothing to send."""
+
+    def withdraw_input(self) -> None:
+        self._send(_frame({"withdraw": True}))
+
     def sample(self, split: str, key: str, members: dict[str, bytes], row: dict) -> None:
         names = list(members)
         head = {"sample": {"split": split, "key": key, "row": row, "names": names,
@@ -466,6 +472,8 @@ class DecodeWorker:
                     sink.reject(Reject(**{**row, "reason": RejectReason(row["reason"])}))
                 elif "sync" in head:
                     sink.sync(head["sync"])
+                elif "withdraw" in head:  # the input goes through a second pass (its clock check)
+                    sink.withdraw_input()
                 elif "planned" in head:
                     sink.planned(head["planned"])
                 elif "file" in head:
@@ -567,11 +575,11 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
     failures = 0
     try:
         for inp in unit.inputs:
-            mark = sink.mark()
+            sink.begin_input()
             failure = decoder.run_input(ctx_json, inp, sink, cfg.decode_timeout_s, _extra_bytes(raw, inp), alive)
             if failure is not None:
                 failures += 1
-                sink.rollback(mark)  # what the decoder sent of this input goes; its unit-mates' stays
+                sink.withdraw_input()  # what the decoder sent of this input goes; its unit-mates' stays
                 sink.reject(Reject(failure.source, failure.reason, failure.detail, getattr(inp, "session", None)))
                 sink.summary.failed = True
                 log.warning("unit %s: input %s failed: %s on %s (%s)", unit.unit_id, inp.unit_id,

@@ -469,3 +469,39 @@ def test_ego4d_without_canonical_times_is_checked_and_corrected_on_the_device_cl
             assert abs(fixed.imu.clock.to_session(123.456) - 0.8) < row.tolerance_s
         else:
             assert row.status == "agrees", row
+
+
+@pytest.mark.slow
+def test_clock_check_rides_on_the_decoding_pass_and_redoes_only_rejected_inputs(tmp_path):
+    """verify: the decoding pass measures the activity; an input is withdrawn and decoded again only when a
+    stream's clock is rejected, and then counts its windows once; clocks that agree cost no second pass."""
+    from bindset.synth.generate import SynthConfig, synth
+    from transforms.config import BuildConfig
+    from transforms.layouts import discover
+    from transforms.records import UnitSink
+    from transforms.unit import process_input
+
+    class Counting(UnitSink):
+        withdrawn = 0
+
+        def withdraw_input(self) -> None:
+            Counting.withdrawn += 1
+            super().withdraw_input()
+
+    for clocks, seed in (("exact", 211), ("wrong", 203)):
+        raw = tmp_path / clocks
+        synth(raw, SynthConfig(sessions=2, seconds=20, seed=seed, clocks=clocks, impacts_per_minute=20, **SMALL))
+        truths = {sid: _truth(raw, sid) for sid in (f"s{seed}_000", f"s{seed}_001")}
+        wrong = {sid for sid, t in truths.items() if t.get("declared_clocks", t["clocks"]) != t["clocks"]}
+        Counting.withdrawn = 0
+        sink = Counting(tmp_path / f"sink-{clocks}", "u", "fp", BuildConfig(clocks="verify"))
+        for unit in discover(raw).units:
+            process_input(raw, unit, BuildConfig(clocks="verify"), sink)
+        assert Counting.withdrawn == len(wrong), clocks
+        mismatched = {r["session"] for r in sink.sync_rows if r["status"] == "mismatch"}
+        assert mismatched == wrong
+        s = sink.summary
+        assert s.windows_planned == s.samples + s.window_rejects == len(sink.rows) + s.window_rejects
+        assert len({r["key"] for r in sink.rows}) == len(sink.rows)  # no window stored twice
+        assert len(sink.sync_rows) == len({(r["session"], r["stream"]) for r in sink.sync_rows})
+        sink.close()

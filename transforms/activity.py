@@ -19,6 +19,7 @@ timed at the midpoint between them (the unbiased estimate of when a change betwe
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -165,70 +166,184 @@ def novelty(times_s: np.ndarray, x: np.ndarray, rate_hz: float = 100.0, rms_s: f
     return t0 + (k - 0.5) / rate_hz, nov
 
 
-# --------------------------------------------------------------------------------- readers (decimated)
-# A separate, cheap pass over the inputs: video decoded and shrunk inside libswscale to a thumbnail, audio
-# resampled to 8 kHz mono by libswresample, frame streams read as reduced images. Nothing here touches the
-# build's decoding path. Times come back on the session timeline through the given clock.
+# --------------------------------------------------------------------------------- taps and readers
+# The video and audio signals are taps on decoded frames: the build feeds them from its own decoding pass
+# (transforms/media.py ``decode_media(..., taps=...)``), so checking clocks costs no second decode, and
+# ``bindset sync`` feeds the same taps from a pass of its own (``read_video_activity``), so both see the same
+# signals. Video: a thumbnail of the luma plane; audio: resampled to 8 kHz mono by libswresample. Frame
+# streams (depth, thermal) are read as reduced images. Times come back on the session timeline through the
+# given clock.
 
 THUMB = (64, 48)  # video thumbnails (W, H): enough for frame differences and global motion
 AUDIO_RATE = 8000
+
+# Pixel formats whose first plane is the luma plane at full resolution (8 bits; or 16 with the bits used).
+# Reading it in place costs nothing; converting the frame (libswscale, even to gray) costs 3-4x the decode
+# of a 320x240 H.264 frame.
+_LUMA_8BIT = frozenset(("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p",
+                        "yuvj440p", "yuv411p", "yuv410p", "nv12", "nv21", "nv16", "gray"))  # fmt: skip
+_LUMA_16BIT = {"yuv420p10le": 10, "yuv422p10le": 10, "yuv444p10le": 10, "yuv420p12le": 12, "yuv422p12le": 12,
+               "yuv444p12le": 12, "gray10le": 10, "gray12le": 12, "gray16le": 16, "p010le": 16}  # fmt: skip
+
+
+def luma_thumbnail(frame, thumb: tuple[int, int] = THUMB) -> np.ndarray:
+    """A decoded video frame's luma as a (H, W) uint8 thumbnail of size ``thumb`` (W, H).
+
+    Planar YUV/NV/gray frames are read in place (the luma plane, as coded: limited or full range; samples
+    of 10-16 bits, right-aligned, or p010's left-aligned 16, are scaled to 8 bits); anything else (RGB,
+    palette, ...) is converted to gray by libswscale first. Every s-th pixel of every s-th row is taken,
+    with s the largest step that leaves at least twice the thumbnail's size, then shrunk with
+    ``cv2.INTER_AREA`` (pixel-area averaging). Cost: about 50 us per frame at any resolution; an area
+    filter over the whole frame costs 0.5-5 ms at 1080p, as much as decoding it. A point sample per s x s
+    block keeps what frame differences need: how much of the picture changes. Raises ValueError on an
+    empty frame.
+    """
+    width, height = frame.width, frame.height
+    if width <= 0 or height <= 0:
+        raise ValueError("luma_thumbnail: empty frame")
+    name = frame.format.name
+    bits = 8
+    if name in _LUMA_8BIT or name in _LUMA_16BIT:
+        plane = frame.planes[0]
+        size = 1 if name in _LUMA_8BIT else 2
+        row = plane.line_size // size
+        y = np.frombuffer(plane, np.uint8 if size == 1 else "<u2", count=row * height).reshape(height, row)
+        bits = _LUMA_16BIT.get(name, 8)
+    else:
+        y = frame.to_ndarray(format="gray")
+    step = max(1, min(width // (2 * thumb[0]), height // (2 * thumb[1])))
+    y = np.ascontiguousarray(y[step // 2 : height : step, step // 2 : width : step])
+    small = cv2.resize(y, thumb, interpolation=cv2.INTER_AREA)
+    if bits == 8:
+        return small
+    return np.round(small * (255.0 / ((1 << bits) - 1))).astype(np.uint8)
+
+
+class VideoActivityTap:
+    """Frame-difference energy of a video stream, fed frame by frame as they are decoded.
+
+    ``push(frame, t_s)``: a decoded frame and its time on the stream's own clock (seconds; frames without a
+    time are skipped by the caller). Differences are taken between consecutive pushed frames, in the order
+    they come out of the decoder (presentation order), so memory stays at one thumbnail, unless
+    ``keep_frames`` (camera rotation needs them all).
+    """
+
+    def __init__(self, thumb: tuple[int, int] = THUMB, keep_frames: bool = False):
+        self.thumb, self.keep_frames = thumb, keep_frames
+        self.times: list[float] = []
+        self.energy: list[float] = []
+        self.frames: list[np.ndarray] = []
+        self._prev: np.ndarray | None = None
+
+    def push(self, frame, t_s: float) -> None:
+        cur = luma_thumbnail(frame, self.thumb)
+        if self._prev is not None:  # mean absolute difference, in C (NORM_L1 sums |a - b| exactly in integers)
+            self.energy.append(cv2.norm(cur, self._prev, cv2.NORM_L1) / cur.size)
+        self._prev = cur
+        self.times.append(float(t_s))
+        if self.keep_frames:
+            self.frames.append(cur)
+
+    def result(self, clock) -> tuple[np.ndarray, np.ndarray]:
+        """``(times (N-1,), energy (N-1,))`` on the session timeline (``clock.to_session``), sorted by time.
+        Raises ValueError with fewer than two frames."""
+        if len(self.times) < 2:
+            raise ValueError(f"video activity: {len(self.times)} frame(s) with a time (need >= 2)")
+        t = clock.to_session(_midpoints(np.asarray(self.times, np.float64)))
+        e = np.asarray(self.energy, np.float64)
+        order = np.argsort(t, kind="stable")
+        return np.asarray(t)[order], e[order]
+
+
+class AudioActivityTap:
+    """Spectral flux of an audio stream (mono, resampled to ``AUDIO_RATE`` Hz), fed frame by frame.
+
+    ``push(frame, start_s)``: a decoded ``av.AudioFrame`` and its start on the stream's clock (None when it
+    has no pts). The first frame's start anchors the signal; later samples follow at the nominal rate, as a
+    decoder plays them.
+    """
+
+    def __init__(self):
+        import av
+
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+        self._chunks: list[np.ndarray] = []
+        self.start_s: float | None = None
+
+    def push(self, frame, start_s: float | None) -> None:
+        if self.start_s is None:
+            self.start_s = float(start_s) if start_s is not None else 0.0
+        for out in self._resampler.resample(frame):
+            self._chunks.append(out.to_ndarray().reshape(-1))
+
+    def result(self, clock) -> tuple[np.ndarray, np.ndarray]:
+        """``(times (M,), flux (M,))`` on the session timeline. Raises ValueError when there is no audio or
+        less than two analysis windows of it."""
+        if self.start_s is None:
+            raise ValueError("audio activity: no audio decoded")
+        for out in self._resampler.resample(None):
+            self._chunks.append(out.to_ndarray().reshape(-1))
+        x = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        self._chunks = [x]
+        t, flux = spectral_flux(x, AUDIO_RATE)
+        # stream time of each flux value -> session time (the clock's drift applies to the stream's seconds)
+        return clock.to_session(self.start_s + t), flux
+
+
+@dataclass
+class ActivityTaps:
+    """The taps one input's decoding pass feeds: its video, and its audio (in the video's file or its own)."""
+
+    video: VideoActivityTap = field(default_factory=VideoActivityTap)
+    audio: AudioActivityTap | None = None
+
+    def audio_tap(self) -> AudioActivityTap:
+        if self.audio is None:
+            self.audio = AudioActivityTap()
+        return self.audio
 
 
 def read_video_activity(path, clock, thumb: tuple[int, int] = THUMB, focal_px: float | None = None
                         ) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """Frame-difference energy (gray levels) and, with ``focal_px`` (at thumbnail scale), camera rotation.
 
-    ``clock``: anything with ``to_session(t)`` (the video's declared clock). Returns ``{"frames": (t, e)}``
-    plus ``"rotation"`` when asked. Raises av.error.FFmpegError (unreadable file) or ValueError (< 2 frames).
+    The same ``VideoActivityTap`` as the build's, fed from a decoding pass of its own. ``clock``: anything
+    with ``to_session(t)`` (the video's declared clock). Returns ``{"frames": (t, e)}`` plus ``"rotation"``
+    when asked. Raises av.error.FFmpegError (unreadable file) or ValueError (< 2 frames).
     """
     import av
 
-    times, frames = [], []
+    tap = VideoActivityTap(thumb, keep_frames=bool(focal_px))
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{path}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            if frame.pts is None:
-                continue
-            times.append(float(frame.pts * frame.time_base))
-            frames.append(frame.reformat(width=thumb[0], height=thumb[1], format="gray",
-                                         interpolation="AREA").to_ndarray())  # fmt: skip
-    order = np.argsort(times, kind="stable")
-    t = clock.to_session(np.asarray(times, np.float64)[order])
-    frames = [frames[i] for i in order]
-    out = {"frames": frame_difference_energy(frames, t)}
+            if frame.pts is not None:
+                tap.push(frame, float(frame.pts * frame.time_base))
+    out = {"frames": tap.result(clock)}
     if focal_px:
-        out["rotation"] = camera_rotation_rate(frames, t, focal_px)
+        t = clock.to_session(np.asarray(tap.times, np.float64))
+        order = np.argsort(t, kind="stable")
+        out["rotation"] = camera_rotation_rate([tap.frames[i] for i in order], np.asarray(t)[order], focal_px)
     return out
 
 
 def read_audio_activity(path, clock) -> tuple[np.ndarray, np.ndarray]:
-    """Spectral flux of the first audio stream of a file (mono, resampled to ``AUDIO_RATE`` Hz).
+    """Spectral flux of the first audio stream of a file: ``AudioActivityTap`` fed from a pass of its own.
 
-    The first decoded sample's time is taken from its frame's pts (0 when missing); later samples follow
-    at the nominal rate, as a decoder plays them. Raises ValueError when there is no audio stream.
+    Raises ValueError when there is no audio stream, av.error.FFmpegError when the file is unreadable.
     """
     import av
 
-    chunks, start = [], None
+    tap = AudioActivityTap()
     with av.open(str(path)) as container:
         if not container.streams.audio:
             raise ValueError(f"{path}: no audio stream")
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
-        for frame in container.decode(stream):
-            if start is None:
-                start = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    x = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    t, flux = spectral_flux(x, AUDIO_RATE)
-    # stream time of each flux value -> session time (the clock's drift applies to the stream's own seconds)
-    return clock.to_session((start or 0.0) + t), flux
+        for frame in container.decode(container.streams.audio[0]):
+            tap.push(frame, float(frame.pts * frame.time_base) if frame.pts is not None else None)
+    return tap.result(clock)
 
 
 def read_frames_activity(files: list, times_s: np.ndarray, reduce: int = 4) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,10 @@
 """A session's clocks checked against its content: the rows of ``sync.parquet`` for one unit of work.
 
 Used by ``bindset sync`` (pipelines/sync.py) and by the build (transforms/unit.py, ``--clocks verify|estimate``).
-The readers are ``transforms/activity.py``'s decimated ones (a separate cheap pass, not the build's decoding);
-the estimators are ``transforms/sync.py``'s. The video is the reference and always keeps its declared clock.
+The video and audio signals are ``transforms/activity.py``'s taps: in a build, fed by the build's own decoding
+pass (transforms/unit.py checks the clocks after it, and decodes the input again only when a stream's clock
+is rejected or replaced); in ``bindset sync``, by a pass of their own. The estimators are
+``transforms/sync.py``'s. The video is the reference and always keeps its declared clock.
 """
 
 from __future__ import annotations
@@ -102,8 +104,10 @@ def _grid(pair, rate: float) -> sync.Activity:
     return sync.to_grid(t, v, rate)
 
 
-def _stream_activities(root: Path, unit: MediaUnit, rate: float) -> tuple[dict, dict, dict]:
-    """Activities (session grid, declared clocks), declared clocks and frame periods of a unit's streams."""
+def _stream_activities(root: Path, unit: MediaUnit, rate: float, taps: activity.ActivityTaps | None = None
+                       ) -> tuple[dict, dict, dict, dict]:  # fmt: skip
+    """Activities (session grid, declared clocks), declared clocks, frame periods and problems of a unit's
+    streams. ``taps``: the audio as the build's decoding pass measured it (else the file is read here)."""
     acts, clocks, periods, problems = {}, {}, {}, {}
     from transforms.framestream import FrameTableError, load_frame_table
     from transforms.imu import ImuFormatError, read_imu_csv
@@ -111,8 +115,13 @@ def _stream_activities(root: Path, unit: MediaUnit, rate: float) -> tuple[dict, 
     if unit.audio:
         clocks["audio"] = unit.audio_clock
         try:
-            acts["audio"] = _grid(activity.read_audio_activity(check_file(root, unit.audio).path, unit.audio_clock),
-                                  rate)  # fmt: skip
+            if taps is None:
+                measured = activity.read_audio_activity(check_file(root, unit.audio).path, unit.audio_clock)
+            elif taps.audio is None:
+                raise ValueError("no audio decoded")
+            else:
+                measured = taps.audio.result(unit.audio_clock)
+            acts["audio"] = _grid(measured, rate)
         except Exception as exc:  # noqa: BLE001 - an unreadable stream is unsynchronisable, not a crash
             problems["audio"] = str(exc)
     for name in ("depth", "thermal"):
@@ -153,16 +162,23 @@ def _stream_activities(root: Path, unit: MediaUnit, rate: float) -> tuple[dict, 
     return acts, clocks, periods, problems
 
 
-def sync_unit(root: Path, unit: MediaUnit, params: sync.SyncParams | None = None, mode: str = "verify"
-              ) -> list[SyncRow]:  # fmt: skip
-    """Rows for every non-reference stream of one session (the video is the reference, always declared)."""
+def sync_unit(root: Path, unit: MediaUnit, params: sync.SyncParams | None = None, mode: str = "verify",
+              taps: activity.ActivityTaps | None = None) -> list[SyncRow]:  # fmt: skip
+    """Rows for every non-reference stream of one session (the video is the reference, always declared).
+
+    ``taps``: the video and audio activity the build's decoding pass measured (on the declared clocks);
+    without them the files are read here (``bindset sync``), through the same taps.
+    """
     params = params or sync.SyncParams()
     rows: list[SyncRow] = []
     if not unit.video:
         return rows
     vclock = unit.video_clock
     try:
-        video = activity.read_video_activity(check_file(root, unit.video).path, vclock)
+        if taps is None:
+            video = activity.read_video_activity(check_file(root, unit.video).path, vclock)
+        else:
+            video = {"frames": taps.video.result(vclock)}
         ref = _grid(video["frames"], params.rate_hz)
         vt = video["frames"][0]
         video_half = 0.5 * float(np.median(np.diff(vt))) if vt.size > 1 else 1 / 60
@@ -172,7 +188,7 @@ def sync_unit(root: Path, unit: MediaUnit, params: sync.SyncParams | None = None
     rows.append(SyncRow(unit.session, "video", vclock.offset_s, vclock.drift_ppm, vclock.offset_s, vclock.drift_ppm,
                         1.0 if ref is not None else 0.0, "agrees" if ref is not None else "declared_only",
                         vclock.offset_s, vclock.drift_ppm, 0.0, video_half, "reference"))  # fmt: skip
-    acts, clocks, periods, problems = _stream_activities(root, unit, params.rate_hz)
+    acts, clocks, periods, problems = _stream_activities(root, unit, params.rate_hz, taps)
     for name in ("audio", "depth", "thermal", "imu"):
         if name not in clocks:
             continue
@@ -228,16 +244,18 @@ def with_used_clocks(unit: MediaUnit, rows: list[SyncRow]) -> MediaUnit:
 
 
 def check_clocks(root: Path, unit: MediaUnit, mode: str, folder: Path | None = None,
-                 params: sync.SyncParams | None = None, on_rows=None) -> tuple[MediaUnit, dict[str, str]]:  # fmt: skip
+                 params: sync.SyncParams | None = None, on_rows=None, taps: activity.ActivityTaps | None = None
+                 ) -> tuple[MediaUnit, dict[str, str]]:  # fmt: skip
     """Check a unit's clocks under ``--clocks mode``; returns the unit to build and ``{stream: detail}`` of
     the streams whose windows are ``clock_mismatch`` rejects (verify). Writes ``folder/sync.json`` (the rows),
     or hands the rows (dicts) to ``on_rows`` (a unit of work of several inputs collects them: records.UnitSink).
+    ``taps``: video and audio activity measured by the build's own decoding pass (``sync_unit``).
 
     ``declared``: nothing estimated, rows ``declared_only``. ``verify``: a confident estimate that disagrees
     makes the stream mismatched; the declared clock stays. ``estimate``: such an estimate is used instead.
     """
     try:
-        rows = declared_rows(unit) if mode == "declared" else sync_unit(root, unit, params, mode)
+        rows = declared_rows(unit) if mode == "declared" else sync_unit(root, unit, params, mode, taps)
     except Exception:  # noqa: BLE001 - an estimator failure must never cost the unit: keep the declared clocks
         log.exception("%s: clock check failed; declared clocks kept", unit.session)
         rows = declared_rows(unit)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -30,6 +31,9 @@ from transforms.config import BuildConfig
 from transforms.images import encode_frame_jpeg, fit_short_side, luma, luma_diff, luma_quality, orient
 from transforms.layouts import ClockSpec
 from transforms.plan import Window
+
+if TYPE_CHECKING:
+    from transforms.activity import ActivityTaps
 
 logger = logging.getLogger(__name__)
 
@@ -659,6 +663,7 @@ def decode_media(
     audio_clock: ClockSpec,
     cfg: BuildConfig,
     heartbeat: Callable[[str], None] = lambda _: None,
+    taps: ActivityTaps | None = None,
 ) -> Iterator[MediaEvent]:
     """Decode the requested streams of one file once; every requested window is reported exactly once.
 
@@ -666,16 +671,20 @@ def decode_media(
     on one worker thread of this file, so that decoding (whose frame threads wait on the caller) keeps
     going meanwhile. Events come out in the order and with the times they would have without it:
     each is held until its result is ready, the oldest first.
+
+    ``taps``: activity taps (transforms/activity.py) fed every decoded frame of the requested streams, on the
+    stream's own clock, for the clock check (``--clocks verify|estimate``) without a second decode.
     """
     heartbeat(os.fspath(path))
     with helper_thread("bindset-media") as worker:
         try:
-            yield from _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker)
+            yield from _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker, taps)
         finally:
             worker.shutdown(wait=True, cancel_futures=True)
 
 
-def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker) -> Iterator[MediaEvent]:
+def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker, taps=None
+                  ) -> Iterator[MediaEvent]:  # fmt: skip
     vt = _VideoTracker(video_windows, video_clock, cfg, worker) if video_windows is not None else None
     at = _AudioTracker(audio_windows, audio_clock, cfg, worker) if audio_windows is not None else None
     end_reason, end_detail = RejectReason.NO_FRAMES_IN_WINDOW, ""
@@ -755,6 +764,8 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                     if isinstance(frame, av.VideoFrame):
                         if frame.pts is not None:
                             in_flight.pop(frame.pts, None)
+                            if taps is not None:
+                                taps.video.push(frame, frame.pts * v_num / v_den)
                         if damaged and frame.key_frame and not frame.is_corrupt:
                             damaged = ""  # a keyframe refers to nothing: the damage ends here
                         note = damaged and f"decoded after damage: {damaged}"
@@ -767,6 +778,8 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                             start = frame.pts * a_num / a_den
                             t_now = max(t_now, float(audio_clock.to_session(start)))
                             audio_end = start + frame.samples / frame.sample_rate
+                        if taps is not None:
+                            taps.audio_tap().push(frame, start)
                         for fut in at.push(frame, start):
                             queue.append((t_now, False, fut))
                 if queue:

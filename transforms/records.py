@@ -94,6 +94,7 @@ class UnitSink:
         self.summary = UnitSummary(unit_id, fingerprint)
         self.reasons: Counter[str] = Counter()
         self.sync_rows: list[dict] = []
+        self._input_mark = self.mark()
 
     def planned(self, n: int) -> None:
         self.summary.windows_planned += n
@@ -120,6 +121,15 @@ class UnitSink:
     def sync(self, rows: list[dict]) -> None:
         """An input's clock rows (transforms/clockcheck.py); ``close`` writes the unit's as one sync.json."""
         self.sync_rows += rows
+
+    def begin_input(self) -> None:
+        """An input starts: ``withdraw_input`` goes back to here."""
+        self._input_mark = self.mark()
+
+    def withdraw_input(self) -> None:
+        """Withdraw what the input at hand recorded since ``begin_input`` (its decoder failed, or its clock
+        check sends it through a second pass)."""
+        self.rollback(self._input_mark)
 
     def mark(self) -> SinkMark:
         """Where the sink stands now (before an input), for ``rollback``."""

@@ -23,6 +23,7 @@ from schemas.manifest import ImuUnits
 from schemas.reasons import RejectReason
 from transforms import filters as F
 from transforms import imu as I
+from transforms.activity import ActivityTaps
 from transforms.clockcheck import check_clocks
 from transforms.config import BuildConfig
 from transforms.framestream import FrameTable, FrameTableError, load_frame_table, pick_frame, read_still_partner
@@ -40,7 +41,7 @@ from transforms.images import (
     thermal_quality,
 )
 from transforms.layouts import MEDIA_SUFFIXES, ClockSpec, MediaUnit, StillUnit
-from transforms.media import MediaEvent, MediaInputError, decode_media, helper_thread, probe
+from transforms.media import MediaEvent, MediaInfo, MediaInputError, decode_media, helper_thread, probe
 from transforms.paths import PathRejected, check_file
 from transforms.plan import Window, plan_windows, sample_key, split_for
 from transforms.records import Reject, UnitSink, UnitSummary, json_bytes, npy_bytes
@@ -58,6 +59,12 @@ class Sink(Protocol):
     def sample(self, split: str, key: str, members: dict[str, bytes], row: dict) -> None: ...
 
     def sync(self, rows: list[dict]) -> None: ...
+
+    def begin_input(self) -> None:
+        """An input starts: what it records from now on can be withdrawn."""
+
+    def withdraw_input(self) -> None:
+        """Withdraw everything recorded since ``begin_input`` (a second pass over the input follows)."""
 
 
 # Samples handed to the writing thread and not yet written, before the decoding thread waits for it.
@@ -87,6 +94,7 @@ def process_input(
     # decoder for no gain on frames this small. Results do not depend on it either way.
     cv2_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    sink.begin_input()
     try:
         if isinstance(unit, StillUnit):
             _process_stills(root, unit, cfg, sink, heartbeat)
@@ -219,15 +227,36 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
     if not windows:
         sink.reject(Reject(unit.video, RejectReason.PARTIAL_WINDOW, "recording is shorter than one clip", session))
         return
-    sink.planned(len(windows))
     if unit.layout == "ego4d" and unit.imu is not None and start_s:
         # Ego4D's IMU times count from the start of its video, which is start_s on the video's timestamps
         # (a container's offset: MPEG-TS 1.4 s, an MKV at 45 s), not from timestamp 0
         unit = replace(unit, imu=replace(unit.imu, clock=ClockSpec(offset_s=start_s)))
-    # --clocks: estimate each stream's clock from content (a separate decimated pass) before decoding;
-    # `estimate` may replace clocks, `verify` names the streams whose windows are clock_mismatch rejects
-    unit, clock_fail = check_clocks(root, unit, cfg.clocks, on_rows=sink.sync)
+    rows: list[dict] = []
+    if cfg.clocks == "declared":
+        unit, clock_fail = check_clocks(root, unit, cfg.clocks, on_rows=rows.extend)
+        _decode_windows(root, unit, cfg, sink, heartbeat, video_path, info, windows, clock_fail)
+    else:
+        # --clocks verify|estimate: the decoding pass on the declared clocks also measures the video and
+        # audio activity; the clocks are checked after it. Only when a stream's clock is rejected (verify)
+        # or replaced (estimate) does the input go again, its first pass withdrawn from the sink: what is
+        # stored is what a single pass with those clocks gives, and clocks that agree cost no second decode.
+        taps = ActivityTaps()
+        _decode_windows(root, unit, cfg, sink, heartbeat, video_path, info, windows, {}, taps)
+        used, clock_fail = check_clocks(root, unit, cfg.clocks, on_rows=rows.extend, taps=taps)
+        if clock_fail or used is not unit:
+            sink.withdraw_input()
+            _decode_windows(root, used, cfg, sink, heartbeat, video_path, info, windows, clock_fail)
+    sink.sync(rows)
 
+
+def _decode_windows(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: Sink, heartbeat: Heartbeat,
+                    video_path: Path, info: MediaInfo, windows: list[Window], clock_fail: dict[str, str],
+                    taps: ActivityTaps | None = None) -> None:  # fmt: skip
+    """One decoding pass over a session's media and side streams: ``planned``, then each window's sample or
+    reject, in window order. ``clock_fail``: streams whose every window is a ``clock_mismatch`` reject.
+    ``taps``: fed the video's and audio's decoded frames (the clock check's activity signals)."""
+    session = unit.session
+    sink.planned(len(windows))
     # audio: in the video container, in a file of its own, or unusable for every window
     audio_fail: tuple[RejectReason, str, str] | None = None
     if "audio" in clock_fail:  # every window rejects it: not decoded at all
@@ -246,7 +275,8 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
             else:
                 streams.append(
                     decode_media(audio_path, video_windows=None, video_clock=unit.video_clock,
-                                 audio_windows=windows, audio_clock=unit.audio_clock, cfg=cfg, heartbeat=heartbeat)
+                                 audio_windows=windows, audio_clock=unit.audio_clock, cfg=cfg, heartbeat=heartbeat,
+                                 taps=taps)
                 )  # fmt: skip
         except PathRejected as exc:
             audio_fail = (exc.reason, exc.source, exc.detail)
@@ -259,7 +289,7 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
         0,
         decode_media(video_path, video_windows=windows, video_clock=unit.video_clock,
                      audio_windows=windows if (audio_in_video and want_audio) else None,
-                     audio_clock=unit.audio_clock, cfg=cfg, heartbeat=heartbeat),
+                     audio_clock=unit.audio_clock, cfg=cfg, heartbeat=heartbeat, taps=taps),
     )  # fmt: skip
 
     split = split_for(session, cfg)
