@@ -25,7 +25,6 @@ from pathlib import Path
 from pipelines import work
 from pipelines.commit import CommitResult, commit
 from pipelines.lock import BuildLock
-from pipelines.sync import write_sync_table
 from pipelines.work import (
     MAX_ATTEMPTS,
     WORK,
@@ -192,7 +191,6 @@ def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig,
         fps[u.unit_id] = fp
         units.append((u.unit_id, units_dir(data) / u.unit_id, summary))
     _prune(data, {u.unit_id for u in plan})
-    write_sync_table(data, [folder for _, folder, _ in units])  # DATA/sync.parquet, before the manifest commits
     result = commit(data, discovery, units, cfg, code_version(), fps)
     processed = sorted({u.unit_id for u in todo} | set(changed))
     return BuildResult(

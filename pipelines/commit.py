@@ -76,6 +76,14 @@ class CommitResult:
     version: str
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def commit(
     data: Path,
     discovery: Discovery,
@@ -155,6 +163,11 @@ def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitS
     storage.atomic_write_with(data / "index.parquet", write_index)
     storage.atomic_write_with(data / "rejects.parquet", write_rejects)
     storage.atomic_write_bytes(shards_dir / "sizes.json", (json.dumps(sizes, indent=1, sort_keys=True) + "\n").encode())
+    # the clock rows: inside the manifest lock and described by the manifest, like the index, so a reader
+    # never pairs one build's sync table with another build's index
+    from pipelines.sync import write_sync_table
+
+    sync_path, sync_rows = write_sync_table(data, [folder for _, folder, _ in units])
 
     summaries = [s for _, _, s in units]
     # the units' outcomes too: a unit that failed transiently and succeeded on a retry has the same inputs,
@@ -190,6 +203,7 @@ def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitS
             "shards": result.shards,
         },
         "rejects_by_reason": result.reasons,
+        "sync": {"file": sync_path.name, "rows": sync_rows, "sha256": _sha256(sync_path)},
         "validation": {"status": "not_run", "published": False},
     }
     storage.atomic_write_bytes(data / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

@@ -115,8 +115,9 @@ def rows_as_dicts(rows: list[SyncRow]) -> list[dict]:
     return [asdict(r) for r in rows]
 
 
-def write_sync_table(data: Path | str, unit_folders: list[Path]) -> Path:
-    """``DATA/sync.parquet`` from the units' ``sync.json`` files (units without one add no rows)."""
+def write_sync_table(data: Path | str, unit_folders: list[Path]) -> tuple[Path, int]:
+    """``DATA/sync.parquet`` from the units' ``sync.json`` files (units without one add no rows): its path
+    and row count. Written by the commit (pipelines/commit.py), which records it in the manifest."""
     from pipelines.storage import atomic_write_parquet
 
     rows = []
@@ -125,4 +126,4 @@ def write_sync_table(data: Path | str, unit_folders: list[Path]) -> Path:
         if f.is_file():
             rows += [SyncRow(**d) for d in json.loads(f.read_text())]
     rows.sort(key=lambda r: (r.session, r.stream))
-    return atomic_write_parquet(Path(data) / "sync.parquet", rows_table(rows))
+    return atomic_write_parquet(Path(data) / "sync.parquet", rows_table(rows)), len(rows)
