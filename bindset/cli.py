@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", type=Path, help="JSON/YAML file of build settings (flags given override it)")
     b.add_argument("--engine", default="beam", choices=("beam", "ray", "local"))
     b.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
-    b.add_argument("--workers", type=int, default=0, help="ray: CPUs of the local instance (default: all)")
+    b.add_argument("--workers", type=int, default=0,
+                   help="local: decode workers; ray: CPUs of the local instance (default: one per core)")  # fmt: skip
     b.add_argument("--no-validate", action="store_true", help="skip the quality gate (the dataset stays unpublished)")
     b.add_argument(
         "--thresholds",

@@ -55,7 +55,7 @@ class EngineConfig:
     engine: str = "beam"
     pipeline_args: list[str] = field(default_factory=list)  # Beam runner flags, untouched
     ray_address: str | None = None
-    num_workers: int | None = None  # ray: CPUs of a local instance
+    num_workers: int | None = None  # ray: CPUs of a local instance; local: decode workers (default: per core)
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,31 @@ class BuildResult:
         ]
 
 
-def _run_local(ctx: WorkContext, units_json: list[str], on_done: Callable[[], None]) -> None:
-    for u in units_json:
-        work.run_unit(ctx, u)
-        on_done()
+def local_workers(requested: int | None, units: int) -> int:
+    """The local engine's decode workers: ``requested``, or one per core, never more than there are units."""
+    return max(1, min(requested or os.cpu_count() or 1, units))
+
+
+def _run_local(ctx: WorkContext, units_json: list[str], on_done: Callable[[], None], workers: int = 1) -> None:
+    """Run the units in this process: ``workers`` threads, each feeding a decode process of its own
+    (``work.DecodeWorker``) and writing its unit's folder, the next unit in plan order as soon as one ends.
+    Results do not depend on the count: each unit's output is a function of its inputs alone."""
+    if workers <= 1:
+        for u in units_json:
+            work.run_unit(ctx, u)
+            on_done()
+        return
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bindset-unit") as pool:
+        futures = [pool.submit(work.run_unit, ctx, u) for u in units_json]
+        try:
+            for fut in as_completed(futures):
+                fut.result()  # re-raises what the unit raised
+                on_done()
+        finally:
+            for fut in futures:
+                fut.cancel()
 
 
 class _Progress:
@@ -177,7 +198,7 @@ def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig,
 
                 run_ray(ctx, units_json, engine.ray_address, engine.num_workers, prog.poll)
             else:
-                _run_local(ctx, units_json, prog.poll)
+                _run_local(ctx, units_json, prog.poll, local_workers(engine.num_workers, len(units_json)))
     if bar is not None:
         bar.close()
 

@@ -505,16 +505,17 @@ class DecodeWorker:
         return _Failure(RejectReason.DECODER_CRASH, current, f"worker exited with code {code} while reading this file")
 
 
-_DECODER: DecodeWorker | None = None
+_DECODERS = threading.local()
 
 
 def _decoder() -> DecodeWorker:
-    """This process's decode worker (engine workers run many units one after another)."""
-    global _DECODER
-    if _DECODER is None:
-        _DECODER = DecodeWorker()
-        atexit.register(_DECODER.stop)
-    return _DECODER
+    """This thread's decode worker (engine workers run many units one after another; the local engine runs
+    one thread per worker in the driver, each with a decode worker of its own)."""
+    worker = getattr(_DECODERS, "worker", None)
+    if worker is None:
+        worker = _DECODERS.worker = DecodeWorker()
+        atexit.register(worker.stop)
+    return worker
 
 
 def _extra_bytes(root: Path, inp: Input) -> int:
