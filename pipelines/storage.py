@@ -254,6 +254,7 @@ class ObjectInfo:
 
     size: int
     identity: tuple
+    modified: float = 0.0  # seconds since the epoch (mtime; an object's Last-Modified)
 
 
 def stat(where: Location | Path | str) -> ObjectInfo:
@@ -261,12 +262,14 @@ def stat(where: Location | Path | str) -> ObjectInfo:
     loc = Location.parse(where)
     if loc.is_local:
         st = os.stat(loc.path)
-        return ObjectInfo(st.st_size, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        return ObjectInfo(st.st_size, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), st.st_mtime)
     info = _remote(loc, lambda: filesystem(loc.scheme).info(loc.path))
     if info.get("type") == "directory":
         raise FileNotFoundError(f"{loc}: a prefix, not an object")
     tag = info.get("ETag") or info.get("etag") or info.get("generation") or info.get("LastModified")
-    return ObjectInfo(int(info["size"]), (int(info["size"]), str(tag)))
+    when = info.get("LastModified") or info.get("updated") or info.get("mtime")
+    modified = when.timestamp() if hasattr(when, "timestamp") else 0.0
+    return ObjectInfo(int(info["size"]), (int(info["size"]), str(tag)), modified)
 
 
 def exists(where: Location | Path | str) -> bool:
@@ -367,6 +370,26 @@ def put_atomic(where: Location | Path | str, data: bytes) -> None:
         atomic_write_bytes(loc.path, data)
         return
     _remote(loc, lambda: filesystem(loc.scheme).pipe_file(loc.path, data))
+
+
+def put_json(where: Location | Path | str, obj: Any, *, indent: int | None = 2, **dumps: Any) -> None:
+    """``atomic_write_json`` (sorted keys, no NaN, trailing newline) to a local path or an object (one PUT)."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        atomic_write_json(loc.path, obj, indent=indent, **dumps)
+        return
+    opts = {"sort_keys": True, "allow_nan": False, **dumps}
+    put_atomic(loc, (json.dumps(obj, indent=indent, **opts) + "\n").encode("utf-8"))
+
+
+def download(where: Location | Path | str, dst: Path | str) -> bool:
+    """Copy a file or object to the local path ``dst`` (atomically); False when there is none to copy."""
+    try:
+        data = read_bytes(where)
+    except FileNotFoundError:
+        return False
+    atomic_write_bytes(dst, data)
+    return True
 
 
 def write_once(where: Location | Path | str, data: bytes) -> bool:
