@@ -14,7 +14,7 @@ $(TOOLS)/bin/uv:
 	$(TOOLS)/bin/pip install --quiet uv
 
 $(VENV_STAMP): pyproject.toml uv.lock | $(if $(shell command -v uv 2>/dev/null),,$(TOOLS)/bin/uv)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --extra s3  # the s3 extra: tests run object storage against a local moto server
 	rm -f .venv/.synced-* && touch $@
 
 env: $(VENV_STAMP)

@@ -46,6 +46,16 @@ def _need(path: Path | None, what: str, kind: str = "any") -> None:
         raise UserError(f"{what} {p}: no such {noun}")
 
 
+def _location(text: str) -> Path | str:
+    """argparse type of a location: a Path, or an s3:// / gs:// URL kept as text (pipelines/storage.py)."""
+    from pipelines.storage import cli_location
+
+    try:
+        return cli_location(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _progress(run, desc: str, unit: str, quiet: bool):
     from tqdm import tqdm
 
@@ -190,7 +200,8 @@ def _validate_and_print(data: Path, thresholds: Path | None) -> int:
 def _need_dataset(data: Path, consistent: bool = True) -> None:
     from pipelines.dataset import DatasetNotCommitted, committed_manifest, open_dataset
 
-    _need(data, "DATA", "dir")
+    if not isinstance(data, str):  # a URL (cli_location keeps those as text) has no folder to check
+        _need(data, "DATA", "dir")
     # a committed manifest only: a build committing beside this command removes it for a moment, so wait
     # for that commit (open_dataset's protocol) rather than call the folder unbuilt. The checkers
     # (validate, report) need only the manifest: whether index and shards agree is what they report on.
@@ -213,8 +224,10 @@ def _cmd_report(args: argparse.Namespace, run) -> int:
     from pipelines.report import write_report
 
     _need_dataset(args.data, consistent=False)
+    from pipelines import storage
+
     out = write_report(args.data, gallery=args.gallery, seed=args.seed)
-    manifest = json.loads((Path(args.data) / "manifest.json").read_text())
+    manifest = json.loads(storage.read_bytes(storage.location(args.data) / "manifest.json"))
     verdict = manifest.get("validation", {}).get("status", "not_run")
     print(f"report: {out}")
     print(f"  validation: {verdict} (published: {manifest.get('validation', {}).get('published', False)})")
@@ -435,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DATA's index, rejects and shards. Writes DATA/quality/validation.json and GX Data Docs, records the "
         "verdict in manifest.json (a failing dataset is kept but marked unpublished) and exits 1 on failure.",
     )
-    v.add_argument("data", type=Path)
+    v.add_argument("data", type=_location, help="the dataset: a folder, or an s3:// or gs:// URL")
     v.add_argument(
         "--thresholds",
         type=Path,
@@ -451,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write DATA/quality/report.html: headline numbers, rejects by reason, a per-session "
         "timeline of modalities, quality distributions and a gallery of random samples. No network needed.",
     )
-    r.add_argument("data", type=Path)
+    r.add_argument("data", type=_location, help="the dataset: a folder, or an s3:// or gs:// URL")
     r.add_argument("--gallery", type=int, default=12, help="samples shown in the gallery")
     r.add_argument("--seed", type=int, default=0, help="seed of the gallery's random pick")
     r.set_defaults(func=_cmd_report)

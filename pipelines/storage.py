@@ -1,29 +1,47 @@
-"""The storage seam: the one module that writes dataset files durably and reads WebDataset tars back.
+"""The storage seam: the one module that reads and writes dataset files, on local disk or object storage.
 
-Two jobs live here today, each written once:
+Three jobs live here, each written once:
 
-- **Atomic writes** (SPEC §4: "a shard or the index is never visible half-written"). A file is written to
-  a temporary name beside its final one, flushed and fsynced, renamed over the final name (``rename(2)``
-  is atomic on POSIX), and the folder is fsynced so the rename itself survives a power cut. Folders are
-  built under a temporary name and swapped in the same way (``replace_dir``). A failure midway leaves the
-  old file (or none), never a partial one, and removes the temporary.
+- **Locations.** ``Location`` is "a local path or a URL" (``s3://bucket/prefix``, ``gs://bucket/prefix``,
+  ``file:///abs/path``), parsed once at the edge (the CLI, the public functions) and joined with ``/``. Plain
+  paths and ``file://`` are local: every local operation below is today's POSIX code, unchanged.
+- **Atomic writes** (SPEC §4: "a shard or the index is never visible half-written"). Locally a file is
+  written to a temporary name beside its final one, flushed and fsynced, renamed over the final name
+  (``rename(2)`` is atomic on POSIX), and the folder is fsynced so the rename itself survives a power cut.
+  Folders are built under a temporary name and swapped in the same way (``replace_dir``). A failure midway
+  leaves the old file (or none), never a partial one, and removes the temporary. On an object store a single
+  PUT is atomic (readers see the old object or the new one), so ``put_atomic`` is one PUT.
 - **Tar reading.** ``TarReader`` scans a WebDataset tar's headers (not its data) into members
-  (``KEY.suffix`` -> offset, size) and reads members by offset. The shard reader of training, the
-  validator's shard table and the report's gallery all read through it.
+  (``KEY.suffix`` -> offset, size) and reads members by offset: a local file by ``seek``, an object by byte
+  range through a block cache (``fsspec``'s ``blockcache``: 1 MiB blocks, so the header scan of a shard of
+  small members costs a few range GETs and a member read after it usually hits a fetched block). The shard
+  reader of training, the validator's shard table and the report's gallery all read through it.
+
+Why fsspec (``s3fs``, ``gcsfs``) rather than ``pyarrow.fs``: one API covers S3 (AWS, MinIO, moto) and GCS
+with the libraries their communities maintain; ``cat_file(path, start, end)`` is a byte-range GET;
+``s3fs`` builds its client through botocore, so the standard environment (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, ``AWS_DEFAULT_REGION`` and
+``AWS_ENDPOINT_URL``) applies unchanged, and ``gcsfs`` reads ``GOOGLE_APPLICATION_CREDENTIALS`` and
+``STORAGE_EMULATOR_HOST``; filesystem objects pickle, so the same object works in Beam and Ray workers;
+pyarrow reads Parquet through an fsspec filesystem directly; datatrove's ``DataFolder`` and webdataset's
+``gopen`` (STYLE §12) are built the same way. ``pyarrow.fs`` has S3 and GCS too, but its GCS support is
+a separate build flag, it offers no block cache for range reads, and Beam's and Ray's own IO already
+speak fsspec.
 
 No other module calls ``os.replace``, ``os.link`` or ``open(..., "wb")`` on a dataset (STYLE §12); the
 synthetic-capture generator (``bindset/synth``) writes inputs, not datasets, and keeps its own writes.
 
-Issue 17 ("Build at archive scale (2)") grows this module into the fsspec seam (local, ``s3://``,
-``gs://`` alike: list / open-range / write-once / commit, after datatrove's ``DataFolder``); the functions
-here are the local-filesystem half of that seam and keep their signatures.
+Object storage is work in progress (issue 17): reading a committed dataset (``pipelines/dataset.py``,
+``validate``, ``report``) works on ``s3://`` and ``gs://``; ``build``'s commit, ``publish``, training and
+embeddings still need local paths.
 
-Imports: stdlib only at module level (pyarrow lazily), because the training loop imports this on machines
-that have only torch, numpy and pyarrow.
+Imports: stdlib only at module level (pyarrow and fsspec lazily), because the training loop imports this on
+machines that have only torch, numpy and pyarrow, and the default install has no s3fs or gcsfs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from schemas.errors import UserError
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -42,6 +62,384 @@ log = logging.getLogger(__name__)
 
 #: Parquet settings of every table bindset writes: zstd, dictionaries and statistics (readers prune on them).
 PARQUET_OPTS = dict(compression="zstd", use_dictionary=True, write_statistics=True)
+
+# -------------------------------------------------------------------------------------------- locations
+
+#: URL scheme -> (module that implements it, the bindset extra that installs it).
+_REMOTE = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
+
+
+class StorageError(UserError):
+    """An object store refused or could not be reached: one line naming the URL and the likely fix (exit 2)."""
+
+
+class MissingExtra(UserError):
+    """A URL scheme whose filesystem package is not installed: names the extra to install (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A local path or an object-store URL, parsed once: where a dataset file or folder lives.
+
+    ``scheme`` is "" for a local path (plain or ``file://``), else "s3" or "gs"; ``path`` is the absolute
+    local path, or ``bucket/key`` without a trailing slash. ``loc / "name"`` joins like ``Path``.
+    """
+
+    scheme: str
+    path: str
+
+    @classmethod
+    def parse(cls, where: Location | Path | str) -> Location:
+        """A Location from a path, a ``file://``/``s3://``/``gs://`` URL or a Location.
+
+        Raises ``UserError`` for another scheme (``http://``: not a place bindset writes datasets).
+        """
+        if isinstance(where, Location):
+            return where
+        text = os.fspath(where)
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            return cls("", os.path.abspath(text))
+        scheme = scheme.lower()
+        if scheme == "file":
+            return cls("", os.path.abspath(rest))
+        if scheme not in _REMOTE:
+            raise UserError(f"{text}: unsupported URL scheme {scheme}:// (use a path, file://, s3:// or gs://)")
+        rest = rest.strip("/")
+        if not rest:
+            raise UserError(f"{text}: the URL names no bucket")
+        return cls("gs" if scheme == "gcs" else scheme, rest)
+
+    @property
+    def is_local(self) -> bool:
+        return not self.scheme
+
+    @property
+    def local(self) -> Path:
+        """The local path; raises ``ValueError`` for a URL (the caller must take the object-store branch)."""
+        if self.scheme:
+            raise ValueError(f"{self}: not a local path")
+        return Path(self.path)
+
+    @property
+    def bucket(self) -> str:
+        return self.path.split("/", 1)[0] if self.scheme else ""
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> Location:
+        if not self.scheme:
+            return Location("", str(Path(self.path).parent))
+        head, _, _ = self.path.rpartition("/")
+        return Location(self.scheme, head or self.path)
+
+    def __truediv__(self, part: str) -> Location:
+        if not self.scheme:
+            return Location("", str(Path(self.path) / part))
+        return Location(self.scheme, f"{self.path}/{str(part).strip('/')}")
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.path}" if self.scheme else self.path
+
+    @property
+    def url(self) -> str:
+        """``s3://...``/``gs://...``, or ``file:///abs/path`` for a local path."""
+        return str(self) if self.scheme else Path(self.path).as_uri()
+
+
+def location(where: Location | Path | str) -> Location:
+    """``Location.parse``: the one way callers turn a user's DATA/RAW/RUN/EMB into a Location."""
+    return Location.parse(where)
+
+
+def is_url(where: Location | Path | str) -> bool:
+    """Whether ``where`` names an object store (not a local path or file://)."""
+    return not Location.parse(where).is_local
+
+
+def cli_location(text: str) -> Path | str:
+    """argparse ``type=`` for a location argument: a ``Path`` for local paths, the URL string for URLs.
+
+    (``Path("s3://b/k")`` would collapse the ``//``; local paths keep the ``Path`` the commands expect.)
+    """
+    loc = Location.parse(text)  # raises UserError on a bad scheme
+    return text if loc.scheme else Path(text[len("file://") :] if text.startswith("file://") else text)
+
+
+# The credentials and endpoint every client reads from the environment: a change (a test, a re-login) gets a
+# fresh filesystem object. Values are used only as a cache key, never logged.
+_S3_ENV = "AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3"
+_ENV_KEYS = {
+    "s3": (*_S3_ENV.split(), "AWS_DEFAULT_REGION", "AWS_REGION"),
+    "gs": ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT"),
+}
+_FILESYSTEMS: dict[tuple, Any] = {}
+
+
+def filesystem(scheme: str):
+    """The fsspec filesystem of an object-store scheme ("s3", "gs"), configured from the environment.
+
+    S3: ``s3fs`` (botocore reads the AWS variables, ``AWS_ENDPOINT_URL`` included). GCS: ``gcsfs``
+    (``GOOGLE_APPLICATION_CREDENTIALS``; ``STORAGE_EMULATOR_HOST`` points it at an emulator). Listings are
+    not cached: the manifest is re-read to detect a commit, and a cached listing would hide one.
+    Raises :class:`MissingExtra` when the scheme's package is not installed.
+    """
+    module, extra = _REMOTE[scheme]
+    key = (scheme, tuple(os.environ.get(k) for k in _ENV_KEYS.get(scheme, ())))
+    fs = _FILESYSTEMS.get(key)
+    if fs is None:
+        try:
+            __import__(module)
+        except ImportError:
+            raise MissingExtra(f"{scheme}:// needs the {extra} extra: uv sync --extra {extra} "
+                               f"(or pip install 'bindset[{extra}]')") from None  # fmt: skip
+        import fsspec
+
+        opts: dict[str, Any] = {"use_listings_cache": False, "skip_instance_cache": True}
+        if scheme == "gs" and os.environ.get("STORAGE_EMULATOR_HOST"):
+            opts["token"] = "anon"  # an emulator takes no credentials; gcsfs reads the host from the env
+        fs = fsspec.filesystem(scheme, **opts)
+        _FILESYSTEMS.clear()  # one live configuration at a time: old credentials are not kept around
+        _FILESYSTEMS[key] = fs
+    return fs
+
+
+def _explain(loc: Location, exc: BaseException) -> BaseException:
+    """The error to raise for a failed object-store call on ``loc``: a one-line StorageError, or ``exc``.
+
+    Never puts the exception's own text in the message: a client error may echo request headers or keys.
+    """
+    kind = type(exc).__name__
+    if isinstance(exc, PermissionError):
+        hint = ("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE" if loc.scheme == "s3"
+                else "GOOGLE_APPLICATION_CREDENTIALS")  # fmt: skip
+        return StorageError(f"{loc}: access denied (wrong or missing credentials; check {hint})")
+    if kind in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"):
+        return StorageError(f"{loc}: no credentials found in the environment")
+    if kind in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError"):
+        return StorageError(f"{loc}: cannot reach the storage endpoint ({kind}; check AWS_ENDPOINT_URL or the network)")
+    if isinstance(exc, FileNotFoundError) and loc.scheme:
+        try:
+            bucket_there = filesystem(loc.scheme).exists(loc.bucket)
+        except Exception:  # noqa: BLE001 - the probe only picks the message
+            bucket_there = True
+        if not bucket_there:
+            return StorageError(f"{loc}: no such bucket {loc.scheme}://{loc.bucket}")
+        return FileNotFoundError(f"{loc}: no such object")
+    return exc
+
+
+def _remote(loc: Location, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - translated, or re-raised as it was
+        err = _explain(loc, exc)
+        if err is exc:
+            raise
+        raise err from None
+
+
+# ----------------------------------------------------------------------------------- the seam's operations
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What ``stat`` knows of a file or object: size in bytes and an identity that changes when it is rewritten.
+
+    ``identity`` is (device, inode, size, mtime ns) locally; (size, ETag or generation) on object stores.
+    """
+
+    size: int
+    identity: tuple
+    modified: float = 0.0  # seconds since the epoch (mtime; an object's Last-Modified)
+
+
+def stat(where: Location | Path | str) -> ObjectInfo:
+    """Size and identity of a file or object; raises ``FileNotFoundError`` (or StorageError) when absent."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        st = os.stat(loc.path)
+        return ObjectInfo(st.st_size, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), st.st_mtime)
+    info = _remote(loc, lambda: filesystem(loc.scheme).info(loc.path))
+    if info.get("type") == "directory":
+        raise FileNotFoundError(f"{loc}: a prefix, not an object")
+    tag = info.get("ETag") or info.get("etag") or info.get("generation") or info.get("LastModified")
+    when = info.get("LastModified") or info.get("updated") or info.get("mtime")
+    modified = when.timestamp() if hasattr(when, "timestamp") else 0.0
+    return ObjectInfo(int(info["size"]), (int(info["size"]), str(tag)), modified)
+
+
+def exists(where: Location | Path | str) -> bool:
+    """Whether a file, folder, object or prefix is there. Access errors raise StorageError, not False."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        return os.path.exists(loc.path)
+    return bool(_remote(loc, lambda: filesystem(loc.scheme).exists(loc.path)))
+
+
+def listdir(where: Location | Path | str) -> list[str]:
+    """Names directly under a folder or prefix, sorted; [] when there is none."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        try:
+            return sorted(os.listdir(loc.path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    fs = filesystem(loc.scheme)
+    try:
+        entries = _remote(loc, lambda: fs.ls(loc.path, detail=False))
+    except FileNotFoundError:
+        return []
+    return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != loc.path)
+
+
+def read_range(where: Location | Path | str, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of a file or object (one range GET); fewer when it ends before ``end``."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        with open(loc.path, "rb") as f:
+            f.seek(start)
+            return f.read(max(0, end - start))
+    return _remote(loc, lambda: filesystem(loc.scheme).cat_file(loc.path, start=start, end=end))
+
+
+def read_bytes(where: Location | Path | str) -> bytes:
+    """A whole file or object; ``FileNotFoundError`` when absent."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        return Path(loc.path).read_bytes()
+    return _remote(loc, lambda: filesystem(loc.scheme).cat_file(loc.path))
+
+
+def read_text(where: Location | Path | str) -> str:
+    """``read_bytes`` decoded as UTF-8."""
+    return read_bytes(where).decode("utf-8")
+
+
+#: Range reads of shards go through 1 MiB blocks: a tar header scan touches every member's 512-byte header.
+BLOCK_SIZE = 1 << 20
+
+
+def open_read(where: Location | Path | str, *, block_size: int = BLOCK_SIZE) -> IO[bytes]:
+    """A seekable binary file object for reading; on an object store, range GETs of ``block_size`` blocks, cached."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        return open(loc.path, "rb")  # noqa: SIM115 - returned to the caller
+    fs = filesystem(loc.scheme)
+    return _remote(loc, lambda: fs.open(loc.path, "rb", block_size=block_size, cache_type="blockcache"))
+
+
+def read_parquet(where: Location | Path | str, **kwargs: Any) -> pa.Table:
+    """``pyarrow.parquet.read_table`` of a local file or an object (footer and column chunks by range)."""
+    import pyarrow.parquet as pq
+
+    loc = Location.parse(where)
+    if loc.is_local:
+        return pq.read_table(loc.path, **kwargs)
+    fs = filesystem(loc.scheme)
+    return _remote(loc, lambda: pq.read_table(loc.path, filesystem=fs, **kwargs))
+
+
+def read_parquet_schema(where: Location | Path | str) -> pa.Schema:
+    """The Arrow schema of a Parquet file or object (its footer only)."""
+    import pyarrow.parquet as pq
+
+    loc = Location.parse(where)
+    if loc.is_local:
+        return pq.read_schema(loc.path)
+    fs = filesystem(loc.scheme)
+
+    def read() -> pa.Schema:
+        with fs.open(loc.path, "rb") as f:
+            return pq.read_schema(f)
+
+    return _remote(loc, read)
+
+
+def put_atomic(where: Location | Path | str, data: bytes) -> None:
+    """Make ``where`` hold ``data``, atomically: readers see the old bytes or the new ones, never a part.
+
+    Locally ``atomic_write_bytes`` (tmp + fsync + rename); on an object store one PUT (atomic by the stores'
+    contract).
+    """
+    loc = Location.parse(where)
+    if loc.is_local:
+        atomic_write_bytes(loc.path, data)
+        return
+    _remote(loc, lambda: filesystem(loc.scheme).pipe_file(loc.path, data))
+
+
+def put_json(where: Location | Path | str, obj: Any, *, indent: int | None = 2, **dumps: Any) -> None:
+    """``atomic_write_json`` (sorted keys, no NaN, trailing newline) to a local path or an object (one PUT)."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        atomic_write_json(loc.path, obj, indent=indent, **dumps)
+        return
+    opts = {"sort_keys": True, "allow_nan": False, **dumps}
+    put_atomic(loc, (json.dumps(obj, indent=indent, **opts) + "\n").encode("utf-8"))
+
+
+def download(where: Location | Path | str, dst: Path | str) -> bool:
+    """Copy a file or object to the local path ``dst`` (atomically); False when there is none to copy."""
+    try:
+        data = read_bytes(where)
+    except FileNotFoundError:
+        return False
+    atomic_write_bytes(dst, data)
+    return True
+
+
+def write_once(where: Location | Path | str, data: bytes) -> bool:
+    """Create ``where`` with ``data`` unless it already exists; False when it did (the bytes there are kept).
+
+    For content-named, immutable objects: two writers of the same name write the same bytes, so the race
+    between the existence check and the PUT on an object store only costs a redundant upload. Locally the
+    file is created with ``O_EXCL`` at a temporary name and linked into place, which never replaces.
+    """
+    loc = Location.parse(where)
+    if loc.is_local:
+        path = Path(loc.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_name(path)
+        try:
+            write_synced(tmp, data)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            fsync_dir(path.parent)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+    if exists(loc):
+        return False
+    put_atomic(loc, data)
+    return True
+
+
+def upload(src: Path | str, where: Location | Path | str) -> None:
+    """Copy a local file to ``where`` atomically (locally: hard link or copy, then rename; remotely: one PUT)."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        Path(loc.path).parent.mkdir(parents=True, exist_ok=True)
+        place_file(src, loc.path)
+        return
+    _remote(loc, lambda: filesystem(loc.scheme).put_file(os.fspath(src), loc.path))
+
+
+def delete(where: Location | Path | str) -> None:
+    """Remove a file or object; no error when it is already gone (a folder or prefix is not removed here)."""
+    loc = Location.parse(where)
+    if loc.is_local:
+        Path(loc.path).unlink(missing_ok=True)
+        return
+    fs = filesystem(loc.scheme)
+    with contextlib.suppress(FileNotFoundError):
+        _remote(loc, lambda: fs.rm_file(loc.path))
+
 
 # ------------------------------------------------------------------------------------------- durability
 
@@ -292,11 +690,22 @@ class TarReader:
     read per member header). Members are listed in tar order; folders and links are skipped. The tar
     file stays open for reads until ``close()`` (or the ``with`` block) ends.
 
+    ``path`` is a local path or an object-store URL/Location: an object is read by byte range through
+    ``open_read``'s block cache (the header scan and then the member reads share the cached blocks).
+
     Raises ``tarfile.ReadError`` on a file that is not a tar, ``FileNotFoundError`` when it is missing.
     """
 
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
+    def __init__(self, path: Location | Path | str):
+        loc = Location.parse(path)
+        self.location = loc
+        self.path: Path | Location
+        if not loc.is_local:
+            self.path = loc
+        elif isinstance(path, Location) or os.fspath(path).startswith("file://"):
+            self.path = loc.local
+        else:
+            self.path = Path(path)  # as given (a relative path stays relative), as before
         self._fh: IO[bytes] | None = None
         self._members: list[TarMember] | None = None
         self._samples: dict[str, dict[str, TarMember]] | None = None
@@ -320,11 +729,12 @@ class TarReader:
         """Every file member, in tar order."""
         if self._members is None:
             out = []
-            with tarfile.open(self.path, "r:") as tf:
-                for info in tf:
-                    if info.isfile():
-                        key, _, suffix = info.name.partition(".")
-                        out.append(TarMember(key, suffix, info.offset_data, info.size))
+            if self.location.is_local:
+                with tarfile.open(self.path, "r:") as tf:
+                    out = _file_members(tf)
+            else:
+                with tarfile.open(fileobj=self._file(), mode="r:") as tf:  # leaves the file open for reads
+                    out = _file_members(tf)
             self._members = out
         return self._members
 
@@ -339,10 +749,24 @@ class TarReader:
 
     def read(self, member: TarMember) -> bytes:
         """A member's bytes. Raises ``EOFError`` when the tar ends before them (a truncated file)."""
-        if self._fh is None:
-            self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open for further reads; closed in close()
-        self._fh.seek(member.offset)
-        data = self._fh.read(member.size)
+        fh = self._file()
+        fh.seek(member.offset)
+        data = fh.read(member.size)
         if len(data) != member.size:
             raise EOFError(f"{self.path}: {member.name} is cut short ({len(data)} of {member.size} bytes)")
         return data
+
+    def _file(self) -> IO[bytes]:
+        if self._fh is None:
+            # kept open for further reads; closed in close()
+            self._fh = open(self.path, "rb") if self.location.is_local else open_read(self.location)  # noqa: SIM115
+        return self._fh
+
+
+def _file_members(tf: tarfile.TarFile) -> list[TarMember]:
+    out = []
+    for info in tf:
+        if info.isfile():
+            key, _, suffix = info.name.partition(".")
+            out.append(TarMember(key, suffix, info.offset_data, info.size))
+    return out

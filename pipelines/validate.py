@@ -20,6 +20,7 @@ import logging
 import math
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 from pipelines import storage
 from pipelines.dataset import DatasetChanged, committed_manifest
 from pipelines.lock import manifest_lock
+from pipelines.storage import Location
 from schemas.expectations import (
     BUILD,
     BUILD_COLUMNS,
@@ -88,11 +90,11 @@ class ExpectationResult:
 class ValidationOutcome:
     passed: bool
     results: list[ExpectationResult]
-    data: Path
-    validation_json: Path
-    docs_index: Path
-    gx_root: Path
-    manifest: Path
+    data: Path | Location  # Locations when DATA is on object storage
+    validation_json: Path | Location
+    docs_index: Path | Location
+    gx_root: Path | Location
+    manifest: Path | Location
 
     @property
     def failed(self) -> list[ExpectationResult]:
@@ -122,7 +124,7 @@ class _ShardCount:
     unmatched: int  # members the index has no hash for, or whose bytes hash differently
 
 
-def _read_shard(path: Path, hashes: dict[tuple[str, str], str], verify: bool) -> _ShardCount:
+def _read_shard(path: Path | Location, hashes: dict[tuple[str, str], str], verify: bool) -> _ShardCount:
     samples = members = unmatched = 0
     last = None
     with storage.TarReader(path) as tar:
@@ -141,11 +143,20 @@ def _read_shard(path: Path, hashes: dict[tuple[str, str], str], verify: bool) ->
     return _ShardCount(samples, members, unmatched)
 
 
-def _shards_table(data: Path, index: pd.DataFrame, verify_hashes: bool) -> pd.DataFrame:
-    shards_dir = data / "shards"
-    sizes_path = shards_dir / "sizes.json"
-    sizes = json.loads(sizes_path.read_text()) if sizes_path.exists() else {}
-    on_disk = {p.name for p in shards_dir.glob("*.tar")}
+def _shards_table(
+    data: Path, index: pd.DataFrame, verify_hashes: bool, shards_at: Location | None = None
+) -> pd.DataFrame:
+    shards_dir: Path | Location
+    if shards_at is not None and not shards_at.is_local:  # on object storage: listed and read through the seam
+        shards_dir = shards_at
+        sizes_text = storage.read_text(shards_at / "sizes.json") if storage.exists(shards_at / "sizes.json") else ""
+        sizes = json.loads(sizes_text) if sizes_text else {}
+        on_disk = {n for n in storage.listdir(shards_at) if n.endswith(".tar")}
+    else:
+        shards_dir = data / "shards"
+        sizes_path = shards_dir / "sizes.json"
+        sizes = json.loads(sizes_path.read_text()) if sizes_path.exists() else {}
+        on_disk = {p.name for p in shards_dir.glob("*.tar")}
     names = sorted(on_disk | set(index["shard"].dropna()) | set(sizes))
     cols = [member_column(m) for m in MEMBERS]
     rows = []
@@ -255,11 +266,17 @@ def _columns_table(tables: dict[str, pa.Table]) -> pd.DataFrame:
 
 
 def derive_tables(
-    data: Path, verify_hashes: bool = True, thresholds: QualityThresholds | None = None
+    data: Path,
+    verify_hashes: bool = True,
+    thresholds: QualityThresholds | None = None,
+    *,
+    shards_at: Location | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table the suites run over, by suite name, as GX will read them.
 
     ``thresholds`` gives the per-reason rate bounds the ``reasons`` table carries (default: the defaults).
+    ``shards_at``: where the shards are when not in ``data/shards`` (an object-store prefix; ``data`` then
+    holds local copies of the manifest, index and rejects).
     """
     data = Path(data)
     thresholds = thresholds or QualityThresholds()
@@ -270,7 +287,7 @@ def derive_tables(
         INDEX: index,
         REJECTS: rejects,
         CLIPS: _clips_table(index),
-        SHARDS: _shards_table(data, index, verify_hashes),
+        SHARDS: _shards_table(data, index, verify_hashes, shards_at),
         SESSIONS: _sessions_table(index),
         BUILD: _build_table(manifest, index, rejects),
         REASONS: _reasons_table(manifest, rejects, thresholds),
@@ -396,16 +413,83 @@ def validate(
     for a commit in progress (``pipelines.dataset.committed_manifest``); a folder without one raises
     DatasetNotCommitted (a UserError).
     ``verify_hashes`` re-hashes every tar member against the index (reads all shard bytes).
+    ``data`` may be an ``s3://``/``gs://`` URL: see ``_validate_remote``.
     """
-    data = Path(data).resolve()
     thresholds = thresholds or QualityThresholds()
+    if storage.is_url(data):
+        return _validate_remote(storage.location(data), thresholds, verify_hashes)
+    data = Path(data).resolve()
     manifest_path = data / "manifest.json"
     opened = committed_manifest(data)  # the version validated: checked again before the verdict
+    passed, results, verdict = _check(data, thresholds, verify_hashes)
+    quality = data / QUALITY
+    # re-read: the manifest is the build's; only "validation" is ours. Under the manifest lock, and only when
+    # no build committed another version meanwhile (pipelines/lock.py: manifest_lock).
+    with manifest_lock(data):
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        if any(manifest.get(k) != opened.get(k) for k in ("version", "counts")):
+            raise DatasetChanged(f"{data}: a build committed another version during validation; validate again")
+        manifest["validation"] = verdict
+        _atomic_json(manifest_path, manifest)
+    return ValidationOutcome(
+        passed=passed,
+        results=results,
+        data=data,
+        validation_json=quality / VALIDATION_JSON,
+        docs_index=quality / DOCS_DIR / "index.html",
+        gx_root=quality / GX_DIR,
+        manifest=manifest_path,
+    )
+
+
+def _validate_remote(loc: Location, thresholds: QualityThresholds, verify_hashes: bool) -> ValidationOutcome:
+    """``validate`` of a dataset on object storage.
+
+    The manifest, index and rejects are copied to a local scratch folder (GX reads local files), the shards
+    are read in place by byte range, the GX run writes DATA/quality/ locally, and its files are uploaded
+    to ``loc/quality/``. The verdict goes into the manifest object with one PUT, after checking that no build
+    committed another version meanwhile. (Object stores have no lock: a commit racing that last re-read and
+    PUT is not detected yet; issue 17's object-store commit will close it with a conditional PUT.)
+    """
+    opened = committed_manifest(loc)
+    with tempfile.TemporaryDirectory(prefix="bindset-validate-") as tmp:
+        local = Path(tmp) / "data"
+        for name in ("manifest.json", "index.parquet", "rejects.parquet"):
+            storage.download(loc / name, local / name)
+        passed, results, verdict = _check(local, thresholds, verify_hashes, shards_at=loc / "shards")
+        for path in sorted((local / QUALITY).rglob("*")):
+            if path.is_file():
+                storage.upload(path, loc / path.relative_to(local).as_posix())
+    manifest = json.loads(storage.read_bytes(loc / "manifest.json"))
+    if any(manifest.get(k) != opened.get(k) for k in ("version", "counts")):
+        raise DatasetChanged(f"{loc}: a build committed another version during validation; validate again")
+    manifest["validation"] = verdict
+    storage.put_json(loc / "manifest.json", _strict(manifest), default=_jsonable)
+    quality = loc / QUALITY
+    return ValidationOutcome(
+        passed=passed,
+        results=results,
+        data=loc,
+        validation_json=quality / VALIDATION_JSON,
+        docs_index=quality / DOCS_DIR / "index.html",
+        gx_root=quality / GX_DIR,
+        manifest=loc / "manifest.json",
+    )
+
+
+def _check(
+    data: Path, thresholds: QualityThresholds, verify_hashes: bool, shards_at: Location | None = None
+) -> tuple[bool, list[ExpectationResult], dict]:
+    """Run the suites over local DATA (shards at ``shards_at`` when given); write DATA/quality/.
+
+    Returns (passed, every result, the manifest's "validation" entry).
+    """
+    manifest_path = data / "manifest.json"
     quality = data / QUALITY
     tables_dir = quality / TABLES_DIR
     tables_dir.mkdir(parents=True, exist_ok=True)
 
-    tables = derive_tables(data, verify_hashes, thresholds)
+    tables = derive_tables(data, verify_hashes, thresholds, shards_at=shards_at)
     for name, df in tables.items():
         if name not in (INDEX, REJECTS):
             df.to_parquet(tables_dir / f"{name}.parquet", index=False)
@@ -434,31 +518,16 @@ def validate(
             "data_docs": docs_index.relative_to(data).as_posix(),
         },
     )
-    # re-read: the manifest is the build's; only "validation" is ours. Under the manifest lock, and only when
-    # no build committed another version meanwhile (pipelines/lock.py: manifest_lock).
-    with manifest_lock(data):
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        if any(manifest.get(k) != opened.get(k) for k in ("version", "counts")):
-            raise DatasetChanged(f"{data}: a build committed another version during validation; validate again")
-        manifest["validation"] = {
-            "status": "passed" if passed else "failed",
-            "published": passed,
-            "failed_expectations": failed,
-            "thresholds": thresholds.to_dict(),
-            "expectations": len(results),
-            "report": (quality / VALIDATION_JSON).relative_to(data).as_posix(),
-            "data_docs": docs_index.relative_to(data).as_posix(),
-        }
-        _atomic_json(manifest_path, manifest)
-    return ValidationOutcome(
-        passed=passed,
-        results=results,
-        data=data,
-        validation_json=quality / VALIDATION_JSON,
-        docs_index=docs_index,
-        gx_root=quality / GX_DIR,
-        manifest=manifest_path,
-    )
+    verdict = {
+        "status": "passed" if passed else "failed",
+        "published": passed,
+        "failed_expectations": failed,
+        "thresholds": thresholds.to_dict(),
+        "expectations": len(results),
+        "report": (quality / VALIDATION_JSON).relative_to(data).as_posix(),
+        "data_docs": docs_index.relative_to(data).as_posix(),
+    }
+    return passed, results, verdict
 
 
 __all__ = ["validate", "ValidationOutcome", "ExpectationResult", "QualityThresholds", "derive_tables"]

@@ -11,6 +11,9 @@ DATA and arguments give the same bytes.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -50,12 +53,33 @@ def render(view) -> str:
     return _env().get_template("report.html.j2").render(v=view, css=css)
 
 
-def write_report(data: Path, *, gallery: int = 12, seed: int = 0) -> Path:
+#: What the page reads besides the shards, relative to DATA (copied to a scratch folder when DATA is a URL).
+_REPORT_INPUTS = ("manifest.json", "index.parquet", "rejects.parquet", "_work/builds.jsonl",
+                  "quality/validation.json", "quality/tables/reasons.parquet", "sync.parquet")  # fmt: skip
+
+
+def write_report(data: Path | str, *, gallery: int = 12, seed: int = 0) -> Path | storage.Location:
     """Write DATA/quality/report.html (atomically) and return its path.
 
     ``gallery``: how many samples the gallery shows, picked with ``seed``. Raises FileNotFoundError when
-    DATA holds no finished build (no manifest.json).
+    DATA holds no finished build (no manifest.json). ``data`` may be an ``s3://``/``gs://`` URL: the tables
+    are copied to a scratch folder, the gallery's members are read from the shards by byte range, and the
+    page is written with one PUT (the return value is then a ``storage.Location``).
     """
+    if storage.is_url(data):
+        loc = storage.location(data)
+        with tempfile.TemporaryDirectory(prefix="bindset-report-") as tmp:
+            local = Path(tmp) / "data"
+            for rel in _REPORT_INPUTS:
+                storage.download(loc / rel, local / rel)
+            if (local / "manifest.json").exists():  # the page's "built" time is the commit's, not the copy's
+                when = storage.stat(loc / "manifest.json").modified
+                os.utime(local / "manifest.json", (when, when))
+            ds = replace(load(local, seed), shards_at=loc / "shards", shown_root=str(loc))
+            page = render(build_view(ds, gallery=gallery, seed=seed))
+        out = loc / "quality" / "report.html"
+        storage.put_atomic(out, page.encode("utf-8"))
+        return out
     data = Path(data)
     page = render(build_view(load(data, seed), gallery=gallery, seed=seed))
     out = data / "quality" / "report.html"

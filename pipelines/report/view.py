@@ -10,6 +10,7 @@ tables keep their top rows.
 from __future__ import annotations
 
 import io
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class Dataset:
     reason_bounds: pd.DataFrame | None = None  # the gate's per-reason table (reason, rate, max_rate), if validated
     sync: pd.DataFrame | None = None  # sync.parquet (one row per session and stream); None: the build has none
     sync_problem: str | None = None  # why sync.parquet could not be read
+    shards_at: storage.Location | None = None  # where the shards are when not root/shards (object storage)
+    shown_root: str | None = None  # DATA as the page names it (a URL), when root is a local copy
 
 
 def reject_kind(key, modality) -> str:
@@ -152,18 +155,22 @@ def load(data: Path, seed: int) -> Dataset:
         if lines:
             last_build = json.loads(lines[-1])
     bounds = read_reason_bounds(data, manifest.get("version"))
-    sync, sync_problem = read_sync(data)
+    sync, sync_problem = read_sync(data, manifest)
     return Dataset(data, manifest, index, rejects, hist, min(n, HIST_MAX_ROWS), last_build, mpath.stat().st_mtime,
                    bounds, sync, sync_problem)  # fmt: skip
 
 
-def read_sync(data: Path) -> tuple[pd.DataFrame | None, str | None]:
-    """DATA/sync.parquet, read beside index.parquet under the same committed manifest (the build writes it
-    before the manifest commits; manifest.json does not list it): ``(table, None)``, ``(None, None)`` when
-    there is none (a dataset built before clocks were checked), or ``(None, why)`` when it is unreadable."""
+def read_sync(data: Path, manifest: dict | None = None) -> tuple[pd.DataFrame | None, str | None]:
+    """DATA/sync.parquet, read beside index.parquet under the same committed manifest (the commit writes it
+    and the manifest's ``sync`` entry gives its sha256): ``(table, None)``, ``(None, None)`` when there is
+    none (a dataset built before clocks were checked), or ``(None, why)`` when it is unreadable or is not
+    the table this build committed."""
     path = data / SYNC_TABLE
     if not path.exists():
         return None, None
+    want = ((manifest or {}).get("sync") or {}).get("sha256")
+    if want and hashlib.sha256(path.read_bytes()).hexdigest() != want:
+        return None, "sync.parquet is not the table this build committed (sha256 differs from manifest.json)"
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:  # the page says so rather than failing
@@ -409,7 +416,7 @@ def _header(ds: Dataset) -> Header:
             f"({num(b.get('processed', 0))} unit(s) processed, {num(b.get('reused', 0))} reused)"
         )
     return Header(str(m.get("version", "?")), str(m.get("layout", "?")), m.get("code_version") or None, built,
-                  str(ds.root.resolve()))  # fmt: skip
+                  ds.shown_root or str(ds.root.resolve()))  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------- overview
@@ -424,8 +431,13 @@ def _overview(ds: Dataset) -> Overview:
     by_split = idx.groupby("split").agg(samples=("key", "size"), sessions=("session", "nunique"))
     input_sessions = set(rej.loc[rej["kind"] == "input", "session"].dropna())
     kinds = rej["kind"].value_counts()
-    shards = sorted((ds.root / "shards").glob("*.tar"))
-    shard_bytes = sum(p.stat().st_size for p in shards)
+    if ds.shards_at is not None:  # on object storage: listed and sized through the seam
+        tars = [n for n in storage.listdir(ds.shards_at) if n.endswith(".tar")]
+        shards = [ds.shards_at / n for n in tars]
+        shard_bytes = sum(storage.stat(p).size for p in shards)
+    else:
+        shards = sorted((ds.root / "shards").glob("*.tar"))
+        shard_bytes = sum(p.stat().st_size for p in shards)
 
     def split_text(col):
         return " · ".join(f"{s} {num(int(r[col]))}" for s, r in by_split.iterrows()) or "–"
@@ -665,13 +677,18 @@ def scalar_image(arr: np.ndarray, cmap: int, near_is_hot: bool) -> tuple[str, tu
     return _png(rgb), (float(a[valid].min()), float(a[valid].max()))
 
 
-def read_members(root: Path, picks: pd.DataFrame) -> dict[str, dict[str, bytes]]:
-    """key -> member -> bytes for the picked samples (key, shard), opening each shard once."""
+def read_members(
+    root: Path, picks: pd.DataFrame, shards_at: storage.Location | None = None
+) -> dict[str, dict[str, bytes]]:
+    """key -> member -> bytes for the picked samples (key, shard), opening each shard once.
+
+    ``shards_at``: the shards' folder or object-store prefix when it is not ``root/shards``.
+    """
     out: dict[str, dict[str, bytes]] = {k: {} for k in picks["key"]}
     for shard, group in picks.groupby("shard"):
         wanted = set(group["key"])
-        path = root / "shards" / str(shard)
-        if not path.exists():
+        path = root / "shards" / str(shard) if shards_at is None else shards_at / str(shard)
+        if not storage.exists(path):
             continue  # the cards say "not found in <shard>"
         with storage.TarReader(path) as tar:
             for m in tar.members():
@@ -690,7 +707,7 @@ def _gallery(ds: Dataset, count: int, seed: int) -> list[SampleCard]:
     cols = [c for c in pq.read_schema(ipath).names if not c.startswith("sha256_")]  # hashes are most of the bytes
     full = pq.read_table(ipath, columns=cols, filters=[("key", "in", list(picks["key"]))]).to_pandas()
     full = full.set_index("key")
-    blobs = read_members(ds.root, picks)
+    blobs = read_members(ds.root, picks, ds.shards_at)
     mrej = ds.rejects[(ds.rejects["kind"] == "modality") & ds.rejects["key"].isin(picks["key"])]
     why = {(k, m): r for k, m, r in zip(mrej["key"], mrej["modality"], mrej["reason"], strict=True)}
     cards = []
