@@ -9,8 +9,8 @@ tables keep their top rows.
 
 from __future__ import annotations
 
-import io
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
