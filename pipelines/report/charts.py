@@ -112,6 +112,22 @@ class Svg:
     hatch: bool = False  # define the "rejected" hatch pattern (url(#hatch))
 
 
+# ------------------------------------------------------------------------------------------------ axes
+
+
+def _x_ticks(lo: float, hi: float, n: int, x0: float, sx: float, span: tuple[float, float], label_y: float,
+             stroke: str, size: float, unit: str = "") -> list:  # fmt: skip
+    """An x axis's ticks at ``nice_ticks(lo, hi, n)``: value ``t`` sits at ``x0 + (t - lo) * sx`` (user units),
+    drawn as a vertical line from ``span[0]`` to ``span[1]`` and a centred label (``unit`` appended) at
+    ``label_y``, ``size`` px."""
+    out: list = []
+    for t, label in nice_ticks(lo, hi, n):
+        x = x0 + (t - lo) * sx
+        out.append(Line(x, span[0], x, span[1], stroke))
+        out.append(Text(x, label_y, f"{label}{unit}", size, MUTE, anchor="middle"))
+    return out
+
+
 # ------------------------------------------------------------------------------------------ bar charts
 
 
@@ -186,10 +202,7 @@ def timeline_chart(samples: pd.DataFrame, rejects: pd.DataFrame, sessions: Seque
     h = axis_h + len(sessions) * row_h + 4
     svg = Svg(width, h, label="timeline", hatch=True)
     el = svg.elements
-    for t, label in nice_ticks(0, t_max, 9):
-        x = label_w + t * sx
-        el.append(Line(x, axis_h - 6, x, h, "#eef0f3"))
-        el.append(Text(x, axis_h - 10, f"{label} s", 11, MUTE, anchor="middle"))
+    el += _x_ticks(0, t_max, 9, label_w, sx, (axis_h - 6, h), axis_h - 10, "#eef0f3", 11, unit=" s")
     mrej_by = {
         (k, m): (r, d) for k, m, r, d in zip(mrej["key"], mrej["modality"], mrej["reason"], mrej["detail"], strict=True)
     }
@@ -305,10 +318,7 @@ def histogram(values: np.ndarray, color: str, marks: Sequence[tuple[float, str]]
         title = f"{num(float(edges[i]))} to {num(float(edges[i + 1]))}: {int(c)}"
         el.append(Rect(ml + i * bw + 0.5, mt + ph - bh, max(bw - 1, 0.5), bh, color, opacity=0.85, title=title))
     sx = pw / (hi - lo)
-    for t, label in nice_ticks(lo, hi, 5):
-        x = ml + (t - lo) * sx
-        el.append(Line(x, mt + ph, x, mt + ph + 4, "#c9ced5"))
-        el.append(Text(x, height - 6, label, 10, MUTE, anchor="middle"))
+    el += _x_ticks(lo, hi, 5, ml, sx, (mt + ph, mt + ph + 4), height - 6, "#c9ced5", 10)
     med = float(np.median(v))
     if lo <= med <= hi:
         x = ml + (med - lo) * sx
