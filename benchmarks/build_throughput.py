@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.floor import decode_floor
 from benchmarks.output import emit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,21 +50,8 @@ def _peak_rss_mb() -> float:
 
 
 def child_decode(path: str) -> dict:
-    import av
-
-    t0 = time.perf_counter()
-    frames = samples = 0
-    with av.open(path) as c:
-        vs = c.streams.video[0]
-        vs.thread_type = "AUTO"  # as the build decodes
-        streams = [vs] + list(c.streams.audio[:1])
-        for packet in c.demux(*streams):
-            for frame in packet.decode():
-                if isinstance(frame, av.VideoFrame):
-                    frames += 1
-                else:
-                    samples += frame.samples
-    return {"seconds": time.perf_counter() - t0, "frames": frames, "audio_samples": samples, "rss_mb": _peak_rss_mb()}
+    f = decode_floor([path])
+    return {"seconds": f.seconds, "frames": f.frames, "audio_samples": f.audio_samples, "rss_mb": _peak_rss_mb()}
 
 
 def child_unit(raw: str, unit_id: str, out: str) -> dict:
