@@ -423,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--engine", default="beam", choices=("beam", "ray", "local"))
     b.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
     b.add_argument("--workers", type=int, default=0,
-                   help="local: decode workers; ray: CPUs of the local instance (default: one per core)")  # fmt: skip
+                   help="local: decode workers (default 1); ray: CPUs of a local instance (default: all)")  # fmt: skip
     b.add_argument("--no-validate", action="store_true", help="skip the quality gate (the dataset stays unpublished)")
     b.add_argument(
         "--thresholds",
@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OpenCLIP image tower, on a Ray Train TorchTrainer (or one process without Ray). Checkpoints every N "
         "steps and each epoch; a rerun resumes from the latest one. The final model goes to RUN/model/.",
     )
-    t.add_argument("data", type=Path)
+    t.add_argument("data", type=_location, help="the dataset: a folder, or an s3:// or gs:// URL")
     t.add_argument("run", type=Path)
     t.add_argument("--workers", type=int, default=1, help="training workers (Ray Train)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker")

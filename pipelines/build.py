@@ -55,7 +55,7 @@ class EngineConfig:
     engine: str = "beam"
     pipeline_args: list[str] = field(default_factory=list)  # Beam runner flags, untouched
     ray_address: str | None = None
-    num_workers: int | None = None  # ray: CPUs of a local instance; local: decode workers (default: per core)
+    num_workers: int | None = None  # ray: CPUs of a local instance; local: decode workers (default 1)
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,9 @@ class BuildResult:
 
 
 def local_workers(requested: int | None, units: int) -> int:
-    """The local engine's decode workers: ``requested``, or one per core, never more than there are units."""
-    return max(1, min(requested or os.cpu_count() or 1, units))
+    """The local engine's decode workers: ``requested`` (default 1: units one after another, the reference
+    the other engines are measured against), never more than there are units."""
+    return max(1, min(requested or 1, units))
 
 
 def _run_local(ctx: WorkContext, units_json: list[str], on_done: Callable[[], None], workers: int = 1) -> None:

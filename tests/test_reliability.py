@@ -300,6 +300,10 @@ def _touch(path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
 
 
+# one decode worker: these tests touch a file between two units, which needs them one after the other
+SERIAL = EngineConfig("local", num_workers=1)
+
+
 def _touching(monkeypatch, rule) -> list[str]:
     """Wrap run_unit: after each run, ``rule(unit_id, n)`` names a file to touch (n: runs of that unit so far)."""
     real, runs = work.run_unit, []
@@ -321,7 +325,7 @@ def test_later_session_touched_after_discovery(raw, clean, tmp_path, monkeypatch
     src = tmp_path / "raw"
     shutil.copytree(raw, src)
     runs = _touching(monkeypatch, lambda uid, n: src / B / "video.mp4" if uid == A else None)
-    result = build(src, tmp_path / "data", BuildConfig(), EngineConfig("local"))
+    result = build(src, tmp_path / "data", BuildConfig(), SERIAL)
     assert runs == [A, B] and result.changed_units == []
     assert _digest(tmp_path / "data") == _digest(clean)
 
@@ -331,11 +335,11 @@ def test_input_changed_after_its_unit_ran_is_built_again(raw, clean, tmp_path, m
     shutil.copytree(raw, src)
     data = tmp_path / "data"
     runs = _touching(monkeypatch, lambda uid, n: src / B / "imu.csv" if (uid, n) == (B, 1) else None)
-    result = build(src, data, BuildConfig(), EngineConfig("local"))
+    result = build(src, data, BuildConfig(), SERIAL)
     assert runs == [A, B, B] and result.changed_units == [B]
     assert _digest(data) == _digest(clean)
     monkeypatch.undo()
-    assert build(src, data, BuildConfig(), EngineConfig("local")).processed == 0  # the manifest has the new stats
+    assert build(src, data, BuildConfig(), SERIAL).processed == 0  # the manifest has the new stats
 
 
 def test_input_that_keeps_changing_is_rejected_as_input_changed(raw, clean, tmp_path, monkeypatch):
@@ -343,14 +347,14 @@ def test_input_that_keeps_changing_is_rejected_as_input_changed(raw, clean, tmp_
     shutil.copytree(raw, src)
     data = tmp_path / "data"
     _touching(monkeypatch, lambda uid, n: src / B / "imu.csv" if uid == B else None)
-    result = build(src, data, BuildConfig(), EngineConfig("local"))
+    result = build(src, data, BuildConfig(), SERIAL)
     assert result.changed_units == [B]
     rows = [r for r in pq.read_table(data / "rejects.parquet").to_pylist() if r["reason"] == "input_changed"]
     assert [(r["session"], r["source"]) for r in rows] == [(B, f"{B}/imu.csv")]
     m = json.loads((data / "manifest.json").read_text())["counts"]
     assert m["samples"] == clean_samples(clean) // 2 and m["units_failed"] == 1
     monkeypatch.undo()
-    again = build(src, data, BuildConfig(), EngineConfig("local"))  # transient: taken up again
+    again = build(src, data, BuildConfig(), SERIAL)  # transient: taken up again
     assert again.processed_units == [B] and _digest(data) == _digest(clean)
 
 
