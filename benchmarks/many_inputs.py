@@ -6,7 +6,8 @@ Input: ``bindset synth --layout videos`` (H.264 + AAC), made once under --work a
 runs in a fresh process, one after another in this run, so the ratios are comparable on a shared machine:
 - decode floor: PyAV demuxing and decoding every video and audio frame of every file, in one process;
 - a whole ``bindset build`` on each engine (default config: units and shards as the planner makes them),
-  wall time, clips per second per core (engines use every core; local uses one decode process), the unit and
+  wall time, clips per second per core (Beam and Ray use every core; `local` one decode worker, `local:N` N),
+  the unit and
   shard counts and the smallest shard.
 """
 
@@ -44,8 +45,9 @@ def child_engine(raw: str, data: str, engine: str) -> dict:
     from pipelines.build import EngineConfig, build
     from transforms.config import BuildConfig
 
+    name, _, workers = engine.partition(":")  # "local:2": the local engine with 2 decode workers
     t0 = time.perf_counter()
-    result = build(raw, data, BuildConfig(), EngineConfig(engine))
+    result = build(raw, data, BuildConfig(), EngineConfig(name, num_workers=int(workers) if workers else None))
     seconds = time.perf_counter() - t0
     sizes = json.loads((Path(data) / "shards" / "sizes.json").read_text())
     return {"seconds": seconds, "samples": result.commit.samples, "units": result.units, "shards": len(sizes),
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--work", type=Path, default=Path("/tmp/bindset-bench-many"))
-    p.add_argument("--engines", default="local,beam,ray")
+    p.add_argument("--engines", default="local,local:0,beam,ray",
+                   help="local:N = the local engine with N decode workers (local:0 = one per core)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -80,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
                      "size": [args.width, args.height]}  # fmt: skip
     floor = _child(["--child", "decode", str(raw)])
     results["decode_floor_s"] = floor["seconds"]
-    for engine in [e for e in args.engines.split(",") if e]:
+    engines = [f"local:{cores}" if e == "local:0" else e for e in args.engines.split(",") if e]
+    for engine in engines:
         data = args.work / f"data-{engine}"
         shutil.rmtree(data, ignore_errors=True)
         t0 = time.perf_counter()
         r = _child(["--child", "engine", str(raw), str(data), engine])
         r["process_wall_s"] = time.perf_counter() - t0
-        used = 1 if engine == "local" else cores
+        used = int(engine.partition(":")[2] or 1) if engine.startswith("local") else cores
         r["over_floor"] = r["seconds"] / floor["seconds"]
         r["clips_per_s_per_core"] = r["samples"] / r["seconds"] / used
         results[engine] = r
