@@ -7,8 +7,7 @@ runs in a fresh process, one after another in this run, so the ratios are compar
 - decode floor: PyAV demuxing and decoding every video and audio frame of every file, in one process;
 - a whole ``bindset build`` on each engine (default config: units and shards as the planner makes them),
   wall time, clips per second per core (Beam and Ray use every core; `local` one decode worker, `local:N` N),
-  the unit and
-  shard counts and the smallest shard.
+  the unit and shard counts and the smallest shard.
 """
 
 from __future__ import annotations
