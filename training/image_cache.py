@@ -8,6 +8,10 @@ and one frame rule (its folder name is a fingerprint of both and of the dataset 
     DATA/_cache/image_emb-<fingerprint>/emb.npy    float32 N x D, NaN rows where a sample has no frame
     DATA/_cache/image_emb-<fingerprint>/keys.json  the sample keys, in index.parquet order
 
+When DATA is an object-store URL the cache lives in the run instead, ``RUN/_cache/image_emb-<fingerprint>/``
+(the same fingerprint: dataset version, tower, frame rule): training never writes to DATA on object storage,
+and the memory map needs a local file. Every run over a URL builds its own cache once.
+
 Under several processes (torchrun; Ray Train workers), ``ensure_image_cache`` has rank 0 build it while the
 other ranks wait in a collective with a timeout, so a rank 0 that dies or fails ends the run at once.
 """
@@ -40,8 +44,22 @@ class ImageCacheError(RuntimeError):
     """A rank other than 0 got no usable image cache: rank 0 failed, died or timed out, or DATA is not shared."""
 
 
-def cache_dir(data: Path, cfg: TrainConfig) -> Path:
-    manifest = json.loads((Path(data) / "manifest.json").read_text())
+def cache_dir(data: Path | storage.Location | str, cfg: TrainConfig, run: Path | None = None) -> Path:
+    """The cache's folder: under DATA for a local dataset, under ``run`` (required then) for an object-store URL.
+
+    Raises ``ValueError`` for a URL without ``run``; ``FileNotFoundError`` when DATA has no manifest.
+    """
+    from training.shards import dataset_location
+
+    data = dataset_location(data)
+    if isinstance(data, storage.Location):
+        if run is None:
+            raise ValueError(f"{data}: the image cache of a dataset on object storage lives in RUN; pass run=")
+        manifest = json.loads(storage.read_bytes(data / "manifest.json"))
+        root = Path(run)
+    else:
+        manifest = json.loads((Path(data) / "manifest.json").read_text())
+        root = Path(data)
     ckpt = cfg.tower.checkpoint
     weights = None
     if ckpt:
@@ -49,7 +67,7 @@ def cache_dir(data: Path, cfg: TrainConfig) -> Path:
         weights = [str(Path(ckpt).resolve()), st.st_size, st.st_mtime_ns]
     tower = {k: v for k, v in cfg.tower.to_dict().items() if k != "model_config_paths"}
     key = json.dumps([manifest["version"], tower, weights, cfg.data.image_frames], sort_keys=True)
-    return Path(data) / CACHE / f"image_emb-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return root / CACHE / f"image_emb-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 class CachedImages:
@@ -73,13 +91,14 @@ class CachedImages:
         return np.array(self.matrix[self.rows[i]], np.float32)  # a writable copy, not a view of the map
 
 
-def build_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progress=None) -> Path:
-    """Compute the cache unless it exists; returns its folder."""
+def build_image_cache(data: Path | str, cfg: TrainConfig, device: str = "cpu", progress=None,
+                      run: Path | None = None) -> Path:  # fmt: skip
+    """Compute the cache unless it exists; returns its folder (``run``: see ``cache_dir``)."""
     from training.inputs import ModelInputs, collate
     from training.shards import SampleReader, SampleTable, loader_context
     from training.towers import FrozenTowers
 
-    folder = cache_dir(data, cfg)
+    folder = cache_dir(data, cfg, run)
     if _complete(folder):
         return folder
     table = SampleTable.load(data, None)
@@ -114,8 +133,8 @@ def _complete(folder: Path) -> bool:
     return (folder / "emb.npy").exists() and (folder / "keys.json").exists()
 
 
-def ensure_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progress=None, *,
-                       timeout_s: float = BUILD_TIMEOUT_S) -> Path:  # fmt: skip
+def ensure_image_cache(data: Path | str, cfg: TrainConfig, device: str = "cpu", progress=None, *,
+                       timeout_s: float = BUILD_TIMEOUT_S, run: Path | None = None) -> Path:  # fmt: skip
     """The cache's folder, built once per run however many processes train.
 
     Without an initialised ``torch.distributed`` process group (one process, or the Ray driver before its
@@ -128,19 +147,19 @@ def ensure_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progre
     Every rank of the default group must call this (``new_group`` is collective). Raises on rank 0 what
     building raised; on the other ranks ``ImageCacheError`` when rank 0 failed, died or did not finish
     within ``timeout_s`` seconds, or when the folder rank 0 built is not visible here (DATA must be one
-    filesystem shared by every node).
+    filesystem shared by every node; RUN, when DATA is on object storage).
     """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return build_image_cache(data, cfg, device, progress)
+        return build_image_cache(data, cfg, device, progress, run)
     rank = dist.get_rank()
     group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
     verdict = torch.zeros(1, dtype=torch.int32)
     try:
         if rank == 0:
             try:
-                folder = build_image_cache(data, cfg, device, progress)
+                folder = build_image_cache(data, cfg, device, progress, run)
             except BaseException:
                 verdict.fill_(1)
                 # tell the others, but raise the build's own error whatever happens to the message
@@ -156,10 +175,11 @@ def ensure_image_cache(data: Path, cfg: TrainConfig, device: str = "cpu", progre
                                   f"{timeout_s:g} s: {str(exc).splitlines()[0]}") from exc  # fmt: skip
         if verdict.item() != 0:
             raise ImageCacheError(f"rank {rank}: rank 0 failed to build the image cache; its error is in rank 0's log")
-        folder = cache_dir(data, cfg)
+        folder = cache_dir(data, cfg, run)
         if not _complete(folder):
             raise ImageCacheError(f"rank {rank}: rank 0 built the image cache at {folder}, but this rank does not see "
-                                  "it: DATA must be one filesystem shared by every node")  # fmt: skip
+                                  "it: DATA (RUN, for DATA on object storage) must be one filesystem shared by "
+                                  "every node")  # fmt: skip
         return folder
     finally:
         dist.destroy_process_group(group)

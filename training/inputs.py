@@ -254,7 +254,7 @@ def fit_depth_norm(data: Path | str, cfg: TrainConfig, max_samples: int = 512) -
     total = total_sq = count = 0.0
     with torch.no_grad():
         for i in range(0, len(rows), 64):
-            x, ok = inputs.depth(collate([reader[int(r)] for r in rows[i : i + 64]]), "cpu")
+            x, ok = inputs.depth(collate(reader.__getitems__([int(r) for r in rows[i : i + 64]])), "cpu")
             x = x[ok].double()
             total, total_sq, count = total + float(x.sum()), total_sq + float((x * x).sum()), count + x.numel()
     if not count:

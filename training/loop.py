@@ -40,6 +40,7 @@ from training.shards import (
     EpochPlan,
     SampleReader,
     SampleTable,
+    dataset_location,
     loader_context,
     loader_worker_init,
 )
@@ -247,7 +248,7 @@ class StepTiming:
 
 
 def train_loop(
-    data: Path,
+    data: Path | str,
     run: Path,
     cfg: TrainConfig,
     rt: Runtime,
@@ -257,7 +258,7 @@ def train_loop(
     on_step: Callable[[StepTiming], None] | None = None,
 ) -> LoopResult:
     """``table`` replaces the split's sample table (benchmarks tile it); ``on_step`` sees every step's timing."""
-    data, run = Path(data), Path(run)
+    data, run = dataset_location(data), Path(run)  # DATA: a local folder or an s3:// / gs:// URL
     cfg = resolve_depth_norm(data, cfg)  # `train` has done it already; benchmarks and tests may call this directly
     device = rt.device
     torch.manual_seed(cfg.seed * 1000 + rt.rank)
@@ -269,7 +270,7 @@ def train_loop(
     towers = None
     if cached:
         shuffle = cfg.seed + 1 if cfg.data.shuffle_pairs else None
-        images = CachedImages(cache_dir(data, cfg), table.keys, shuffle)
+        images = CachedImages(cache_dir(data, cfg, run), table.keys, shuffle)
         embed_dim, inputs = images.dim, ModelInputs(cfg.data)
     else:
         from training.towers import FrozenTowers

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pipelines import storage
 from training.config import TrainConfig
 from training.loss import torch_distributed_gather
 
@@ -57,12 +58,13 @@ class RayRuntime:
 
 def train_loop_per_worker(config: dict) -> None:
     from training.loop import train_loop
+    from training.shards import dataset_location
 
     cfg = TrainConfig.from_dict(config["train"])
-    train_loop(Path(config["data"]), Path(config["run"]), cfg, RayRuntime())
+    train_loop(dataset_location(config["data"]), Path(config["run"]), cfg, RayRuntime())
 
 
-def fit_with_ray(data: Path, run: Path, cfg: TrainConfig, workers: int, gpu: bool,
+def fit_with_ray(data: Path | str, run: Path, cfg: TrainConfig, workers: int, gpu: bool,
                  address: str | None = None) -> Path:  # fmt: skip
     """Run the TorchTrainer; returns the folder of the final checkpoint."""
     try:
@@ -83,6 +85,11 @@ def fit_with_ray(data: Path, run: Path, cfg: TrainConfig, workers: int, gpu: boo
     )
     # fault injection (tests of recovery) must reach the workers, which do not inherit our environment
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
+    loc = storage.location(data)
+    if not loc.is_local and not address:
+        # DATA on object storage: the local cluster's workers read it with this process's endpoint and
+        # credentials (a remote cluster's nodes bring their own: IAM roles, workload identity)
+        env.update(storage.client_environment(loc.scheme))
     started = init_ray(log_to_driver=True, configure_logging=False, runtime_env={"env_vars": env}, **kwargs)
     try:
         trainer = TorchTrainer(

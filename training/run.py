@@ -5,6 +5,9 @@
 RUN/ holds ``train_config.json``, ``events.jsonl`` (starts, resumes, the end), ``metrics.jsonl``,
 ``checkpoints/`` (local engine) or ``ray/`` (Ray Train storage), and ``model/``: the final encoders
 (``model.safetensors``) and ``state.json``, which ``bindset embed`` reads.
+
+DATA may be an ``s3://`` or ``gs://`` URL (training/shards.py reads it by byte range); RUN is a local folder,
+and holds the image cache then (training/image_cache.py).
 """
 
 from __future__ import annotations
@@ -50,8 +53,13 @@ def export_model(run: Path, checkpoint: Path) -> Path:
 
 def train(data: Path | str, run: Path | str, cfg: TrainConfig, *, workers: int = 1, gpu: bool = False,
           engine: str = "ray", ray_address: str | None = None, progress=None) -> TrainResult:  # fmt: skip
-    data, run = Path(data).resolve(), Path(run).resolve()
-    if not (data / "index.parquet").exists():
+    from training.shards import dataset_location
+
+    data = dataset_location(data)  # a local folder, or an s3:// / gs:// URL read through the storage seam
+    run = Path(run).resolve()
+    if isinstance(data, Path):
+        data = data.resolve()
+    if not storage.exists(data / "index.parquet"):
         raise MissingInputError(f"{data}: no built dataset (index.parquet missing); run `bindset build` first")
     if engine not in ("ray", "local"):
         raise ValueError(f"unknown training engine {engine!r}; choose ray or local")
@@ -68,7 +76,8 @@ def train(data: Path | str, run: Path | str, cfg: TrainConfig, *, workers: int =
 
             if not dist.is_initialized():  # torchrun: join now, for the cache's barrier (LocalRuntime reuses the group)
                 dist.init_process_group("nccl" if gpu else "gloo")
-        ensure_image_cache(data, cfg, "cuda" if gpu else "cpu", progress)  # rank 0 builds, the others wait
+        # rank 0 builds, the others wait; under RUN when DATA is a URL
+        ensure_image_cache(data, cfg, "cuda" if gpu else "cpu", progress, run=run)
 
     if engine == "ray":
         from training.ray_trainer import fit_with_ray

@@ -5,7 +5,16 @@ reads its tar headers (not its data) into a member table. An epoch is a seeded p
 samples dealt round-robin to the ranks, so within an epoch every sample is read by exactly one rank and
 one loader process, and no sample is dropped: the last batch of a rank is padded with masked-out rows
 (index -1) up to the common number of steps, which every rank computes the same way from the table.
-Random access needs seekable storage; DATA is on a local or shared filesystem already (the build writes it).
+
+DATA is a local folder (read by file offset, as the build wrote it) or an ``s3://``/``gs://`` URL, opened
+through ``open_dataset`` and the storage seam (``pipelines/storage.py``). On object storage a loader fetches
+a whole batch at once: each sample's wanted members (contiguous in the tar: a sample is one run of members)
+as one byte range, and all the batch's ranges concurrently (``storage.read_ranges``), so a batch costs about
+one round trip rather than one per member. Reading ahead across batches is the loader's: its processes
+prepare ``prefetch_factor`` batches each while the model trains, and the loop's ``Prefetch`` thread pulls
+them further ahead. Why not fsspec's block or read-ahead cache: an epoch is a random permutation over all
+shards, so the next sample is almost never near the last one in any file; a cache would fetch other
+samples' bytes and still pay one round trip per sample, in series.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,19 +31,37 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
+from pipelines import storage
 from pipelines.dataset import ShardPins, open_dataset
-from pipelines.storage import TarReader
+from pipelines.storage import Location, TarMember, TarReader
 from schemas import modalities
 from schemas.modalities import TRAINABLE, TRAINABLE_MEMBER
 
 PAD = -1
+
+#: On object storage, members of one sample at most this far apart are fetched as one range: reading a gap
+#: (a member not wanted, e.g. the frames when image embeddings are cached) costs less than another request.
+MERGE_GAP = 1 << 20
+
+
+def dataset_location(data: Path | Location | str) -> Path | Location:
+    """DATA as training opens it: a ``Path`` for a local folder (as given), a ``Location`` for an object-store URL.
+
+    Raises ``UserError`` for an unsupported URL scheme.
+    """
+    if isinstance(data, Location):
+        return data if not data.is_local else data.local
+    loc = storage.location(data)
+    if not loc.is_local:
+        return loc
+    return loc.local if os.fspath(data).startswith("file://") else Path(data)
 
 
 @dataclass
 class SampleTable:
     """The samples of one split, in index order, with what a loader needs to find and label them."""
 
-    data: Path
+    data: Path | Location  # a Location on object storage
     keys: list[str]
     shards: list[str]
     splits: list[str]
@@ -51,7 +79,7 @@ class SampleTable:
     @classmethod
     def load(cls, data: Path | str, split: str | None, pairing: str = "joint",
              trained: tuple[str, ...] = TRAINABLE) -> SampleTable:  # fmt: skip
-        data = Path(data)
+        data = dataset_location(data)
         # pyarrow, not pandas: the loop also runs on machines that have only torch, numpy and pyarrow
         has_columns = {m: modalities.BY_NAME[m].has_column for m in TRAINABLE}
         columns = ["key", "shard", "split", "session", "label", "caption", *has_columns.values()]
@@ -145,6 +173,12 @@ class SampleReader(torch.utils.data.Dataset):
         self.table, self.want, self.image_cache = table, want, image_cache
         self.skip = {member: ~table.allowed[m] for m, member in MODALITY_MEMBER.items()} if only_allowed else {}
         self._tars: dict[str, TarReader] = {}
+        self.remote = isinstance(table.data, Location) and not table.data.is_local
+        # Loader processes fork from a forkserver that the first loader of this process started, with the
+        # environment of that moment; they adopt the client environment (endpoint, credentials) this reader
+        # was made under. It travels to them by pipe, like the rest of the reader, and is never logged.
+        self._env = storage.client_environment(table.data.scheme) if self.remote else None
+        self._env_adopted = False
 
     def __len__(self) -> int:
         return len(self.table)
@@ -155,10 +189,22 @@ class SampleReader(torch.utils.data.Dataset):
             pins = self.table.pins
             # a shard a rebuild replaced since the table was read raises DatasetChanged (pipelines/dataset.py)
             path = pins.check_path(shard) if pins is not None else self.table.data / "shards" / shard
-            self._tars[shard] = TarReader(path)
+            tar = TarReader(path)
+            if self.remote:
+                tar.samples()  # the header scan, through the seam's block cache
+                tar.close()  # members are then read by range (read_ranges): drop the cached blocks
+            self._tars[shard] = tar
         return self._tars[shard]
 
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """The samples of a batch (the DataLoader calls this, not ``__getitem__``, when it is defined)."""
+        if self.remote:
+            return self._read_remote(indices)
+        return [self[i] for i in indices]  # local: one seek and read per member, as always
+
     def __getitem__(self, i: int) -> dict:
+        if self.remote:
+            return self._read_remote([i])[0]
         worker = torch.utils.data.get_worker_info()
         out: dict = {"index": i, "loader_worker": worker.id if worker else 0}
         if i == PAD:
@@ -172,6 +218,47 @@ class SampleReader(torch.utils.data.Dataset):
         if self.image_cache is not None:
             out["image_emb"] = np.asarray(self.image_cache[i], np.float32)
         return out
+
+    def _read_remote(self, indices: list[int]) -> list[dict]:
+        """``__getitem__`` of each index, with every member of every sample fetched in one concurrent call."""
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and not self._env_adopted:
+            storage.apply_client_environment(self.table.data.scheme, self._env or {})
+            self._env_adopted = True
+        t = self.table
+        outs: list[dict] = []
+        pieces: list[tuple[int, TarMember, int]] = []  # (sample in outs, member, range it lies in)
+        locs: list[Location] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        for i in indices:
+            outs.append({"index": i, "loader_worker": worker.id if worker else 0})
+            if i == PAD:
+                continue
+            tar = self._tar(t.shards[i])
+            members = tar.samples().get(t.keys[i], {})
+            chosen = [members[s] for s in self.want if s in members and not (s in self.skip and self.skip[s][i])]
+            first = len(locs)  # ranges are merged within a sample only
+            for m in sorted(chosen, key=lambda m: m.offset):
+                if len(locs) > first and m.offset - ends[-1] <= MERGE_GAP:
+                    ends[-1] = max(ends[-1], m.offset + m.size)
+                else:
+                    locs.append(tar.location)
+                    starts.append(m.offset)
+                    ends.append(m.offset + m.size)
+                pieces.append((len(outs) - 1, m, len(locs) - 1))
+        blobs = storage.read_ranges(locs, starts, ends)
+        for k, m, r in pieces:
+            lo = m.offset - starts[r]
+            blob = blobs[r][lo : lo + m.size]
+            if len(blob) != m.size:
+                raise EOFError(f"{locs[r]}: {m.name} is cut short ({len(blob)} of {m.size} bytes)")
+            outs[k][m.suffix] = _decode(m.suffix, blob)
+        if self.image_cache is not None:
+            for out in outs:
+                if out["index"] != PAD:
+                    out["image_emb"] = np.asarray(self.image_cache[out["index"]], np.float32)
+        return outs
 
 
 def _decode(suffix: str, blob: bytes):
