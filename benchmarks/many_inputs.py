@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         r["clips_per_s_per_core"] = r["samples"] / r["seconds"] / used
         results[engine] = r
         shutil.rmtree(data, ignore_errors=True)
+        if args.out:  # what is measured so far survives an interrupted run
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
     local = results.get("local")
     for engine in ("beam", "ray"):
         if local and engine in results:
