@@ -216,3 +216,42 @@ def test_sink_rollback_withdraws_an_input_across_parts(tmp_path):
     assert sorted(p.name for p in (tmp_path / "got").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
     for part in a.parts:
         assert (tmp_path / "got" / part["file"]).read_bytes() == (tmp_path / "ref" / part["file"]).read_bytes()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_redoes_only_the_unfinished_units(videos, tmp_path):
+    """A build killed (SIGKILL, whole process group) inside a unit of several inputs: the rerun redoes that
+    unit and the ones after it, reuses every finished one, and gives the bytes of an uninterrupted build."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = BuildConfig(unit_min_count=3, unit_windows=4, shard_max_samples=4)  # units of 1-3 inputs here
+    plan = plan_units(discover(videos, "videos").units, {p.name: p.stat().st_size for p in videos.glob("*.mp4")}, cfg)
+    k = next(i for i, u in enumerate(plan) if i >= 1 and len(u.inputs) > 1)  # finished units before it
+    stuck = plan[k].inputs[-1].unit_id  # the unit's first inputs decode, then its last one hangs
+    data = tmp_path / "data"
+    flags = ["--unit-min-count", "3", "--unit-windows", "4", "--shard-max-samples", "4"]
+    first = subprocess.Popen([sys.executable, "-m", "bindset.cli", "build", str(videos), str(data), "--engine",
+                              "local", "--quiet", "--no-validate", *flags], start_new_session=True,
+                             env={**os.environ, FAULT_ENV: f"hang:{stuck}.mp4"}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    done = [data / "_work" / "units" / u.unit_id / "summary.json" for u in plan[:k]]
+    deadline = time.monotonic() + 240
+    while not all(p.exists() for p in done):
+        assert first.poll() is None, first.stderr.read()
+        assert time.monotonic() < deadline, "the first build never got to the hanging unit"
+        time.sleep(0.1)
+    time.sleep(1.0)  # inside the hanging unit now
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (data / "_work" / "units" / plan[k].unit_id).exists()  # nothing of the killed unit committed
+    resumed = build(videos, data, cfg, EngineConfig("local"))
+    assert resumed.processed_units == sorted(u.unit_id for u in plan[k:])
+    assert resumed.reused == k
+    fresh = tmp_path / "fresh"
+    build(videos, fresh, cfg, EngineConfig("local"))
+    assert _digest(data) == _digest(fresh)
+    assert (data / "manifest.json").read_bytes() == (fresh / "manifest.json").read_bytes()
