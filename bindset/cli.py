@@ -504,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
     e.add_argument("--workers", type=int, default=0, help="ray: actors (default: one per free CPU, or GPU)")
     add_config_flags(e.add_argument_group("vector index (IndexParams)"), IndexParams,
-                     ("exact_max", "kind", "nlist", "nprobe", "target_recall", "pq_m"), dest_prefix="index_",
+                     ("exact_max", "kind", "nlist", "nprobe", "target_recall", "pq_m", "max_probe_fraction",
+                      "min_train_per_list"), dest_prefix="index_",
                      flag_prefix="index-")  # fmt: skip
     e.set_defaults(func=_cmd_embed)
 

@@ -150,6 +150,38 @@ def test_a_killed_run_redoes_only_unfinished_parts(root, clean, tmp_path):
     assert (again.stats.parts_embedded, again.stats.samples_embedded, again.stats.index_built) == (0, 0, [])
 
 
+@pytest.mark.slow
+def test_a_second_embed_into_the_same_emb_exits_2_and_a_dead_ones_lock_is_taken_over(root, clean, tmp_path):
+    import socket
+
+    emb = tmp_path / "emb"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(FAULT_ENV, None)
+    cmd = lambda log: [sys.executable, "-m", "bindset.cli", "embed", str(root / "data"), str(root / "run"),  # noqa: E731
+                       str(emb), "--batch-size", str(BATCH), "--quiet", "--log-file", str(tmp_path / log)]  # fmt: skip
+    first = subprocess.Popen(cmd("first.log"), env={**env, FAULT_ENV: "stop_after_parts:1"}, cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _, status = os.waitpid(first.pid, os.WUNTRACED)  # it stops itself after one part, holding the lock
+        assert os.WIFSTOPPED(status)
+        second = subprocess.run(cmd("second.log"), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"host {socket.gethostname()}, pid {first.pid}" in second.stderr
+        assert "another `bindset embed`" in second.stderr and len(list((emb / S.PARTS).glob("*.json"))) == 1
+    finally:
+        first.kill()  # SIGKILL ends a stopped process too; the kernel releases its flock
+        first.wait()
+    third = subprocess.run(cmd("third.log"), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert (
+        f"took over the embed lock of a run that died (host {socket.gethostname()}, pid {first.pid}"
+        in (tmp_path / "third.log").read_text()
+    )
+    meta = S.read_meta(emb)
+    assert meta["last_run"]["parts_kept"] == 1 and meta["counts"] == S.read_meta(clean)["counts"]
+    assert (emb / S.LOCK).read_text() == ""  # a finished run leaves no holder behind
+
+
 # ------------------------------------------------------------------------------------------- incremental
 
 
@@ -233,12 +265,49 @@ def test_flat_index_is_exact_and_recall_counts_ties():
     assert recall_at_k(built.index, x[[10]], np.array([10]), truth, 2) == 1.0
 
 
+def test_ivf_that_would_probe_most_lists_falls_back_to_exact():
+    # random unit vectors have no clusters for the lists to follow: recall 0.95 needs most of the lists probed
+    x = np.random.default_rng(1).standard_normal((3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    chunks = lambda: iter(np.array_split(x, 5))  # noqa: E731
+    built = build_index(chunks, len(x), 32, IndexParams(exact_max=0, queries=200))
+    info = built.info
+    assert info.kind == "flat_ip" and built.index.ntotal == 3000 and "nprobe" in info.fallback
+    last_nprobe, last_recall = info.tried[-1]
+    assert last_nprobe >= 0.5 * 55 and [p for p, _ in info.tried][0] == 8  # nlist = round(sqrt(3000)) = 55
+    assert f"nprobe {last_nprobe} of nlist 55" in info.fallback and info.to_dict()["fallback"] == info.fallback
+    _, ids = built.index.search(x[:5], 3)
+    assert ids.tolist() == np.argsort(-(x[:5] @ x.T), axis=1)[:, :3].tolist()  # exact
+    # the same vectors with the limit off: the IVF index, every list probed in the end
+    kept = build_index(chunks, len(x), 32, IndexParams(exact_max=0, queries=200, max_probe_fraction=1.0))
+    assert kept.info.kind == "ivf_flat" and kept.info.fallback is None and kept.info.nprobe == last_nprobe
+    # clustered vectors keep theirs (test above): the limit is about the data, not the size
+    few = build_index(lambda: iter([x[:500]]), 500, 32, IndexParams(exact_max=0, queries=50))
+    assert few.info.kind == "flat_ip" and "450 sample rows for 22 lists" in few.info.fallback and not few.info.tried
+
+
+def test_embed_records_the_fallback_in_meta(root, tmp_path):
+    emb = tmp_path / "emb"
+    result = embed(root / "data", root / "run", emb, batch_size=BATCH, index=IndexParams(exact_max=4, queries=3))
+    meta = S.read_meta(emb)
+    assert meta["index_params"]["min_train_per_list"] == 39 and meta["index_params"]["max_probe_fraction"] == 0.5
+    assert any(n > 4 for n in meta["counts"].values())
+    for m, info in meta["index"].items():  # exact at <= 4 rows anyway, and without a fallback to explain
+        why = "fewer than min_train_per_list 39" if meta["counts"][m] > 4 else None
+        assert info["kind"] == "flat_ip" and (info["fallback"] is None if why is None else why in info["fallback"]), m
+    assert any("fewer than min_train_per_list" in line for line in result.summary_lines())
+    hits = search(emb, "key", _vectors(emb)["audio"][0][0], to="audio", k=2, source="audio")
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
 @pytest.mark.parametrize("exact_max", [200_000, 4], ids=["flat", "ivf"])
 def test_search_and_eval_on_both_index_types(root, clean, tmp_path, exact_max):
     emb = clean
     if exact_max != 200_000:
         emb = tmp_path / "emb"
-        embed(root / "data", root / "run", emb, batch_size=BATCH, index=IndexParams(exact_max=exact_max, queries=3))
+        # an IVF index over a few rows: without the fallback limits it would be built exact (next test)
+        params = IndexParams(exact_max=exact_max, queries=3, min_train_per_list=1, max_probe_fraction=1.0)
+        embed(root / "data", root / "run", emb, batch_size=BATCH, index=params)
         info = S.read_meta(emb)["index"]["image"]
         assert info["kind"] == "ivf_flat" and info["nprobe"] >= 1 and 0 <= info["recall_at_k"] <= 1
     keys, v = _vectors(emb)["audio"]

@@ -5,6 +5,7 @@
     EMB/index/<modality>.faiss           a FAISS inner-product index over the modality's rows, in part order
     EMB/meta.json                        written last: the run, the dataset version, the parts in order, the
                                          counts and the index parameters; without it EMB is not committed
+    EMB/_embed.lock                      held (flock) by the one `bindset embed` writing into EMB: who holds it
 
 Part N holds the rows of the dataset's N-th shard (shards in name order), in index order; a modality's rows
 are the concatenation of its parts in meta.json's order, and row i of that concatenation is id i of the
@@ -14,8 +15,15 @@ interrupted or older run is never read. Every read here streams part by part.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
+import socket
+import time
+import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +31,77 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.lock import Holder, _proc_start
 from schemas.errors import MissingInputError, UserError
+
+log = logging.getLogger(__name__)
 
 META = "meta.json"
 PARTS = "_parts"
 INDEX = "index"
 FORMAT = 2  # 1: one EMB/<modality>.parquet per modality (before partitioned output)
 COLUMNS = ("key", "modality", "split", "session", "label", "run_id", "vector")
+LOCK = "_embed.lock"
 
 
 class EmbNotCommitted(UserError):
     """EMB holds no committed embeddings (no run finished, or one is writing right now)."""
+
+
+class EmbLocked(UserError):
+    """Another `bindset embed` is writing into this EMB (exit 2): the message names its host and pid."""
+
+
+def _describe(h: Holder) -> str:
+    return f"host {h.host}, pid {h.pid}, since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(h.since))}"
+
+
+class EmbLock:
+    """Context manager: one `bindset embed` per EMB folder, the same way as one build per DATA
+    (pipelines/lock.py): an exclusive ``flock`` on ``EMB/_embed.lock``, which also names the holder (host,
+    pid, its start time). A second run raises :class:`EmbLocked` at once. A run that was killed leaves its
+    name in the file, but the kernel released its ``flock``: the next run takes the lock over (and logs whose).
+    A finished run empties the file. ``flock`` needs a local filesystem or a shared one that supports it."""
+
+    def __init__(self, emb: Path | str):
+        self.path = Path(emb) / LOCK
+        self.run_id = uuid.uuid4().hex[:12]
+        self._fd: int | None = None
+
+    def holder(self) -> Holder | None:
+        try:
+            return Holder(**json.loads(self.path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def __enter__(self) -> EmbLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's name stays readable
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            held = self.holder()
+            who = _describe(held) if held else "holder unknown"
+            raise EmbLocked(f"{self.path.parent} is being written by another `bindset embed` ({who}); wait for "
+                            "it to finish or stop it") from None  # fmt: skip
+        previous = self.holder()
+        if previous is not None:
+            log.warning("took over the embed lock of a run that died (%s)", _describe(previous))
+        pid = os.getpid()
+        me = Holder(self.run_id, socket.gethostname(), pid, _proc_start(pid) or "", time.time())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(asdict(me), sort_keys=True) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def part_name(i: int) -> str:

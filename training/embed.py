@@ -30,15 +30,19 @@ neighbour structure; FAISS is one wheel with no service or storage format of its
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
 import os
+import queue
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,7 +61,7 @@ from training.checkpoint import MODEL, STATE
 from training.config import TrainConfig
 from training.encoders import BindingModel
 from training.inputs import ModelInputs, collate
-from training.shards import SampleReader, SampleTable, loader_context
+from training.shards import SampleReader, SampleTable, loader_context, loader_worker_init
 from training.vector_index import IndexParams, build_index, write_index
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,8 @@ log = logging.getLogger(__name__)
 ALL = ("image", "text", "audio", "depth", "thermal", "imu")
 META = S.META
 ENGINES = ("local", "ray")
-#: fault injection for tests of resume: "kill_after_parts:N" SIGKILLs the process once N parts are committed
+#: fault injection for tests: "kill_after_parts:N" SIGKILLs the process once N parts are committed,
+#: "stop_after_parts:N" SIGSTOPs it (a run that holds EMB's lock)
 FAULT_ENV = "BINDSET_EMBED_FAULT"
 _WANT = frozenset(M.MEMBERS) - {M.TEXT.member}
 
@@ -225,13 +230,18 @@ class PartEmbedder:
         }, schema=self.schema)  # fmt: skip
 
     def embed_part(self, part: PartPlan, batches: Iterable[dict]) -> dict:
-        """Run the model over ``batches`` (the part's, in order) into a staging folder, then commit the part:
-        its old marker goes first, the files are renamed into place, the new marker last. Returns the marker."""
+        """Run the model over ``batches`` (the part's, in order) into a staging folder, then commit the part
+        (``write_part`` then ``commit``). Returns the part's marker."""
+        return self.commit(self.write_part(part, batches))
+
+    def write_part(self, part: PartPlan, batches: Iterable[dict]) -> StagedPart:
+        """The model over ``batches`` (the part's, in order), each batch's vectors written as one row group of
+        the part's staging files before the next batch is read. The files are closed by ``commit``."""
         stage = storage.staging_dir(self.emb / part.name)
+        staged = StagedPart(part, stage, {}, dict.fromkeys(self.produced, 0))
         try:
-            files = {m: stage / f"{m}.parquet" for m in self.produced}
-            writers = {m: pq.ParquetWriter(files[m], self.schema, **storage.PARQUET_OPTS) for m in self.produced}
-            counts = dict.fromkeys(self.produced, 0)
+            for m in self.produced:
+                staged.writers[m] = pq.ParquetWriter(stage / f"{m}.parquet", self.schema, **storage.PARQUET_OPTS)
             text_cache: dict[str, torch.Tensor] = {}  # per part: a part's vectors never depend on other parts
             with torch.no_grad():
                 for batch in batches:
@@ -240,24 +250,51 @@ class PartEmbedder:
                         ok = mask.cpu().numpy()
                         v = e.float().cpu().numpy()[ok]
                         self.live.add(len(v))
-                        writers[m].write_table(self._rows(m, idx[ok].tolist(), v))
+                        staged.writers[m].write_table(self._rows(m, idx[ok].tolist(), v))
                         self.live.done(len(v))
-                        counts[m] += len(v)
-            for m, w in writers.items():
+                        staged.counts[m] += len(v)
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
+    def commit(self, staged: StagedPart) -> dict:
+        """Close and fsync the staged files, then commit the part: its old marker goes first, the files are
+        renamed into place, the new marker last. Only file work (no model): the local engine runs it in a
+        background thread while the next part is embedded. Returns the marker."""
+        part, stage = staged.part, staged.stage
+        try:
+            for m, w in staged.writers.items():
                 w.close()
-                storage.fsync_file(files[m])
+                storage.fsync_file(stage / f"{m}.parquet")
             marker = {"name": part.name, "shard": part.shard, "fingerprint": part.fingerprint,
-                      "samples": len(part.rows), "rows": counts}  # fmt: skip
+                      "samples": len(part.rows), "rows": staged.counts}  # fmt: skip
             S.marker_path(self.emb, part.name).unlink(missing_ok=True)
             for m in self.produced:
                 S.part_path(self.emb, m, part.name).parent.mkdir(parents=True, exist_ok=True)
-                storage.place_file(files[m], S.part_path(self.emb, m, part.name))
+                storage.place_file(stage / f"{m}.parquet", S.part_path(self.emb, m, part.name))
                 storage.fsync_dir(S.part_path(self.emb, m, part.name).parent)
             storage.atomic_write_json(S.marker_path(self.emb, part.name), marker, indent=None)
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            staged.discard()
         log.info("embed: %s (%s, %d samples) done", part.name, part.shard, len(part.rows))
         return marker
+
+
+@dataclass
+class StagedPart:
+    """A part whose vectors are all in its staging folder's open Parquet writers, not yet committed."""
+
+    part: PartPlan
+    stage: Path
+    writers: dict[str, pq.ParquetWriter]
+    counts: dict[str, int]
+
+    def discard(self) -> None:
+        for w in self.writers.values():
+            with contextlib.suppress(Exception):  # already closed, or failed: the folder goes either way
+                w.close()
+        shutil.rmtree(self.stage, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------ engines
@@ -278,31 +315,119 @@ def _reader_batches(reader: SampleReader, batches: list[list[int]]) -> Iterator[
         yield collate([reader[i] for i in b])
 
 
-def _run_local(embedder: PartEmbedder, todo: list[PartPlan], batch_size: int, workers: int) -> Iterator[dict]:
-    per_part = [p.batches(batch_size) for p in todo]
-    flat = [b for bs in per_part for b in bs]
+class Prefetcher:
+    """Iterates ``items`` in a background thread, at most ``depth`` ahead, so that reading and decoding the next
+    batches overlaps the model's work on this one (decoding in OpenCV/numpy and torch's ops release the GIL).
+    The producer's exception is raised in the consumer; ``close()`` stops the thread early."""
+
+    _END = object()
+
+    def __init__(self, items: Iterable, depth: int = 2):
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(items,), name="embed-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self, items: Iterable) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._put(exc)
+            return
+        self._put(self._END)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator:
+        try:
+            while True:
+                item = self._q.get()
+                if item is self._END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:  # also when the consumer drops the iterator early: the thread stops
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def cpu_threads(workers: int) -> int:
+    """Torch threads for the model on CPU beside ``workers`` loader processes: the cores this process may use,
+    less one per loader process (at least 1). Each loader process decodes on one thread; a model that also
+    wants every core makes the two fight, and torch's thread pool waits at every op for its slowest thread."""
+    return max(1, len(os.sched_getaffinity(0)) - workers)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def start_local_batches(table: SampleTable, todo: list[PartPlan], batch_size: int, workers: int) -> Iterator[dict]:
+    """The batches of ``todo``'s parts, in order (they never cross a part), read and decoded ahead of the
+    model: by ``workers`` DataLoader processes (started here, so that they start while the model loads), or
+    with ``workers`` 0 by one background thread of this process."""
+    flat = [b for p in todo for b in p.batches(batch_size)]
     if not flat:
-        for p in todo:
-            yield embedder.embed_part(p, [])
-        return
-    loader = torch.utils.data.DataLoader(
-        PartReader(embedder.table, _WANT),
-        batch_sampler=flat,  # parts one after another; batches never cross a part
-        collate_fn=collate,
-        num_workers=workers,
-        multiprocessing_context=loader_context(workers),
-    )
-    it = iter(loader)
-    for p, bs in zip(todo, per_part, strict=True):
-        yield embedder.embed_part(p, itertools.islice(it, len(bs)))
+        return iter(())
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(
+            PartReader(table, _WANT),
+            batch_sampler=flat,
+            collate_fn=collate,
+            num_workers=workers,
+            worker_init_fn=loader_worker_init,  # one thread each: the model's threads keep their cores
+            multiprocessing_context=loader_context(workers),
+        )
+        return iter(loader)
+    return iter(Prefetcher(_reader_batches(PartReader(table, _WANT), flat)))
+
+
+def _run_local(
+    embedder: PartEmbedder, todo: list[PartPlan], batch_size: int, batches: Iterator[dict]
+) -> Iterator[dict]:
+    """Parts one after another; a part's commit (closing, fsync, renames) runs in a background thread while
+    the next part is embedded, at most one behind. Markers come out in part order, each once its part is
+    committed."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-commit") as committer:
+        pending = None
+        try:
+            for p in todo:
+                staged = embedder.write_part(p, itertools.islice(batches, len(p.batches(batch_size))))
+                if pending is not None:
+                    yield pending.result()
+                pending = committer.submit(embedder.commit, staged)
+            if pending is not None:
+                yield pending.result()
+                pending = None
+        finally:
+            if pending is not None:
+                pending.cancel()
+                pending.exception()  # waits for a running commit: nothing writes into EMB after we return
 
 
 class RayPartWorker:
     """A Ray actor: loads the run and the dataset snapshot once, then embeds the parts it is handed."""
 
     def __init__(self, data: str, run: str, emb: str, version: str, batch_size: int, gpu: bool):
-        from training.shards import loader_worker_init
-
         loader_worker_init(0)  # one thread per actor: the pool is the parallelism
         self.lr = load_run(run, "cuda" if gpu else "cpu")
         self.table = SampleTable.load(data, None)
@@ -383,6 +508,8 @@ class EmbedResult:
             if info.get("recall_at_k") is not None:
                 how = (f"{info['kind']} nlist {info['nlist']} nprobe {info['nprobe']}, recall@{info['k']} "
                        f"{info['recall_at_k']:.3f} on {info['queries']} held-out queries")  # fmt: skip
+            elif info.get("fallback"):
+                how = f"{info['kind']} ({info['fallback']})"
             else:
                 how = info.get("kind", "-")
             lines.append(f"  {m}: {n} vectors, index {how}")
@@ -393,6 +520,8 @@ def _fault(committed: int) -> None:
     spec = os.environ.get(FAULT_ENV, "")
     if spec.startswith("kill_after_parts:") and committed == int(spec.split(":")[1]):
         os.kill(os.getpid(), signal.SIGKILL)
+    if spec.startswith("stop_after_parts:") and committed == int(spec.split(":")[1]):
+        os.kill(os.getpid(), signal.SIGSTOP)  # alive and holding EMB's lock until the test kills it
 
 
 def _read_marker(emb: Path, name: str) -> dict | None:
@@ -424,7 +553,7 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
     ``engine``: local | ray; ``workers``: Ray actors (default: one per free CPU, or per GPU with ``gpu``).
     ``progress(total)`` returns a bar with ``update(n)``/``close()`` (counted in parts). Raises
     ``DatasetChanged`` when DATA is rebuilt during the run, ``MissingInputError`` without a trained model,
-    ``InputError`` for an unknown engine.
+    ``InputError`` for an unknown engine, ``EmbLocked`` (exit 2) while another run writes into EMB.
     """
     if engine not in ENGINES:
         raise InputError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -442,71 +571,77 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
     plan = plan_parts(snap.index, snap.shards, header)
 
     emb.mkdir(parents=True, exist_ok=True)
-    try:
-        old_meta = S.read_meta(emb)
-    except S.EmbNotCommitted:
-        old_meta = None
-    # uncommit first: from here until the new meta.json, readers see "no committed embeddings", never a mix
-    (emb / META).unlink(missing_ok=True)
-    storage.fsync_dir(emb)
-    _remove_stale(emb, len(plan))
-    markers = {p.name: _read_marker(emb, p.name) for p in plan}
-    todo = [p for p in plan if (markers[p.name] or {}).get("fingerprint") != p.fingerprint]
-    log.info("embed: %d parts, %d to embed (%s engine)", len(plan), len(todo), engine)
+    with S.EmbLock(emb):  # one run per EMB: a second one exits 2 naming this one's host and pid
+        try:
+            old_meta = S.read_meta(emb)
+        except S.EmbNotCommitted:
+            old_meta = None
+        # uncommit first: from here until the new meta.json, readers see "no committed embeddings", never a mix
+        (emb / META).unlink(missing_ok=True)
+        storage.fsync_dir(emb)
+        _remove_stale(emb, len(plan))
+        markers = {p.name: _read_marker(emb, p.name) for p in plan}
+        todo = [p for p in plan if (markers[p.name] or {}).get("fingerprint") != p.fingerprint]
+        log.info("embed: %d parts, %d to embed (%s engine)", len(plan), len(todo), engine)
 
-    bar = progress(len(todo)) if progress and todo else None
-    peak = 0
-    if engine == "local":
-        lr = load_run(run, "cuda" if gpu else "cpu")
-        embedder = PartEmbedder(lr, table, emb, produced)
-        done = _run_local(embedder, todo, batch_size, lr.cfg.data.loader_workers)
-        t_loop = time.perf_counter()
-    else:
-        embedder = None
-        args = {"data": str(data), "run": str(Path(run).resolve()), "emb": str(emb), "version": table.version,
-                "batch_size": batch_size}  # fmt: skip
-        done = _run_ray(args, todo, workers, gpu, ray_address)
-        t_loop = time.perf_counter()
-    for committed, marker in enumerate(done, 1):
-        markers[marker["name"]] = marker
-        peak = max(peak, marker.get("peak_live_rows", 0))
+        bar = progress(len(todo)) if progress and todo else None
+        peak, threads = 0, torch.get_num_threads()
+        if engine == "local":
+            workers_n = cfg.data.loader_workers
+            batches = start_local_batches(table, todo, batch_size, workers_n)  # the loaders start while the model loads
+            lr = load_run(run, "cuda" if gpu else "cpu")
+            embedder = PartEmbedder(lr, table, emb, produced)
+            if lr.device.type == "cpu" and workers_n:
+                threads = cpu_threads(workers_n)
+            t_loop = time.perf_counter()
+            done = _run_local(embedder, todo, batch_size, batches)
+        else:
+            embedder = None
+            args = {"data": str(data), "run": str(Path(run).resolve()), "emb": str(emb), "version": table.version,
+                    "batch_size": batch_size}  # fmt: skip
+            done = _run_ray(args, todo, workers, gpu, ray_address)
+            t_loop = time.perf_counter()
+        with _threads(threads):
+            for committed, marker in enumerate(done, 1):
+                markers[marker["name"]] = marker
+                peak = max(peak, marker.get("peak_live_rows", 0))
+                if bar is not None:
+                    bar.update(1)
+                _fault(committed)
         if bar is not None:
-            bar.update(1)
-        _fault(committed)
-    if bar is not None:
-        bar.close()
-    embed_s = time.perf_counter() - t_loop
-    if embedder is not None:
-        peak = embedder.live.peak
-        del embedder, lr  # the model is not needed for the index: free it first
+            bar.close()
+        embed_s = time.perf_counter() - t_loop
+        if embedder is not None:
+            peak = embedder.live.peak
+            del embedder, lr  # the model is not needed for the index: free it first
 
-    parts = [{k: markers[p.name][k] for k in ("name", "shard", "fingerprint", "samples", "rows")} for p in plan]
-    counts = {m: sum(p["rows"].get(m, 0) for p in parts) for m in produced}
-    counts = {m: n for m, n in counts.items() if n}
-    dim = _dim(emb, parts, counts)
-    meta = {"format": S.FORMAT, "run": str(Path(run).resolve()), "run_id": run_id, "data": str(data),
-            "dataset_version": table.version, "dim": dim, "modalities": list(counts), "counts": counts,
-            "parts": parts, "index_params": index.to_dict(), "tower": cfg.to_dict()["tower"]}  # fmt: skip
-    infos, built, kept = {}, [], []
-    t_index = time.perf_counter()
-    for m, n in counts.items():
-        same = (old_meta is not None and m in old_meta.get("index", {}) and S.index_path(emb, m).exists()
-                and old_meta.get("index_params") == meta["index_params"]
-                and [p["fingerprint"] for p in old_meta["parts"]] == [p["fingerprint"] for p in parts])  # fmt: skip
-        if same:
-            infos[m] = old_meta["index"][m]
-            kept.append(m)
-            continue
-        b = build_index(lambda m=m: S.iter_vectors(emb, m, meta), n, dim, index)
-        write_index(b.index, S.index_path(emb, m))
-        infos[m] = b.info.to_dict()
-        built.append(m)
-        del b
-    stats = EmbedStats(len(plan), len(todo), len(plan) - len(todo), sum(len(p.rows) for p in todo), peak,
-                       built, kept, time.perf_counter() - t0, embed_s, time.perf_counter() - t_index)  # fmt: skip
-    meta.update(index=infos, last_run={**asdict(stats), "engine": engine})
-    storage.atomic_write_json(emb / META, meta, indent=1)  # last: its presence marks a complete EMB folder
-    return EmbedResult(emb, counts, run_id, stats, infos)
+        parts = [{k: markers[p.name][k] for k in ("name", "shard", "fingerprint", "samples", "rows")} for p in plan]
+        counts = {m: sum(p["rows"].get(m, 0) for p in parts) for m in produced}
+        counts = {m: n for m, n in counts.items() if n}
+        dim = _dim(emb, parts, counts)
+        meta = {"format": S.FORMAT, "run": str(Path(run).resolve()), "run_id": run_id, "data": str(data),
+                "dataset_version": table.version, "dim": dim, "modalities": list(counts), "counts": counts,
+                "parts": parts, "index_params": index.to_dict(), "tower": cfg.to_dict()["tower"]}  # fmt: skip
+        infos, built, kept = {}, [], []
+        t_index = time.perf_counter()
+        for m, n in counts.items():
+            same = (old_meta is not None and m in old_meta.get("index", {}) and S.index_path(emb, m).exists()
+                    and old_meta.get("index_params") == meta["index_params"]
+                    and [p["fingerprint"] for p in old_meta["parts"]] == [p["fingerprint"] for p in parts])  # fmt: skip
+            if same:
+                infos[m] = old_meta["index"][m]
+                kept.append(m)
+                continue
+            b = build_index(lambda m=m: S.iter_vectors(emb, m, meta), n, dim, index)
+            write_index(b.index, S.index_path(emb, m))
+            infos[m] = b.info.to_dict()
+            built.append(m)
+            del b
+        stats = EmbedStats(len(plan), len(todo), len(plan) - len(todo), sum(len(p.rows) for p in todo), peak,
+                           built, kept, time.perf_counter() - t0, embed_s, time.perf_counter() - t_index)  # fmt: skip
+        meta.update(index=infos, last_run={**asdict(stats), "engine": engine})
+        storage.atomic_write_json(emb / META, meta, indent=1)  # last: its presence marks a complete EMB folder
+        return EmbedResult(emb, counts, run_id, stats, infos)
 
 
 def _dim(emb: Path, parts: list[dict], counts: dict[str, int]) -> int:

@@ -17,6 +17,14 @@ vector, so ids alone would be ambiguous). ``nprobe`` starts at ``nprobe`` and do
 reaches ``target_recall`` or every list is probed; the chosen value is stored in the index file and in
 ``IndexInfo``. Sources: FAISS wiki "Guidelines to choose an index" (nlist ~ sqrt(N) .. 16 sqrt(N), 39..256
 training points per centroid) and "Faster search" (nprobe trades speed for recall).
+
+Fallback to exact: an inverted file pays off only when a query scans a small share of the lists. When the
+sample gives fewer than ``min_train_per_list`` rows per list (k-means on fewer than FAISS's 39 per centroid
+gives meaningless lists), or when ``ivf_flat`` needs ``nprobe >= max_probe_fraction * nlist`` to reach the
+target recall (no cluster structure for the lists to follow: random vectors need every list), the exact
+index is built instead: it is then faster to search, as accurate, and no larger. ``IndexInfo.fallback``
+says why, with the numbers (meta.json). ``ivf_pq`` keeps its index (it is chosen when the vectors do not
+fit in memory, which the exact index would need); a recall short of the target is logged.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ class IndexParams(StrictConfig):
     k: int = Field(10, ge=1, description="the k of recall@k")
     add_batch: int = Field(65_536, ge=1, description="rows per index.add call")
     seed: int = Field(0, description="seed of the query and training samples")
+    min_train_per_list: int = Field(39, ge=1, description="fewer sample rows per list: the exact index instead")
+    max_probe_fraction: float = Field(0.5, gt=0, le=1, description="ivf_flat whose tuned nprobe reaches this "
+                                      "share of nlist: the exact index instead (1: never)")  # fmt: skip
 
 
 @dataclass
@@ -71,6 +82,7 @@ class IndexInfo:
     queries: int | None = None
     tried: list[tuple[int, float]] = field(default_factory=list)  # (nprobe, recall) on the way
     build_s: float = 0.0
+    fallback: str | None = None  # why the exact index was built where an approximate one was asked for
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -139,25 +151,32 @@ def _flat(dim: int):
     return faiss.IndexFlatIP(dim)
 
 
+def _build_flat(chunks: Chunks, n: int, dim: int, t0: float, fallback: str | None = None) -> BuiltIndex:
+    if fallback:
+        log.info("index of %d rows: exact (%s)", n, fallback)
+    index = _flat(dim)
+    added = 0
+    for chunk in chunks():
+        index.add(np.ascontiguousarray(chunk, np.float32))
+        added += len(chunk)
+    if added != n:
+        raise ValueError(f"expected {n} rows, the parts hold {added}")
+    return BuiltIndex(index, IndexInfo("flat_ip", n, dim, build_s=time.perf_counter() - t0, fallback=fallback))
+
+
 def build_index(chunks: Chunks, n: int, dim: int, params: IndexParams | None = None) -> BuiltIndex:
     """An inner-product index over the ``n`` rows that ``chunks()`` yields (row i = id i).
 
     Exact up to ``params.exact_max`` rows, else ``params.kind`` trained on a sample and tuned to
-    ``params.target_recall`` (module docstring). Raises ``ValueError`` when the chunks hold fewer than ``n`` rows.
+    ``params.target_recall``, or exact again where the approximate index would not pay off
+    (``IndexInfo.fallback``; module docstring). Raises ``ValueError`` when the chunks hold fewer than ``n`` rows.
     """
     import faiss
 
     params = params or IndexParams()
     t0 = time.perf_counter()
     if n <= params.exact_max:
-        index = _flat(dim)
-        added = 0
-        for chunk in chunks():
-            index.add(np.ascontiguousarray(chunk, np.float32))
-            added += len(chunk)
-        if added != n:
-            raise ValueError(f"expected {n} rows, the parts hold {added}")
-        return BuiltIndex(index, IndexInfo("flat_ip", n, dim, build_s=time.perf_counter() - t0))
+        return _build_flat(chunks, n, dim, t0)
 
     rng = np.random.default_rng(params.seed)
     nlist = params.nlist or max(1, round(math.sqrt(n)))
@@ -165,6 +184,10 @@ def build_index(chunks: Chunks, n: int, dim: int, params: IndexParams | None = N
     order = rng.permutation(n)
     query_ids = np.sort(order[:n_q])
     train_ids = np.sort(order[n_q : n_q + min(n - n_q, params.train_per_list * nlist)])
+    if len(train_ids) < params.min_train_per_list * nlist:
+        why = (f"{len(train_ids)} sample rows for {nlist} lists: fewer than min_train_per_list "
+               f"{params.min_train_per_list} per list to train {params.kind} on")  # fmt: skip
+        return _build_flat(chunks, n, dim, t0, why)
     quantizer = _flat(dim)
     if params.kind == "ivf_pq":
         m = params.pq_m or max(1, dim // 8)
@@ -196,6 +219,14 @@ def build_index(chunks: Chunks, n: int, dim: int, params: IndexParams | None = N
             break
         nprobe = min(2 * nprobe, nlist)
     info.nprobe, info.recall_at_k, info.k, info.queries = nprobe, r, k, len(query_ids)
+    frac = params.max_probe_fraction
+    if params.kind == "ivf_flat" and frac < 1 and nprobe >= frac * nlist:
+        del index
+        why = (f"ivf_flat needed nprobe {nprobe} of nlist {nlist} (>= max_probe_fraction {frac:g}) for recall@{k} "
+               f"{r:.3f}: an exact search is as fast")  # fmt: skip
+        built = _build_flat(chunks, n, dim, t0, why)
+        built.info.tried = info.tried
+        return built
     info.build_s = time.perf_counter() - t0
     if r < params.target_recall:
         log.warning("%s index of %d rows: recall@%d %.3f < %.2f even with every list probed", params.kind, n, k, r,
