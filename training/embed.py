@@ -10,7 +10,8 @@ training/emb_store.py):
     EMB/_parts/part-NNNNNN.json         the part's commit marker: shard, content fingerprint, rows per modality
     EMB/index/<modality>.faiss          FAISS inner-product index over the modality's rows (training/vector_index.py)
     EMB/meta.json                       last, the commit point: run, dataset version, parts, counts, index
-                                        parameters and recall, and this run's counters
+                                        parameters and recall (or why the index is exact), this run's counters
+    EMB/_embed.lock                     flock held by the one run writing into EMB (a second one exits 2)
 
 Memory is bounded by the batch and the model, not the dataset: a batch's vectors go to the part's Parquet
 writers (one row group per batch) before the next batch is read; the index is built from the parts, one
@@ -19,7 +20,8 @@ sample of its shard, the index row (key, split, session, label, caption) and eve
 rerun keeps each part whose marker carries the same fingerprint, so a killed run redoes only unfinished
 parts, and a newer dataset version embeds only the shards whose content changed.
 
-Engines: ``local`` (default) reads with a DataLoader and embeds part after part in this process; ``ray``
+Engines: ``local`` (default) embeds part after part in this process while the next batches are read and
+decoded ahead (DataLoader processes, or a thread) and the previous part is committed in a thread; ``ray``
 runs a pool of Ray actors (the model loaded once per actor, ``num_gpus=1`` each with ``--gpu``) over the
 parts to embed, each writing its parts through the same code, so the vectors equal the local engine's and
 the rows are in the same order (part order is shard order, whichever actor finished first).
