@@ -19,6 +19,7 @@ timed at the midpoint between them (the unbiased estimate of when a change betwe
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -346,23 +347,43 @@ def read_audio_activity(path, clock) -> tuple[np.ndarray, np.ndarray]:
     return tap.result(clock)
 
 
-def read_frames_activity(files: list, times_s: np.ndarray, reduce: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def read_frames_activity(files: list, times_s: np.ndarray, reduce: int = 4, threads: int = 2
+                         ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Frame-difference energy of a depth/thermal PNG sequence (16-bit values as stored), images shrunk.
 
     ``files``: readable paths in time order; ``times_s``: their session times. Unreadable frames are skipped
-    (their neighbours are compared instead). Raises ValueError when fewer than two frames are readable.
+    (their neighbours are compared instead). Frames are read on ``threads`` threads (OpenCV decodes PNG with
+    the GIL released), ahead of the differencing in chunks, so memory holds a chunk, not the sequence.
+    Returns ``(times (N-1,), energy (N-1,))`` like ``frame_difference_energy``. Raises ValueError when
+    fewer than two frames are readable or the frames change size.
     """
-    keep_t, frames = [], []
-    for path, t in zip(files, times_s, strict=True):
+    times_s = np.asarray(times_s, np.float64)
+
+    def load(path) -> np.ndarray | None:
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if img is None:
-            continue
+            return None
         if img.ndim == 3:
             img = img.mean(axis=2)
         h, w = img.shape[:2]
-        frames.append(cv2.resize(img.astype(np.float32), (max(1, w // reduce), max(1, h // reduce)),
-                                 interpolation=cv2.INTER_AREA))  # fmt: skip
-        keep_t.append(t)
-    if frames and any(f.shape != frames[0].shape for f in frames):
-        raise ValueError("frames change size")
-    return frame_difference_energy(frames, np.asarray(keep_t))
+        return cv2.resize(img.astype(np.float32), (max(1, w // reduce), max(1, h // reduce)),
+                          interpolation=cv2.INTER_AREA)  # fmt: skip
+
+    keep_t: list[float] = []
+    energy: list[float] = []
+    prev: np.ndarray | None = None
+    chunk = 64
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="bindset-frames") as pool:
+        for at in range(0, len(files), chunk):
+            for img, t in zip(pool.map(load, files[at : at + chunk]), times_s[at : at + chunk], strict=True):
+                if img is None:
+                    continue
+                if prev is not None:
+                    if img.shape != prev.shape:
+                        raise ValueError("frames change size")
+                    energy.append(float(np.mean(np.abs(img - prev))))
+                prev = img
+                keep_t.append(float(t))
+    if len(keep_t) < 2:
+        raise ValueError(f"frame activity: {len(keep_t)} readable frame(s) (need >= 2)")
+    return _midpoints(np.asarray(keep_t)), np.asarray(energy, np.float64)

@@ -104,26 +104,29 @@ def _grid(pair, rate: float) -> sync.Activity:
     return sync.to_grid(t, v, rate)
 
 
-def _stream_activities(root: Path, unit: MediaUnit, rate: float, taps: activity.ActivityTaps | None = None
-                       ) -> tuple[dict, dict, dict, dict]:  # fmt: skip
-    """Activities (session grid, declared clocks), declared clocks, frame periods and problems of a unit's
-    streams. ``taps``: the audio as the build's decoding pass measured it (else the file is read here)."""
-    acts, clocks, periods, problems = {}, {}, {}, {}
+@dataclass
+class SideActivities:
+    """The depth, thermal and IMU streams' activities (session grid, declared clocks), with their declared
+    clocks, frame periods, and why a stream has none. Read from their files: nothing in the build's decoding
+    pass sees them, so the build reads them on a thread of their own while it decodes (transforms/unit.py)."""
+
+    acts: dict = dataclasses.field(default_factory=dict)
+    clocks: dict = dataclasses.field(default_factory=dict)
+    periods: dict = dataclasses.field(default_factory=dict)
+    problems: dict = dataclasses.field(default_factory=dict)
+
+
+def side_activities(root: Path, unit: MediaUnit, rate: float | None = None) -> SideActivities:
+    """Activities of a unit's depth, thermal and IMU streams on a ``rate`` Hz grid (default: SyncParams's).
+
+    Never raises for a stream: an unreadable one gets its reason in ``problems`` (it is unsynchronisable).
+    """
     from transforms.framestream import FrameTableError, load_frame_table
     from transforms.imu import ImuFormatError, read_imu_csv
 
-    if unit.audio:
-        clocks["audio"] = unit.audio_clock
-        try:
-            if taps is None:
-                measured = activity.read_audio_activity(check_file(root, unit.audio).path, unit.audio_clock)
-            elif taps.audio is None:
-                raise ValueError("no audio decoded")
-            else:
-                measured = taps.audio.result(unit.audio_clock)
-            acts["audio"] = _grid(measured, rate)
-        except Exception as exc:  # noqa: BLE001 - an unreadable stream is unsynchronisable, not a crash
-            problems["audio"] = str(exc)
+    rate = rate or sync.SyncParams().rate_hz
+    out = SideActivities()
+    acts, clocks, periods, problems = out.acts, out.clocks, out.periods, out.problems
     for name in ("depth", "thermal"):
         spec = getattr(unit, name)
         if spec is None:
@@ -159,15 +162,43 @@ def _stream_activities(root: Path, unit: MediaUnit, rate: float, taps: activity.
             )
         except Exception as exc:  # noqa: BLE001
             problems["imu"] = str(exc)
+    return out
+
+
+def _stream_activities(root: Path, unit: MediaUnit, rate: float, taps: activity.ActivityTaps | None = None,
+                       sides: SideActivities | None = None) -> tuple[dict, dict, dict, dict]:  # fmt: skip
+    """Activities (session grid, declared clocks), declared clocks, frame periods and problems of a unit's
+    streams. ``taps``: the audio as the build's decoding pass measured it (else the file is read here);
+    ``sides``: the side streams' activities read already (else they are read here)."""
+    acts, clocks, periods, problems = {}, {}, {}, {}
+    if unit.audio:
+        clocks["audio"] = unit.audio_clock
+        try:
+            if taps is None:
+                measured = activity.read_audio_activity(check_file(root, unit.audio).path, unit.audio_clock)
+            elif taps.audio is None:
+                raise ValueError("no audio decoded")
+            else:
+                measured = taps.audio.result(unit.audio_clock)
+            acts["audio"] = _grid(measured, rate)
+        except Exception as exc:  # noqa: BLE001 - an unreadable stream is unsynchronisable, not a crash
+            problems["audio"] = str(exc)
+    sides = sides if sides is not None else side_activities(root, unit, rate)
+    acts.update(sides.acts)
+    clocks.update(sides.clocks)
+    periods.update(sides.periods)
+    problems.update(sides.problems)
     return acts, clocks, periods, problems
 
 
 def sync_unit(root: Path, unit: MediaUnit, params: sync.SyncParams | None = None, mode: str = "verify",
-              taps: activity.ActivityTaps | None = None) -> list[SyncRow]:  # fmt: skip
+              taps: activity.ActivityTaps | None = None, sides: SideActivities | None = None
+              ) -> list[SyncRow]:  # fmt: skip
     """Rows for every non-reference stream of one session (the video is the reference, always declared).
 
     ``taps``: the video and audio activity the build's decoding pass measured (on the declared clocks);
-    without them the files are read here (``bindset sync``), through the same taps.
+    without them the files are read here (``bindset sync``), through the same taps. ``sides``: the depth,
+    thermal and IMU activities (``side_activities``), when read already.
     """
     params = params or sync.SyncParams()
     rows: list[SyncRow] = []
@@ -188,7 +219,9 @@ def sync_unit(root: Path, unit: MediaUnit, params: sync.SyncParams | None = None
     rows.append(SyncRow(unit.session, "video", vclock.offset_s, vclock.drift_ppm, vclock.offset_s, vclock.drift_ppm,
                         1.0 if ref is not None else 0.0, "agrees" if ref is not None else "declared_only",
                         vclock.offset_s, vclock.drift_ppm, 0.0, video_half, "reference"))  # fmt: skip
-    acts, clocks, periods, problems = _stream_activities(root, unit, params.rate_hz, taps)
+    if sides is not None and params.rate_hz != sync.SyncParams().rate_hz:
+        sides = None  # read on another grid: read again on this one
+    acts, clocks, periods, problems = _stream_activities(root, unit, params.rate_hz, taps, sides)
     for name in ("audio", "depth", "thermal", "imu"):
         if name not in clocks:
             continue
@@ -244,18 +277,18 @@ def with_used_clocks(unit: MediaUnit, rows: list[SyncRow]) -> MediaUnit:
 
 
 def check_clocks(root: Path, unit: MediaUnit, mode: str, folder: Path | None = None,
-                 params: sync.SyncParams | None = None, on_rows=None, taps: activity.ActivityTaps | None = None
-                 ) -> tuple[MediaUnit, dict[str, str]]:  # fmt: skip
+                 params: sync.SyncParams | None = None, on_rows=None, taps: activity.ActivityTaps | None = None,
+                 sides: SideActivities | None = None) -> tuple[MediaUnit, dict[str, str]]:  # fmt: skip
     """Check a unit's clocks under ``--clocks mode``; returns the unit to build and ``{stream: detail}`` of
     the streams whose windows are ``clock_mismatch`` rejects (verify). Writes ``folder/sync.json`` (the rows),
     or hands the rows (dicts) to ``on_rows`` (a unit of work of several inputs collects them: records.UnitSink).
-    ``taps``: video and audio activity measured by the build's own decoding pass (``sync_unit``).
+    ``taps``, ``sides``: activity measured by the build's own decoding pass and read beside it (``sync_unit``).
 
     ``declared``: nothing estimated, rows ``declared_only``. ``verify``: a confident estimate that disagrees
     makes the stream mismatched; the declared clock stays. ``estimate``: such an estimate is used instead.
     """
     try:
-        rows = declared_rows(unit) if mode == "declared" else sync_unit(root, unit, params, mode, taps)
+        rows = declared_rows(unit) if mode == "declared" else sync_unit(root, unit, params, mode, taps, sides)
     except Exception:  # noqa: BLE001 - an estimator failure must never cost the unit: keep the declared clocks
         log.exception("%s: clock check failed; declared clocks kept", unit.session)
         rows = declared_rows(unit)

@@ -24,7 +24,7 @@ from schemas.reasons import RejectReason
 from transforms import filters as F
 from transforms import imu as I
 from transforms.activity import ActivityTaps
-from transforms.clockcheck import check_clocks
+from transforms.clockcheck import check_clocks, side_activities
 from transforms.config import BuildConfig
 from transforms.framestream import FrameTable, FrameTableError, load_frame_table, pick_frame, read_still_partner
 from transforms.images import (
@@ -241,8 +241,12 @@ def _process_media(root: Path, unit: MediaUnit, cfg: BuildConfig, sink: UnitSink
         # or replaced (estimate) does the input go again, its first pass withdrawn from the sink: what is
         # stored is what a single pass with those clocks gives, and clocks that agree cost no second decode.
         taps = ActivityTaps()
-        _decode_windows(root, unit, cfg, sink, heartbeat, video_path, info, windows, {}, taps)
-        used, clock_fail = check_clocks(root, unit, cfg.clocks, on_rows=rows.extend, taps=taps)
+        # the depth, thermal and IMU activity (their files, which the pass does not read) meanwhile
+        with helper_thread("bindset-sides") as reader:
+            sides = reader.submit(side_activities, root, unit)
+            _decode_windows(root, unit, cfg, sink, heartbeat, video_path, info, windows, {}, taps)
+            measured = sides.result()
+        used, clock_fail = check_clocks(root, unit, cfg.clocks, on_rows=rows.extend, taps=taps, sides=measured)
         if clock_fail or used is not unit:
             sink.withdraw_input()
             _decode_windows(root, used, cfg, sink, heartbeat, video_path, info, windows, clock_fail)
