@@ -82,32 +82,88 @@ def camera_rotation_rate(frames: Iterable[np.ndarray], times_s: np.ndarray, foca
     return _midpoints(times_s), np.asarray(speeds) / (focal_px * np.where(dt > 0, dt, np.nan))
 
 
+class SpectralFlux:
+    """Spectral flux computed as samples arrive, in blocks: memory is a block, not the recording.
+
+    The STFT of ``scipy.signal.stft`` (periodic Hann window of ``win_s``, hop ``hop_s``, no boundary padding,
+    'spectrum' scaling: ``|rfft(segment * window)| / sum(window)``, here ``scipy.fft.rfft`` on blocks of
+    ``block`` frames). Flux at each hop is the sum over bins and channels of ``| |X(t + win/2)| -
+    |X(t - win/2)| |`` between adjacent windows, timed at their boundary t (full-wave: a sound or motion that
+    stops is as much an event as one that starts). Adjacent, non-overlapping windows, magnitudes not
+    log-compressed: the difference is largest when the change sits exactly on their boundary; overlapping
+    windows on a log scale peak as soon as the leading window touches an onset, half a window early, which
+    would bias every audio lag. (Bello et al., "A Tutorial on Onset Detection in Music Signals", IEEE TSAP
+    2005.)
+
+    ``push((C, n) or (n,) samples)`` any number of times, then ``result()``.
+    """
+
+    def __init__(self, rate_hz: float, win_s: float = 0.04, hop_s: float = 0.01, t0_s: float = 0.0,
+                 block: int = 2048):  # fmt: skip
+        self.rate_hz, self.t0_s, self.block = rate_hz, t0_s, block
+        self.nper = max(4, int(round(win_s * rate_hz)))
+        self.hop = max(1, int(round(hop_s * rate_hz)))
+        self.m = max(1, self.nper // self.hop)
+        self.window = signal.get_window("hann", self.nper)
+        self.scale = 1.0 / self.window.sum()
+        self._buf: np.ndarray | None = None  # samples from the first frame not yet transformed
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self._frames = 0  # frames transformed so far
+        self._tail: np.ndarray | None = None  # magnitudes of the last m frames
+        self._flux: list[np.ndarray] = []
+        self.samples = 0
+
+    def push(self, x: np.ndarray) -> None:
+        x = np.atleast_2d(np.asarray(x))
+        self._pending.append(x)
+        self._pending_n += x.shape[1]
+        self.samples += x.shape[1]
+        if self._pending_n >= self.block * self.hop + self.nper:
+            self._run(final=False)
+
+    def _run(self, final: bool) -> None:
+        from scipy import fft
+
+        parts = ([self._buf] if self._buf is not None else []) + self._pending
+        if not parts:
+            return
+        buf = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        self._pending, self._pending_n = [], 0
+        n = (buf.shape[1] - self.nper) // self.hop + 1 if buf.shape[1] >= self.nper else 0
+        if not final:
+            n = (n // self.block) * self.block
+        offsets = np.arange(self.nper)
+        for k0 in range(0, n, self.block):
+            k1 = min(n, k0 + self.block)
+            seg = buf[:, np.arange(k0, k1)[:, None] * self.hop + offsets].astype(np.float64) * self.window
+            mag = np.abs(fft.rfft(seg, axis=-1)) * self.scale  # (C, K, F)
+            mag = mag.transpose(1, 0, 2).reshape(k1 - k0, -1)
+            both = mag if self._tail is None else np.concatenate([self._tail, mag])
+            if both.shape[0] > self.m:
+                self._flux.append(np.abs(both[self.m :] - both[: -self.m]).sum(axis=1))
+            self._tail = both[-self.m :]
+        self._frames += n
+        self._buf = buf[:, n * self.hop :]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(times (M,), flux (M,))``, times in seconds from ``t0_s`` at the first sample. Raises
+        ValueError when fewer than ``m + 1`` frames fit (the signal is shorter than two windows)."""
+        self._run(final=True)
+        if self.samples < self.nper + self.hop or self._frames <= self.m:
+            raise ValueError(f"spectral_flux: {self.samples} samples, need more than two windows")
+        t = (self.nper / 2 + np.arange(self._frames) * self.hop) / self.rate_hz
+        return self.t0_s + 0.5 * (t[self.m :] + t[: -self.m]), np.concatenate(self._flux)
+
+
 def spectral_flux(x: np.ndarray, rate_hz: float, win_s: float = 0.04, hop_s: float = 0.01, t0_s: float = 0.0
                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Spectral flux of a (N,) or (C, N) regularly sampled signal (channels summed).
-
-    STFT (``scipy.signal.stft``, Hann window of ``win_s``, hop ``hop_s``); flux at each hop is the sum over
-    bins and channels of ``| |X(t + win/2)| - |X(t - win/2)| |`` between adjacent windows, timed at their
-    boundary t (full-wave: a sound or motion that stops is as much an event as one that starts).
-    ``t0_s``: session time of the first sample.
-    Returns ``(times (M,), flux (M,))``; ValueError when the signal is shorter than two windows.
-    """
-    x = np.atleast_2d(np.asarray(x, np.float64))
-    nper = max(4, int(round(win_s * rate_hz)))
-    hop = max(1, int(round(hop_s * rate_hz)))
-    if x.shape[1] < nper + hop:
-        raise ValueError(f"spectral_flux: {x.shape[1]} samples, need at least {nper + hop}")
-    _, t, z = signal.stft(x, fs=rate_hz, window="hann", nperseg=nper, noverlap=nper - hop, boundary=None,
-                          padded=False, detrend=False)  # fmt: skip
-    mag = np.abs(z)  # (C, F, M)
-    # Adjacent, non-overlapping windows, magnitudes not log-compressed: the difference is largest when the
-    # change sits exactly on their boundary. Overlapping windows on a log scale peak as soon as the leading
-    # window touches an onset, half a window early, which would bias every audio lag.
-    m = max(1, nper // hop)
-    if mag.shape[-1] <= m:
-        raise ValueError(f"spectral_flux: {x.shape[1]} samples, need more than two windows")
-    flux = np.abs(mag[..., m:] - mag[..., :-m]).sum(axis=(0, 1))
-    return t0_s + 0.5 * (t[m:] + t[:-m]), flux
+    """Spectral flux of a (N,) or (C, N) regularly sampled signal (channels summed): ``SpectralFlux`` fed at
+    once. ``t0_s``: session time of the first sample. Returns ``(times (M,), flux (M,))``; ValueError when the
+    signal is shorter than two windows."""
+    flux = SpectralFlux(rate_hz, win_s, hop_s, t0_s)
+    flux.push(x)
+    return flux.result()
 
 
 def gyro_magnitude(gyro: np.ndarray) -> np.ndarray:
@@ -261,32 +317,31 @@ class AudioActivityTap:
 
     ``push(frame, start_s)``: a decoded ``av.AudioFrame`` and its start on the stream's clock (None when it
     has no pts). The first frame's start anchors the signal; later samples follow at the nominal rate, as a
-    decoder plays them.
+    decoder plays them. The flux is computed as the samples arrive (``SpectralFlux``): memory stays at a
+    block whatever the recording's length.
     """
 
     def __init__(self):
         import av
 
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
-        self._chunks: list[np.ndarray] = []
+        self._flux = SpectralFlux(AUDIO_RATE)
         self.start_s: float | None = None
 
     def push(self, frame, start_s: float | None) -> None:
         if self.start_s is None:
             self.start_s = float(start_s) if start_s is not None else 0.0
         for out in self._resampler.resample(frame):
-            self._chunks.append(out.to_ndarray().reshape(-1))
+            self._flux.push(out.to_ndarray().reshape(1, -1))
 
     def result(self, clock) -> tuple[np.ndarray, np.ndarray]:
         """``(times (M,), flux (M,))`` on the session timeline. Raises ValueError when there is no audio or
-        less than two analysis windows of it."""
+        less than two analysis windows of it. Call once."""
         if self.start_s is None:
             raise ValueError("audio activity: no audio decoded")
         for out in self._resampler.resample(None):
-            self._chunks.append(out.to_ndarray().reshape(-1))
-        x = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-        self._chunks = [x]
-        t, flux = spectral_flux(x, AUDIO_RATE)
+            self._flux.push(out.to_ndarray().reshape(1, -1))
+        t, flux = self._flux.result()
         # stream time of each flux value -> session time (the clock's drift applies to the stream's seconds)
         return clock.to_session(self.start_s + t), flux
 
