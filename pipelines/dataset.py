@@ -196,12 +196,7 @@ def _read_version_remote(data: Location, manifest_blob: bytes) -> Snapshot | Non
             shards[name] = ShardFile(name, data / "shards" / name, int(samples), info.size, info.identity)
     except (FileNotFoundError, ValueError, pa.ArrowInvalid):
         return None
-    if index.num_rows != sum(s.samples for s in shards.values()):
-        return None
-    if index.num_rows and not set(index.column("shard").to_pylist()) <= set(shards):
-        return None
-    pins = ShardPins(data / "shards", {n: s.identity for n, s in shards.items()})
-    return Snapshot(data, manifest, index, shards, pins)
+    return _consistent(data, manifest, index, shards)
 
 
 def _not_committed(data: Path | Location) -> DatasetNotCommitted:
@@ -221,6 +216,12 @@ def _read_version(data: Path, manifest_blob: bytes) -> Snapshot | None:
             shards[name] = ShardFile(name, data / "shards" / name, int(samples), st.st_size, _identity(st))
     except (FileNotFoundError, ValueError, pa.ArrowInvalid):
         return None  # a commit is replacing these files right now
+    return _consistent(data, manifest, index, shards)
+
+
+def _consistent(data, manifest: dict, index: pa.Table, shards: dict) -> Snapshot | None:
+    """The snapshot, when the index and the shards describe each other (rows = sizes.json's samples, every
+    index row in a listed shard); None when they do not (a commit ran under the reader)."""
     if index.num_rows != sum(s.samples for s in shards.values()):
         return None
     if index.num_rows and not set(index.column("shard").to_pylist()) <= set(shards):
