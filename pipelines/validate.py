@@ -422,7 +422,6 @@ def validate(
     manifest_path = data / "manifest.json"
     opened = committed_manifest(data)  # the version validated: checked again before the verdict
     passed, results, verdict = _check(data, thresholds, verify_hashes)
-    quality = data / QUALITY
     # re-read: the manifest is the build's; only "validation" is ours. Under the manifest lock, and only when
     # no build committed another version meanwhile (pipelines/lock.py: manifest_lock).
     with manifest_lock(data):
@@ -431,15 +430,7 @@ def validate(
             raise DatasetChanged(f"{data}: a build committed another version during validation; validate again")
         manifest["validation"] = verdict
         _atomic_json(manifest_path, manifest)
-    return ValidationOutcome(
-        passed=passed,
-        results=results,
-        data=data,
-        validation_json=quality / VALIDATION_JSON,
-        docs_index=quality / DOCS_DIR / "index.html",
-        gx_root=quality / GX_DIR,
-        manifest=manifest_path,
-    )
+    return _outcome(passed, results, data, manifest_path)
 
 
 def _validate_remote(loc: Location, thresholds: QualityThresholds, verify_hashes: bool) -> ValidationOutcome:
@@ -465,15 +456,20 @@ def _validate_remote(loc: Location, thresholds: QualityThresholds, verify_hashes
         raise DatasetChanged(f"{loc}: a build committed another version during validation; validate again")
     manifest["validation"] = verdict
     storage.put_json(loc / "manifest.json", _strict(manifest), default=_jsonable)
-    quality = loc / QUALITY
+    return _outcome(passed, results, loc, loc / "manifest.json")
+
+
+def _outcome(passed: bool, results, data, manifest) -> ValidationOutcome:
+    """Where a validation of ``data`` (a folder or an object-store location) left its verdict and reports."""
+    quality = data / QUALITY
     return ValidationOutcome(
         passed=passed,
         results=results,
-        data=loc,
+        data=data,
         validation_json=quality / VALIDATION_JSON,
         docs_index=quality / DOCS_DIR / "index.html",
         gx_root=quality / GX_DIR,
-        manifest=loc / "manifest.json",
+        manifest=manifest,
     )
 
 
