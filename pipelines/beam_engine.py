@@ -3,13 +3,14 @@
     bindset build RAW DATA --engine beam [--runner=DataflowRunner --project=... ...]
 
 Runner flags pass through untouched to PipelineOptions. Without a runner, the DirectRunner runs in
-multi-processing mode with one worker per core. DATA must be a path every worker can write (on a
-cluster: a shared or mounted filesystem).
+multi-threading mode with one worker per core (``--direct_running_mode=multi_processing`` for processes).
+DATA must be a path every worker can write (on a cluster: a shared or mounted filesystem).
 
 Logging: Beam's workers log at its default level (INFO, ``--default_sdk_harness_log_level``), so their per-unit
-lines are kept. The DirectRunner's worker processes write to the stderr they inherit, and their WARNING lines
-also come back through the Fn logging API to the ``apache_beam`` loggers here; under the `bindset` CLI both end
-in the run's log file (bindset/logs.py points stderr at it), never on the console.
+lines are kept. Worker threads log here directly; worker processes (multi-processing mode) write to the stderr
+they inherit, and their WARNING lines also come back through the Fn logging API to the ``apache_beam``
+loggers here; under the `bindset` CLI both end in the run's log file (bindset/logs.py points stderr at it),
+never on the console.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ def _default_flags(args: list[str]) -> list[str]:
     if "--direct_num_workers" not in names:
         extra.append(f"--direct_num_workers={os.cpu_count() or 1}")
     if "--direct_running_mode" not in names and (os.cpu_count() or 1) > 1:
-        extra.append("--direct_running_mode=multi_processing")
+        # threads, not processes: a unit's CPU work runs in its decode process (pipelines/work.py: one per
+        # worker thread, forked from one warm forkserver), so worker processes would only add their start-up
+        # (a Python interpreter, bindset's imports and a forkserver of their own each: ~10 s of a
+        # 300-video build on 2 cores, benchmarks/many_inputs.py). A decoder crash still costs one input.
+        extra.append("--direct_running_mode=multi_threading")
     return list(args) + extra
 
 
