@@ -145,7 +145,6 @@ def test_lease_lock_refuses_a_live_holder_and_takes_over_a_stale_one(s3_bucket, 
         assert holder["build_id"] == taken.build_id and not lock_remote.build_alive(data, "b0")
 
 
-@pytest.mark.slow
 def test_sigkill_then_resume_on_s3_redoes_only_the_unfinished_units(videos, local_build, s3_bucket, tmp_path):
     """A CLI build into s3:// killed (SIGKILL, process group) inside a unit of several inputs: the rerun takes
     over the dead build's lease at once (its pid is gone), redoes that unit and the ones after it, reuses the
@@ -181,3 +180,26 @@ def test_sigkill_then_resume_on_s3_redoes_only_the_unfinished_units(videos, loca
     assert sorted(remote) == sorted(local)
     for name in local:
         assert remote[name] == local[name], name
+
+
+def test_a_unit_folder_is_replaced_as_a_whole_summary_last(s3_bucket, tmp_path):
+    """``upload_unit`` over an older result: the older summary goes first, objects the new result lacks go,
+    the new summary.json is written last (a unit is done only when its summary is there)."""
+    from pipelines.work import upload_unit
+
+    final = storage.location(f"{s3_bucket.url}/ds/_work/units/u1")
+    storage.put_atomic(final / "summary.json", b'{"old": true}\n')
+    storage.put_atomic(final / "train-000003.tar", b"a part of the older result")
+    new = tmp_path / "u1"
+    new.mkdir()
+    (new / "train-000000.tar").write_bytes(b"new part")
+    (new / "index.parquet").write_bytes(b"new index")
+    (new / "summary.json").write_bytes(b'{"new": true}\n')
+    upload_unit(new, final)
+    assert storage.listdir(final) == ["index.parquet", "summary.json", "train-000000.tar"]
+    assert storage.read_bytes(final / "summary.json") == b'{"new": true}\n'
+    times = {n: storage.stat(final / n).modified for n in storage.listdir(final)}
+    assert times["summary.json"] >= max(times.values())
+    (new / "summary.json").unlink()
+    with pytest.raises(ValueError, match="not a finished unit"):
+        upload_unit(new, final)
