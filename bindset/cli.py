@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "given. Unknown --flags go to Beam's PipelineOptions untouched (e.g. --runner=FlinkRunner).",
     )
     b.add_argument("raw", type=Path)
-    b.add_argument("data", type=Path)
+    b.add_argument("data", type=_location, help="the dataset to write: a folder, or an s3:// URL (--engine local)")
     b.add_argument("--config", type=Path, help="JSON/YAML file of build settings (flags given override it)")
     b.add_argument("--engine", default="beam", choices=("beam", "ray", "local"))
     b.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")

@@ -86,6 +86,8 @@ def default_log_dir(command: str, args) -> Path:
     if command not in _LOG_HOMES:
         return temp_log_dir()
     arg, sub, reads_only = _LOG_HOMES[command]
+    if "://" in str(getattr(args, arg)):  # an object-store URL (DATA on s3://): no local folder to hold the log
+        return temp_log_dir()
     top = Path(getattr(args, arg))
     if reads_only and not top.is_dir():
         return temp_log_dir()

@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipelines import work
+from pipelines import storage, work
 from pipelines.commit import CommitResult, commit
 from pipelines.lock import BuildLock
+from pipelines.storage import Location
 from pipelines.work import (
     MAX_ATTEMPTS,
     WORK,
@@ -128,7 +129,15 @@ class _Progress:
             self.poll()
 
     def poll(self):
-        now = {u for u in self.todo if (self.folder / u / SUMMARY).exists()}
+        if isinstance(self.folder, Location):  # object storage: one listing, not a request per unit
+            fs = storage.filesystem(self.folder.scheme)
+            try:
+                found = fs.glob(f"{self.folder.path}/*/{SUMMARY}")
+            except Exception:  # noqa: BLE001 - progress only; the commit reads the summaries itself
+                return
+            now = {p.rstrip("/").split("/")[-2] for p in found} & self.todo
+        else:
+            now = {u for u in self.todo if (self.folder / u / SUMMARY).exists()}
         if self.bar is not None and len(now) > len(self.seen):
             self.bar.update(len(now) - len(self.seen))
         self.seen = now
@@ -153,6 +162,8 @@ def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineCon
     input no layout fits, ``ValueError`` for a bad engine or DATA inside RAW.
     """
     t0 = time.perf_counter()
+    if storage.is_url(data):
+        return _build_remote(raw, storage.location(data), cfg, engine, progress, retry_failed, max_attempts, t0)
     raw, data = Path(raw).resolve(), Path(data).resolve()
     if engine.engine not in ENGINES:
         raise ValueError(f"unknown engine {engine.engine!r}; choose one of {', '.join(ENGINES)}")
@@ -162,6 +173,31 @@ def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineCon
         raise InputError(f"output {data}: not a folder")
     data.mkdir(parents=True, exist_ok=True)
     with BuildLock(data) as lock:
+        out = _build_locked(raw, data, cfg, engine, progress, lock.build_id, retry_failed, max_attempts, t0)
+        _log(data, engine, out)
+    return out
+
+
+def _build_remote(raw: Path | str, data: Location, cfg: BuildConfig, engine: EngineConfig, progress,
+                  retry_failed: bool, max_attempts: int, t0: float) -> BuildResult:  # fmt: skip
+    """``build`` into DATA on object storage (``s3://bucket/prefix``): the lease object instead of ``flock``
+    (``pipelines.lock_remote``), units uploaded summary last (``work.upload_unit``), the object-store commit
+    (``pipelines.commit_remote``). Nothing is written to a local DATA path."""
+    from pipelines.lock_remote import ObjectBuildLock
+    from schemas.errors import UserError
+
+    if engine.engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine.engine!r}; choose one of {', '.join(ENGINES)}")
+    if storage.is_url(raw):
+        raise UserError(f"RAW {raw}: reading inputs from object storage is not yet supported; use a local RAW")
+    if engine.engine != "local":
+        raise UserError(f"--engine {engine.engine} with DATA {data}: not yet supported on object storage; "
+                        f"use --engine local")  # fmt: skip
+    if data.scheme != "s3":
+        raise UserError(f"DATA {data}: building into {data.scheme}:// is not yet supported (s3:// only)")
+    storage.filesystem(data.scheme)  # a missing extra: one line naming it, before any work
+    raw = Path(raw).resolve()
+    with ObjectBuildLock(data) as lock:
         out = _build_locked(raw, data, cfg, engine, progress, lock.build_id, retry_failed, max_attempts, t0)
         _log(data, engine, out)
     return out
@@ -213,7 +249,12 @@ def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig,
         fps[u.unit_id] = fp
         units.append((u.unit_id, units_dir(data) / u.unit_id, summary))
     _prune(data, {u.unit_id for u in plan})
-    result = commit(data, discovery, units, cfg, code_version(), fps)
+    if isinstance(data, Location):
+        from pipelines.commit_remote import commit_remote
+
+        result = commit_remote(data, discovery, units, cfg, code_version(), fps)
+    else:
+        result = commit(data, discovery, units, cfg, code_version(), fps)
     processed = sorted({u.unit_id for u in todo} | set(changed))
     return BuildResult(
         layout=discovery.layout,
@@ -257,6 +298,12 @@ def _redo_changed(raw: Path, data: Path, cfg: BuildConfig, ctx: WorkContext,
 def _prune(data: Path, keep: set[str]) -> None:
     import shutil
 
+    if isinstance(data, Location):  # object storage: results of units no longer planned; no tmp there
+        fs = storage.filesystem(data.scheme)
+        for name in storage.listdir(units_dir(data)):
+            if name not in keep:
+                storage._remote(data, lambda n=name: fs.rm(f"{units_dir(data).path}/{n}", recursive=True))
+        return
     folder = units_dir(data)
     for d in folder.iterdir() if folder.exists() else []:
         if d.name not in keep:
@@ -279,6 +326,14 @@ def _log(data: Path, engine: EngineConfig, result: BuildResult) -> None:
         "version": result.commit.version,
         "pid": os.getpid(),
     }
+    if isinstance(data, Location):  # no append on an object store: read, add the line, one PUT (under the lease)
+        where = data / WORK / "builds.jsonl"
+        try:
+            old = storage.read_bytes(where)
+        except FileNotFoundError:
+            old = b""
+        storage.put_atomic(where, old + (json.dumps(entry, sort_keys=True) + "\n").encode())
+        return
     with open(data / WORK / "builds.jsonl", "a") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
 

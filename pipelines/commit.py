@@ -127,7 +127,10 @@ def commit(
 
 
 def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitSummary]], cfg: BuildConfig,
-            code_version: str, input_fingerprints: dict[str, str]) -> CommitResult:  # fmt: skip
+            code_version: str, input_fingerprints: dict[str, str], place=None) -> CommitResult:  # fmt: skip
+    # place(unit part, shard path): storage.place_file by default; the object-store commit
+    # (pipelines/commit_remote.py) records the names instead and copies the objects server-side
+    place = place or storage.place_file
     shards_dir = data / "shards"
     shards_dir.mkdir(parents=True, exist_ok=True)
     (data / "manifest.json").unlink(missing_ok=True)
@@ -145,7 +148,7 @@ def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitS
                 counters[split] += 1
                 rename[(unit_id, part["file"])] = name
                 sizes[name] = part["samples"]
-                storage.place_file(folder / part["file"], shards_dir / name)
+                place(folder / part["file"], shards_dir / name)
     for stale in shards_dir.glob("*.tar"):
         if stale.name not in sizes:
             stale.unlink()

@@ -9,8 +9,8 @@ The lock file also says who holds it (host, pid, the process's start time and a 
 
 A lock left by a killed build needs no cleanup: the kernel releases a ``flock`` when its holder dies, and
 the next build takes it over and rewrites the holder. ``flock`` needs DATA on a local filesystem or a
-shared one that supports it (NFSv4, Lustre, CephFS, GPFS); on object storage a lease object with expiry
-would replace it.
+shared one that supports it (NFSv4, Lustre, CephFS, GPFS); on object storage a lease object taken with a
+conditional PUT replaces it (``pipelines/lock_remote.py``).
 """
 
 from __future__ import annotations
@@ -96,7 +96,12 @@ def build_alive(data: Path | str, build_id: str) -> bool:
     """May the build ``build_id`` still write into DATA? False once its driver is gone or another build took over.
 
     Cheap enough to call before every write a worker makes (one small read, one /proc read or stat).
+    DATA on object storage: ``pipelines.lock_remote.build_alive`` (the lease object).
     """
+    if getattr(data, "scheme", "") or (isinstance(data, str) and "://" in data and not data.startswith("file://")):
+        from pipelines import lock_remote, storage
+
+        return lock_remote.build_alive(storage.location(data), build_id)
     path = lock_path(data)
     holder = read_holder(data)
     if holder is None or holder.build_id != build_id:

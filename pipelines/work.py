@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import stat
+import tempfile
 import threading
 import time
 import traceback
@@ -38,8 +39,9 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from pipelines import storage
 from pipelines.lock import build_alive
-from pipelines.storage import replace_dir
+from pipelines.storage import Location, replace_dir
 from schemas.reasons import TRANSIENT, RejectReason
 from transforms.config import BuildConfig
 from transforms.grouping import WorkUnit
@@ -192,11 +194,32 @@ class WorkContext:
         return cls(**json.loads(text))
 
 
-def units_dir(data: Path) -> Path:
+def units_dir(data: Path | Location) -> Path | Location:
     return data / WORK / "units"
 
 
-def cached_summary(data: Path, unit_id: str, fp: str) -> UnitSummary | None:
+def data_at(text: str | Path | Location) -> Path | Location:
+    """DATA as the build's functions take it: a ``Path`` for a local folder, a ``Location`` for an object store."""
+    if isinstance(text, Location):
+        return text if text.scheme else Path(text.path)
+    return storage.location(text) if storage.is_url(text) else Path(text)
+
+
+def _remote(data: Path | Location) -> bool:
+    return isinstance(data, Location) and bool(data.scheme)
+
+
+def cached_summary(data: Path | Location, unit_id: str, fp: str) -> UnitSummary | None:
+    if _remote(data):  # object storage: summary.json is uploaded last, so its presence means the unit is done
+        try:
+            text = storage.read_text(units_dir(data) / unit_id / SUMMARY)
+        except FileNotFoundError:
+            return None
+        try:
+            summary = UnitSummary.from_json(text)
+        except (ValueError, TypeError):
+            return None
+        return summary if summary.fingerprint == fp else None
     path = units_dir(data) / unit_id / SUMMARY
     if not path.is_file():
         return None
@@ -209,6 +232,11 @@ def cached_summary(data: Path, unit_id: str, fp: str) -> UnitSummary | None:
 
 def attempt_of(data: Path, unit_id: str) -> int:
     """How many runs the committed result of a unit took (1 for results from before attempts were counted)."""
+    if _remote(data):
+        try:
+            return int(json.loads(storage.read_bytes(units_dir(data) / unit_id / ATTEMPT_FILE))["attempt"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return 1
     try:
         return int(json.loads((units_dir(data) / unit_id / ATTEMPT_FILE).read_text())["attempt"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -324,7 +352,10 @@ def _guard(state: dict, watchdog_pid: int) -> None:
         try:
             os.kill(watchdog_pid, 0)
             task = state.get("ctx")
-            alive = task is None or not task.build_id or build_alive(task.data, task.build_id)
+            # DATA on object storage: the parent watches the lease (a request per check) and kills this
+            # process when its build is gone; the child checks only that the parent lives
+            alive = (task is None or not task.build_id or storage.is_url(task.data)
+                     or build_alive(task.data, task.build_id))  # fmt: skip
         except ProcessLookupError:
             alive = False
         if not alive:
@@ -529,6 +560,18 @@ def _extra_bytes(root: Path, inp: Input) -> int:
 def write_unit_reject(data: Path, unit: Unit, fp: str, cfg: BuildConfig, reject: Reject,
                       attempt: int, tmp: Path | None = None) -> None:  # fmt: skip
     """Commit a unit whose whole outcome is one reject (an input that changed)."""
+    if _remote(data):
+        tmp = _remote_tmp(unit.unit_id)
+        try:
+            sink = UnitSink(tmp, unit.unit_id, fp, cfg)
+            sink.reject(reject)
+            sink.summary.failed = True
+            sink.close()
+            (tmp / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
+            upload_unit(tmp, units_dir(data) / unit.unit_id)
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+        return
     tmp = tmp or data / WORK / "tmp" / f"{unit.unit_id}.{uuid.uuid4().hex[:8]}"
     shutil.rmtree(tmp, ignore_errors=True)  # keep nothing half-written
     sink = UnitSink(tmp, unit.unit_id, fp, cfg)
@@ -537,6 +580,36 @@ def write_unit_reject(data: Path, unit: Unit, fp: str, cfg: BuildConfig, reject:
     sink.close()
     (tmp / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
     replace_dir(tmp, units_dir(data) / unit.unit_id)
+
+
+def _remote_tmp(unit_id: str) -> Path:
+    """A unit's staging folder when DATA is on object storage: under the system temp, never under DATA.
+    The caller removes its parent (``shutil.rmtree(tmp.parent)``)."""
+    return Path(tempfile.mkdtemp(prefix="bindset-unit-")) / unit_id
+
+
+def upload_unit(tmp: Path, final: Location) -> None:
+    """Publish a finished unit folder ``tmp`` at ``final`` on object storage, ``summary.json`` last.
+
+    There is no rename of a folder on an object store; the unit is done when its ``summary.json`` is there
+    (``cached_summary``). So the folder is overwritten as a whole, in this order: the old ``summary.json``
+    goes first (from then on the unit reads as not done), then objects of an older result that the new one
+    does not have (tar parts of other names), then the new files, and ``summary.json`` last with one PUT.
+    A writer killed anywhere in between leaves a folder without a summary: the next build redoes the unit.
+    This needs one writer per unit at a time, which the build lock and the local engine give (an engine that
+    may run a task twice would need a fresh prefix per attempt, with the summary pointing at it).
+    """
+    names = sorted(p.name for p in tmp.iterdir())
+    if SUMMARY not in names:
+        raise ValueError(f"{tmp}: no {SUMMARY}; not a finished unit")
+    storage.delete(final / SUMMARY)
+    for old in storage.listdir(final):
+        if old not in names:
+            storage.delete(final / old)
+    for name in names:
+        if name != SUMMARY:
+            storage.upload(tmp / name, final / name)
+    storage.upload(tmp / SUMMARY, final / SUMMARY)
 
 
 def run_unit(ctx: WorkContext, unit_json: str) -> dict:
@@ -552,7 +625,8 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
     asks for (engines may run a task twice; the second run then finds the first one's result).
     """
     t0 = time.perf_counter()
-    data, raw = Path(ctx.data), Path(ctx.raw)
+    data, raw = data_at(ctx.data), Path(ctx.raw)
+    remote = _remote(data)
     cfg = BuildConfig.from_dict(ctx.config)
     unit = WorkUnit.from_dict(json.loads(unit_json))
     attempt = ctx.attempts.get(unit.unit_id, 1)
@@ -569,7 +643,8 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
         log.warning("unit %s: not started, its build %s is gone", unit.unit_id, ctx.build_id)
         return dict(out, abandoned=True)
     log.info("unit %s: start (attempt %d, %d input(s))", unit.unit_id, attempt, len(unit.inputs))
-    tmp = data / WORK / "tmp" / f"{unit.unit_id}.{uuid.uuid4().hex[:8]}"
+    # DATA on object storage: built under the system temp, uploaded when finished (nothing in a local DATA)
+    tmp = _remote_tmp(unit.unit_id) if remote else data / WORK / "tmp" / f"{unit.unit_id}.{uuid.uuid4().hex[:8]}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     sink = UnitSink(tmp, unit.unit_id, fp, cfg)
     decoder, ctx_json = _decoder(), ctx.to_json()
@@ -589,14 +664,20 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
             raise _Abandoned
         summary = sink.close()
     except _Abandoned:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.parent if remote else tmp, ignore_errors=True)
         log.warning("unit %s: stopped, its build %s is gone; nothing written", unit.unit_id, ctx.build_id)
         return dict(out, abandoned=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.parent if remote else tmp, ignore_errors=True)
         raise
     (tmp / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
-    replace_dir(tmp, units_dir(data) / unit.unit_id)
+    if remote:
+        try:
+            upload_unit(tmp, units_dir(data) / unit.unit_id)
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
+    else:
+        replace_dir(tmp, units_dir(data) / unit.unit_id)
     log.info("unit %s: end in %.2f s, %d input(s) (%d failed), %d sample(s) of %d window(s), rejects by reason %s",
              unit.unit_id, time.perf_counter() - t0, len(unit.inputs), failures, summary.samples,
              summary.windows_planned, summary.reasons or "{}")  # fmt: skip
