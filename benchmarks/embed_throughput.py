@@ -3,8 +3,9 @@
     nice -n 5 .venv/bin/python -m benchmarks.embed_throughput --samples 20000 --index-rows 200000 \\
         --index-dim 1024 --out benchmarks/results/embed_throughput.json
 
-1. A synthetic dataset (``bindset synth``, 4 sessions x 20 s of tiny media, a local build: 40 samples in 4
-   shards; ``--source DIR`` keeps it between runs) is *tiled*: its shards are repeated (hard links under new
+1. A synthetic dataset (``bindset synth``, 4 sessions x ``--source-seconds`` (120) of tiny media, a local
+   build: 4 x 60 samples in 4 shards, the size of a build's shards once units pack many inputs (issue 16) at
+   this scale; ``--source DIR`` keeps it between runs) is *tiled*: its shards are repeated (hard links under new
    names, ``<shard>-tNNNNN.tar``) until the dataset holds ``--samples`` samples (4N), each copy a shard and so
    a part of its own; and a quarter of that (N).
 2. Per size, a child process (tiny preset's encoders and tower, random init: speed does not depend on the
@@ -47,8 +48,8 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def make_source(root: Path) -> tuple[Path, Path]:
-    """A small built dataset (4 sessions x 20 s, one shard each) and a tiny-preset run with random weights.
+def make_source(root: Path, seconds: float = 120.0) -> tuple[Path, Path]:
+    """A small built dataset (4 sessions x ``seconds``, one shard each) and a tiny-preset run with random weights.
 
     Kept when ``root`` already holds both (``--source``): the build is not what this benchmark measures."""
     import torch
@@ -63,7 +64,7 @@ def make_source(root: Path) -> tuple[Path, Path]:
 
     if (root / "data" / "manifest.json").exists() and (root / "run" / "model").is_dir():
         return root / "data", root / "run"
-    synth(root / "raw", SynthConfig(sessions=4, seconds=20.0, width=160, height=120, seed=0))
+    synth(root / "raw", SynthConfig(sessions=4, seconds=seconds, width=160, height=120, seed=0))
     build(root / "raw", root / "data", BuildConfig(shard_max_samples=1000), EngineConfig("local"))
     tiny = PRESETS["tiny"]
     cfg = tiny.replace(data=tiny.data.replace(depth_norm=(0.0, 1.0)))
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--index-rows", type=int, default=200_000, help="0: skip the index benchmark")
     p.add_argument("--index-dim", type=int, default=1024)
     p.add_argument("--source", type=Path, help="folder for the source dataset and run, kept between runs")
+    p.add_argument("--source-seconds", type=float, default=120.0,
+                   help="length of each of the 4 source sessions: samples per part = seconds / 2")  # fmt: skip
     p.add_argument("--out", type=Path)
     p.add_argument("--child", nargs=4, metavar=("DATA", "RUN", "EMB", "PURE"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
             root = Path(tmp)
             if a.source:
                 a.source.mkdir(parents=True, exist_ok=True)
-            src, run = make_source(a.source or root)
+            src, run = make_source(a.source or root, a.source_seconds)
             for label, n in (("N", a.samples // 4), ("4N", a.samples)):
                 data = root / f"data-{label}"
                 tiled = tile(src, data, n)
