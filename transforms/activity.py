@@ -291,9 +291,18 @@ class VideoActivityTap:
         self.energy: list[float] = []
         self.frames: list[np.ndarray] = []
         self._prev: np.ndarray | None = None
+        self.error = ""
 
     def push(self, frame, t_s: float) -> None:
-        cur = luma_thumbnail(frame, self.thumb)
+        """Never raises: the build's decoding pass feeds it, and a frame the tap cannot read must cost the
+        clock check (``result`` then raises, the stream is unsynchronisable), never the input's windows."""
+        if self.error:
+            return
+        try:
+            cur = luma_thumbnail(frame, self.thumb)
+        except Exception as exc:  # noqa: BLE001 - see above
+            self.error = f"video activity: frame at {t_s:.3f} s unreadable ({exc})"
+            return
         if self._prev is not None:  # mean absolute difference, in C (NORM_L1 sums |a - b| exactly in integers)
             self.energy.append(cv2.norm(cur, self._prev, cv2.NORM_L1) / cur.size)
         self._prev = cur
@@ -303,7 +312,9 @@ class VideoActivityTap:
 
     def result(self, clock) -> tuple[np.ndarray, np.ndarray]:
         """``(times (N-1,), energy (N-1,))`` on the session timeline (``clock.to_session``), sorted by time.
-        Raises ValueError with fewer than two frames."""
+        Raises ValueError with fewer than two frames, or when a frame could not be read."""
+        if self.error:
+            raise ValueError(self.error)
         if len(self.times) < 2:
             raise ValueError(f"video activity: {len(self.times)} frame(s) with a time (need >= 2)")
         t = clock.to_session(_midpoints(np.asarray(self.times, np.float64)))
@@ -322,25 +333,46 @@ class AudioActivityTap:
     """
 
     def __init__(self):
-        import av
-
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+        self._resampler = None
+        self._format: tuple | None = None
         self._flux = SpectralFlux(AUDIO_RATE)
         self.start_s: float | None = None
+        self.error = ""
 
     def push(self, frame, start_s: float | None) -> None:
-        if self.start_s is None:
-            self.start_s = float(start_s) if start_s is not None else 0.0
-        for out in self._resampler.resample(frame):
-            self._flux.push(out.to_ndarray().reshape(1, -1))
+        """Never raises (a frame the tap cannot take costs the clock check, not the input's windows). A change
+        of sample rate, layout or sample format mid-stream (glued files) flushes the resampler and starts a
+        new one: its samples follow on at 8 kHz, as a decoder plays them."""
+        if self.error:
+            return
+        try:
+            import av
+
+            fmt = (frame.sample_rate, frame.layout.name, frame.format.name)
+            if fmt != self._format:
+                self._drain()
+                self._resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+                self._format = fmt
+            if self.start_s is None:
+                self.start_s = float(start_s) if start_s is not None else 0.0
+            for out in self._resampler.resample(frame):
+                self._flux.push(out.to_ndarray().reshape(1, -1))
+        except Exception as exc:  # noqa: BLE001 - see above
+            self.error = f"audio activity: frame at {start_s} s unreadable ({exc})"
+
+    def _drain(self) -> None:
+        if self._resampler is not None:
+            for out in self._resampler.resample(None):
+                self._flux.push(out.to_ndarray().reshape(1, -1))
 
     def result(self, clock) -> tuple[np.ndarray, np.ndarray]:
         """``(times (M,), flux (M,))`` on the session timeline. Raises ValueError when there is no audio or
         less than two analysis windows of it. Call once."""
+        if self.error:
+            raise ValueError(self.error)
         if self.start_s is None:
             raise ValueError("audio activity: no audio decoded")
-        for out in self._resampler.resample(None):
-            self._flux.push(out.to_ndarray().reshape(1, -1))
+        self._drain()
         t, flux = self._flux.result()
         # stream time of each flux value -> session time (the clock's drift applies to the stream's seconds)
         return clock.to_session(self.start_s + t), flux
