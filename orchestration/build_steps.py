@@ -18,10 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from orchestration.publish import CURRENT, current_manifest, read_pointer
+from orchestration.publish import CURRENT, read_pointer, version_folder
 from orchestration.settings import BuildSettings
+from pipelines import storage
+from pipelines.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +53,32 @@ class Changes:
         return f"{', '.join(parts)} of {self.units} unit(s) against {self.published or 'no published version'}"
 
 
-def _published_input_rejects(root: Path) -> set[str]:
-    path = root / CURRENT / "rejects.parquet"
-    if not path.exists():
+def _published_input_rejects(version: Path | Location) -> set[str]:
+    path = version / "rejects.parquet"
+    if not storage.exists(path):
         return set()
-    table = pq.read_table(path, columns=["key", "source"])
+    table = storage.read_parquet(path, columns=["key", "source"])
     return set(table.filter(pc.is_null(table.column("key"))).column("source").to_pylist())
 
 
 def find_changes(s: BuildSettings) -> Changes:
-    """Fingerprint the landing path as a build would (file stats, config, code: no bytes read)."""
+    """Fingerprint the landing path as a build would (file stats, config, code: no bytes read).
+
+    ``s.data_root`` may be a ``Location`` on an object store: the published version is then found through
+    the pointer object (``orchestration.publish``), resolved once so that the manifest and the rejects come
+    from the same version.
+    """
     from pipelines.work import fingerprint
     from transforms.layouts import discover
 
     raw = s.landing_path
     discovery = discover(raw, s.build_config.layout)
     now = {u.unit_id: fingerprint(raw, u, s.build_config) for u in discovery.units}
-    manifest = current_manifest(s.data_root)
+    published = read_pointer(s.data_root / CURRENT)
+    version = None if published is None else version_folder(s.data_root, published)
+    manifest = json.loads(storage.read_bytes(version / "manifest.json")) if version is not None else None
     before: dict[str, str] = manifest.get("inputs", {}) if manifest else {}
-    recorded = _published_input_rejects(s.data_root) if manifest else set()
+    recorded = _published_input_rejects(version) if version is not None and manifest else set()
     return Changes(
         layout=discovery.layout,
         units=len(now),
@@ -78,7 +86,7 @@ def find_changes(s: BuildSettings) -> Changes:
         changed=sorted(u for u in now if u in before and before[u] != now[u]),
         removed=sorted(set(before) - set(now)),
         unreadable=sorted({r.source for r in discovery.rejects} - recorded),
-        published=read_pointer(s.data_root / CURRENT),
+        published=published,
     )
 
 

@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestration.publish import BUILD
+from pipelines import storage
+from pipelines.storage import Location
 from training.config import PRESETS, TrainConfig
 from transforms.config import BuildConfig
 
@@ -199,6 +201,13 @@ class _Resolver:
             raise ValueError(f"no {name}: pass the DAG param {name!r} or set the Airflow Variable {variable!r}")
         return Path(value).expanduser().resolve()
 
+    def place(self, name: str, variable: str) -> Path | Location:
+        """``path``, or a ``Location`` for an ``s3://``/``gs://`` URL (DATA_ROOT on an object store, issue 17)."""
+        value = self.get(name, variable, None)
+        if value is not None and storage.is_url(str(value)):
+            return storage.location(str(value))
+        return self.path(name, variable)
+
     def ray(self) -> RaySettings | None:
         conn_id = self.get("ray_conn_id", "bindset_ray_conn_id", DEFAULT_RAY_CONN_ID)
         conn = self.source.connection(conn_id)
@@ -231,7 +240,7 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 @dataclass(frozen=True)
 class BuildSettings:
     landing_path: Path
-    data_root: Path
+    data_root: Path | Location  # a Location on an object store (s3://, gs://)
     engine: str  # beam | ray | local
     beam_pipeline_args: tuple[str, ...]
     build_config: BuildConfig
@@ -241,7 +250,7 @@ class BuildSettings:
     origin: Mapping[str, str] = field(default_factory=dict)  # where each setting came from
 
     @property
-    def build_dir(self) -> Path:
+    def build_dir(self) -> Path | Location:
         return self.data_root / BUILD
 
     @property
@@ -280,7 +289,7 @@ class BuildSettings:
 
         return cls(
             landing_path=Path(d["landing_path"]),
-            data_root=Path(d["data_root"]),
+            data_root=storage.location(d["data_root"]) if storage.is_url(d["data_root"]) else Path(d["data_root"]),
             engine=d["engine"],
             beam_pipeline_args=tuple(d["beam_pipeline_args"]),
             build_config=BuildConfig.from_dict(d["build_config"]),
@@ -296,8 +305,8 @@ def resolve_build_settings(params: Mapping[str, Any], source: SettingsSource) ->
 
     r = _Resolver(params, source)
     landing = r.path("landing_path", "bindset_landing_path")
-    data_root = r.path("data_root", "bindset_data_root")
-    if data_root == landing or landing in data_root.parents:
+    data_root = r.place("data_root", "bindset_data_root")
+    if isinstance(data_root, Path) and (data_root == landing or landing in data_root.parents):
         raise ValueError(f"data_root {data_root} must not be inside the landing path {landing}")
     ray = r.ray()
     engine = _choice("engine", r.get("engine", "bindset_build_engine", "ray" if ray else "beam"), BUILD_ENGINES)

@@ -152,6 +152,65 @@ class _Progress:
         self.poll()
 
 
+#: Beam runners whose workers run on other machines (Beam accepts ``--runner=DataflowRunner`` or ``dataflow``)
+CLUSTER_RUNNERS = ("dataflow", "flink", "spark", "portable")
+#: Ray addresses that are no machine in particular: this machine's cluster ("auto"), a fresh instance ("local")
+_RAY_HERE = ("auto", "local")
+
+
+def _beam_runner(args: list[str]) -> str | None:
+    """The ``--runner`` value among Beam pipeline flags (``--runner=X`` or ``--runner X``), else None."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+        if arg == "--runner" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _remote_ray_host(address: str) -> str | None:
+    """The host of a Ray address on another machine (``ray://10.0.0.5:10001``, ``head:6379``), else None.
+
+    Loopback addresses and this machine's own name are not remote; neither are "auto" and "local".
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if address.strip().lower() in _RAY_HERE:
+        return None
+    host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
+    if host in ("localhost", "::1") or host.startswith("127."):
+        return None
+    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return None if host.lower() in names else host
+
+
+def refuse_cluster_with_local_paths(raw: Path | str, data: Path | str, engine: EngineConfig) -> None:
+    """Raise ``UserError`` (exit 2) when workers on other machines would be handed this machine's folders.
+
+    A Ray cluster on another host (``--ray-address``) needs RAW and DATA it can reach; a Beam runner of
+    ``CLUSTER_RUNNERS`` (Dataflow, Flink, Spark, portable) needs DATA it can write. A local path is
+    neither: the workers would write into their own disks, and the driver's commit would find nothing. Called
+    before the lock and the discovery, so nothing has run or been written when it refuses.
+    """
+    from schemas.errors import UserError
+
+    if engine.engine == "ray" and engine.ray_address:
+        host = _remote_ray_host(engine.ray_address)
+        local = [f"{name} {where}" for name, where in (("DATA", data), ("RAW", raw)) if not storage.is_url(where)]
+        if host and local:
+            raise UserError(f"--engine ray --ray-address {engine.ray_address} with a local {local[0]}: the cluster's "
+                            f"workers on {host} cannot read or write this machine's folders; use s3:// or gs:// "
+                            "locations, or a Ray started here (no --ray-address)")  # fmt: skip
+    runner = _beam_runner(engine.pipeline_args) if engine.engine == "beam" else None
+    name = (runner or "").lower().removesuffix("runner")
+    if name in CLUSTER_RUNNERS and not storage.is_url(data):
+        raise UserError(
+            f"--runner={runner} with a local DATA {data}: that runner's workers run on other machines "
+            "and cannot write this machine's folder; use an s3:// or gs:// DATA, or the DirectRunner"
+        )
+
+
 def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineConfig, progress=None, *,
           retry_failed: bool = False, max_attempts: int = MAX_ATTEMPTS) -> BuildResult:  # fmt: skip
     """Build DATA from RAW: discover units, run those without a current result on ``engine``, commit.
@@ -159,9 +218,11 @@ def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineCon
     ``retry_failed``: run units whose result holds a transient reject again now, however many attempts they
     had; otherwise such a unit runs again until it has run ``max_attempts`` times, then its reject stays.
     Raises ``pipelines.lock.BuildLocked`` (exit 2) when another build holds DATA, ``LayoutError`` for an
-    input no layout fits, ``ValueError`` for a bad engine or DATA inside RAW.
+    input no layout fits, ``ValueError`` for a bad engine or DATA inside RAW, ``UserError`` for a cluster
+    engine given local paths (``refuse_cluster_with_local_paths``).
     """
     t0 = time.perf_counter()
+    refuse_cluster_with_local_paths(raw, data, engine)
     if storage.is_url(data):
         return _build_remote(raw, storage.location(data), cfg, engine, progress, retry_failed, max_attempts, t0)
     raw, data = Path(raw).resolve(), Path(data).resolve()
@@ -182,7 +243,9 @@ def _build_remote(raw: Path | str, data: Location, cfg: BuildConfig, engine: Eng
                   retry_failed: bool, max_attempts: int, t0: float) -> BuildResult:  # fmt: skip
     """``build`` into DATA on object storage (``s3://bucket/prefix``): the lease object instead of ``flock``
     (``pipelines.lock_remote``), units uploaded summary last (``work.upload_unit``), the object-store commit
-    (``pipelines.commit_remote``). Nothing is written to a local DATA path."""
+    (``pipelines.commit_remote``). Nothing is written to a local DATA path. Engines ``local`` and ``ray``
+    (the unit upload runs in whichever process ran the unit; a Ray worker needs only the store's endpoint and
+    credentials, see ``pipelines.ray_engine``)."""
     from pipelines.lock_remote import ObjectBuildLock
     from schemas.errors import UserError
 
@@ -190,9 +253,9 @@ def _build_remote(raw: Path | str, data: Location, cfg: BuildConfig, engine: Eng
         raise ValueError(f"unknown engine {engine.engine!r}; choose one of {', '.join(ENGINES)}")
     if storage.is_url(raw):
         raise UserError(f"RAW {raw}: reading inputs from object storage is not yet supported; use a local RAW")
-    if engine.engine != "local":
+    if engine.engine == "beam":
         raise UserError(f"--engine {engine.engine} with DATA {data}: not yet supported on object storage; "
-                        f"use --engine local")  # fmt: skip
+                        f"use --engine local or --engine ray")  # fmt: skip
     if data.scheme != "s3":
         raise UserError(f"DATA {data}: building into {data.scheme}:// is not yet supported (s3:// only)")
     storage.filesystem(data.scheme)  # a missing extra: one line naming it, before any work

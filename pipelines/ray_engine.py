@@ -3,7 +3,11 @@
     bindset build RAW DATA --engine ray [--ray-address ray://head:10001]
 
 Without an address a local Ray instance is started (and stopped). DATA must be a path every node can
-write. Tasks retry on worker loss; a unit's own failures are already records, not exceptions.
+write, or an object-store URL (``s3://``): then each task uploads its unit's result itself. A local
+instance's workers get this process's client environment (endpoint, credentials) through the runtime
+environment; the nodes of a cluster given by ``--ray-address`` bring their own (IAM roles, workload identity,
+or the AWS variables of the environment ``ray start`` ran in): no credential of the driver is shipped to them.
+Tasks retry on worker loss; a unit's own failures are already records, not exceptions.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import os
 from collections.abc import Callable
 
+from pipelines import storage
 from pipelines.ray_start import init_ray, worker_logs_to_driver
 from pipelines.work import WorkContext, run_unit_json
 
@@ -63,6 +68,11 @@ def run_ray(
     relay = worker_logs_to_driver()
     if relay:  # the relayed lines go to a log file: no terminal colour codes around Ray's "(task pid=...)" prefix
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    data = storage.location(ctx.data)
+    if not data.is_local and not address:
+        # a local instance's workers use this process's endpoint and credentials (values never logged);
+        # as training does (training/ray_trainer.py)
+        kwargs["runtime_env"] = {"env_vars": storage.client_environment(data.scheme)}
     started = init_ray(log_to_driver=relay, configure_logging=False, **kwargs)
     try:
         task = ray.remote(num_cpus=1, max_retries=2)(unit_task)

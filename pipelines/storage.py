@@ -32,8 +32,9 @@ No other module calls ``os.replace``, ``os.link`` or ``open(..., "wb")`` on a da
 synthetic-capture generator (``bindset/synth``) writes inputs, not datasets, and keeps its own writes.
 
 Object storage is work in progress (issue 17): reading a committed dataset (``pipelines/dataset.py``,
-``validate``, ``report``) works on ``s3://`` and ``gs://``; ``build --engine local`` writes DATA on ``s3://``
-(``pipelines/commit_remote.py``, ``pipelines/lock_remote.py``); ``publish`` and embeddings still need local paths.
+``validate``, ``report``) works on ``s3://`` and ``gs://``; ``build --engine local|ray`` writes DATA on ``s3://``
+(``pipelines/commit_remote.py``, ``pipelines/lock_remote.py``); ``publish`` writes versions and a ``current.json``
+pointer object there (``orchestration/publish.py``); embeddings still need local paths.
 
 Imports: stdlib only at module level (pyarrow and fsspec lazily), because the training loop imports this on
 machines that have only torch, numpy and pyarrow, and the default install has no s3fs or gcsfs.
