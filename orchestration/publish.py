@@ -186,14 +186,7 @@ def _materialize(build: Path, final: Path, vid: str, manifest: dict) -> bool:
             storage.copy_synced(build / name, tmp / name)
         if (build / "quality").is_dir():
             shutil.copytree(build / "quality", tmp / "quality", symlinks=True)
-        record = {
-            "version_id": vid,
-            "build_version": manifest.get("version"),
-            "samples": manifest.get("counts", {}).get("samples"),
-            "published_from": str(build),
-            "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        storage.write_synced(tmp / VERSION_JSON, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        storage.write_synced(tmp / VERSION_JSON, _version_record(vid, manifest, build))
         if version_id(tmp) != vid:  # the build folder changed under us: never publish a mix
             raise RuntimeError(f"{build} changed while it was being published; rerun the publication")
     except BaseException:
@@ -224,6 +217,12 @@ def _materialize_remote(build: Location, final: Location, vid: str, manifest: di
         for n in names:
             storage.delete(final / n)
         raise RuntimeError(f"{build} changed while it was being published; rerun the publication")
+    # written once: a concurrent publisher of the same content that got here first keeps its record
+    return storage.write_once(final / VERSION_JSON, _version_record(vid, manifest, build))
+
+
+def _version_record(vid: str, manifest: dict, build) -> bytes:
+    """A version's ``VERSION.json``: its id, the build's version and sample count, where and when from."""
     record = {
         "version_id": vid,
         "build_version": manifest.get("version"),
@@ -231,8 +230,7 @@ def _materialize_remote(build: Location, final: Location, vid: str, manifest: di
         "published_from": str(build),
         "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    # written once: a concurrent publisher of the same content that got here first keeps its record
-    return storage.write_once(final / VERSION_JSON, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _append_log(root: Path | Location, entry: dict) -> None:
