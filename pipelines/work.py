@@ -560,25 +560,25 @@ def _extra_bytes(root: Path, inp: Input) -> int:
 def write_unit_reject(data: Path, unit: Unit, fp: str, cfg: BuildConfig, reject: Reject,
                       attempt: int, tmp: Path | None = None) -> None:  # fmt: skip
     """Commit a unit whose whole outcome is one reject (an input that changed)."""
+
+    def write(folder: Path) -> None:
+        sink = UnitSink(folder, unit.unit_id, fp, cfg)
+        sink.reject(reject)
+        sink.summary.failed = True
+        sink.close()
+        (folder / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
+
     if _remote(data):
         tmp = _remote_tmp(unit.unit_id)
         try:
-            sink = UnitSink(tmp, unit.unit_id, fp, cfg)
-            sink.reject(reject)
-            sink.summary.failed = True
-            sink.close()
-            (tmp / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
+            write(tmp)
             upload_unit(tmp, units_dir(data) / unit.unit_id)
         finally:
             shutil.rmtree(tmp.parent, ignore_errors=True)
         return
     tmp = tmp or data / WORK / "tmp" / f"{unit.unit_id}.{uuid.uuid4().hex[:8]}"
     shutil.rmtree(tmp, ignore_errors=True)  # keep nothing half-written
-    sink = UnitSink(tmp, unit.unit_id, fp, cfg)
-    sink.reject(reject)
-    sink.summary.failed = True
-    sink.close()
-    (tmp / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
+    write(tmp)
     replace_dir(tmp, units_dir(data) / unit.unit_id)
 
 
