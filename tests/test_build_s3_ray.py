@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,32 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from bindset.synth.generate import SynthConfig, synth
 from pipelines import storage
 from pipelines.build import EngineConfig, build
+from tests import test_build_s3 as base
+from tests.s3server import _free_port
 from tests.test_build_s3 import CFG, FLAGS, _local_files, _no_local_data, _objects
 
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory) -> Path:
-    """The RAW of tests/test_build_s3.py: 5 inputs of 4 s, units of 1-3 inputs, shards across inputs."""
-    root = tmp_path_factory.mktemp("s3ray-raw")
-    synth(root, SynthConfig(sessions=5, seed=3, seconds=4.0, width=64, height=48, workers=1, layout="videos"))
-    return root
-
-
-@pytest.fixture(scope="module")
-def local_build(videos, tmp_path_factory) -> Path:
-    """The reference: the same RAW built into a local DATA with the local engine."""
-    data = tmp_path_factory.mktemp("s3ray-local") / "data"
-    build(videos, data, CFG, EngineConfig("local"))
-    return data
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# the same RAW and local reference build as tests/test_build_s3.py: its module fixtures, reused as they are
+videos, local_build = base.videos, base.local_build
 
 
 def _assert_identical(url: str, local: Path) -> None:
