@@ -86,10 +86,7 @@ def _pid_alive(pid: int, start: str) -> bool:
 
 def read_holder(data: Path | str) -> Holder | None:
     """The holder written into the lock file, or None when there is none (or it is unreadable)."""
-    try:
-        return Holder(**json.loads(lock_path(data).read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
+    return holder_in(lock_path(data))
 
 
 def build_alive(data: Path | str, build_id: str) -> bool:
@@ -114,6 +111,48 @@ def build_alive(data: Path | str, build_id: str) -> bool:
         return False
 
 
+def take_holder_lock(path: Path, holder_id: str, refused, what: str, describe=Holder.describe) -> int:
+    """Take an exclusive ``flock`` on ``path`` and write this process's ``Holder`` into it; return the fd.
+
+    The one mechanism behind ``BuildLock`` and training's ``EmbLock``: when another process holds the flock,
+    ``refused(holder or None)`` is raised (the holder's name stays in the file: no ``O_TRUNC``); a holder
+    left in the file by a process that died (the kernel released its flock) is taken over and logged as
+    "took over the ``what`` that died (``describe(holder)``)". Release with ``release_holder_lock``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise refused(holder_in(path)) from None
+    previous = holder_in(path)
+    if previous is not None:
+        # a finished holder empties the file; a holder left in it died, and the kernel released its flock
+        log.warning("took over the %s that died (%s)", what, describe(previous))
+    pid = os.getpid()
+    me = Holder(holder_id, socket.gethostname(), pid, _proc_start(pid) or "", time.time())
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(asdict(me), sort_keys=True) + "\n").encode(), 0)
+    os.fsync(fd)
+    return fd
+
+
+def release_holder_lock(fd: int) -> None:
+    """Empty the lock file (no holder: nobody's workers may write) and release the flock."""
+    os.ftruncate(fd, 0)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def holder_in(path: Path) -> Holder | None:
+    """The holder written into a lock file, or None when there is none (or it is unreadable)."""
+    try:
+        return Holder(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 class BuildLock:
     """Context manager: take DATA's build lock or raise :class:`BuildLocked`; keep its heartbeat while held."""
 
@@ -125,27 +164,13 @@ class BuildLock:
         self._beat: threading.Thread | None = None
 
     def __enter__(self) -> BuildLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # O_RDWR without O_TRUNC: a build that fails to get the lock must not erase the holder's name
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = read_holder(self.path.parents[1])
+        def refused(holder: Holder | None) -> BuildLocked:
             who = holder.describe() if holder else "holder unknown"
-            raise BuildLocked(f"{self.path.parents[1]} is being built by another build ({who}); "
-                              f"wait for it to finish or stop it") from None  # fmt: skip
-        previous = read_holder(self.path.parents[1])
-        if previous is not None:
-            # a finished build empties the file; a holder left in it died, and the kernel released its flock.
-            # Its workers see the new build id and stop writing.
-            log.warning("took over the build lock of a build that died (%s)", previous.describe())
-        pid = os.getpid()
-        me = Holder(self.build_id, socket.gethostname(), pid, _proc_start(pid) or "", time.time())
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(asdict(me), sort_keys=True) + "\n").encode(), 0)
-        os.fsync(fd)
+            return BuildLocked(f"{self.path.parents[1]} is being built by another build ({who}); "
+                               f"wait for it to finish or stop it")  # fmt: skip
+
+        # Its workers see the new build id and stop writing when a dead build's lock is taken over.
+        fd = take_holder_lock(self.path, self.build_id, refused, "build lock of a build")
         self._fd = fd
         self._beat = threading.Thread(target=self._heartbeat, name="bindset-lock-heartbeat", daemon=True)
         self._beat.start()
@@ -164,9 +189,7 @@ class BuildLock:
             self._beat.join()
         if self._fd is not None:
             # an empty file: a worker still running for this build sees no holder and writes nothing
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            release_holder_lock(self._fd)
             self._fd = None
 
 

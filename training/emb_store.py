@@ -15,15 +15,11 @@ interrupted or older run is never read. Every read here streams part by part.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.lock import Holder, _proc_start
+from pipelines.lock import Holder, holder_in, release_holder_lock, take_holder_lock
 from schemas.errors import MissingInputError, UserError
 
 log = logging.getLogger(__name__)
@@ -69,38 +65,20 @@ class EmbLock:
         self._fd: int | None = None
 
     def holder(self) -> Holder | None:
-        try:
-            return Holder(**json.loads(self.path.read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
+        return holder_in(self.path)
 
     def __enter__(self) -> EmbLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # no O_TRUNC: the holder's name stays readable
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            held = self.holder()
+        def refused(held: Holder | None) -> EmbLocked:
             who = _describe(held) if held else "holder unknown"
-            raise EmbLocked(f"{self.path.parent} is being written by another `bindset embed` ({who}); wait for "
-                            "it to finish or stop it") from None  # fmt: skip
-        previous = self.holder()
-        if previous is not None:
-            log.warning("took over the embed lock of a run that died (%s)", _describe(previous))
-        pid = os.getpid()
-        me = Holder(self.run_id, socket.gethostname(), pid, _proc_start(pid) or "", time.time())
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(asdict(me), sort_keys=True) + "\n").encode(), 0)
-        os.fsync(fd)
-        self._fd = fd
+            return EmbLocked(f"{self.path.parent} is being written by another `bindset embed` ({who}); wait for "
+                             "it to finish or stop it")  # fmt: skip
+
+        self._fd = take_holder_lock(self.path, self.run_id, refused, "embed lock of a run", _describe)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            release_holder_lock(self._fd)
             self._fd = None
 
 
