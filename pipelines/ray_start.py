@@ -8,10 +8,17 @@ environment of the driver, so that hook is switched off unless the user set it t
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 UV_HOOK_ENV = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+#: tries at starting a local Ray instance: Ray gives its raylet a fixed 30 s to register with the GCS
+#: (ray/_private/node.py, not configurable), which a loaded 2-core machine can miss once
+LOCAL_START_TRIES = 3
 #: set by the `bindset` CLI while a command runs (bindset/logs.py): the run's log file, which stderr points at
 LOG_FILE_ENV = "BINDSET_LOG_FILE"
 
@@ -29,7 +36,11 @@ def worker_logs_to_driver() -> bool:
 
 
 def init_ray(**kwargs: Any) -> bool:
-    """ray.init(**kwargs) unless Ray is already up; returns True when this call started it (caller shuts down)."""
+    """ray.init(**kwargs) unless Ray is already up; returns True when this call started it (caller shuts down).
+
+    A local instance (``address="local"``) whose node times out during start-up is started again, up to
+    ``LOCAL_START_TRIES`` times; any other failure, and the last one, propagate as Ray raised them.
+    """
     os.environ.setdefault(UV_HOOK_ENV, "0")
     import ray
     from ray._private import ray_constants
@@ -38,5 +49,15 @@ def init_ray(**kwargs: Any) -> bool:
         return False
     # the constant is read once, when ray is first imported; honour the environment as it is now
     ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ[UV_HOOK_ENV].lower() in ("1", "true")
-    ray.init(**kwargs)
-    return True
+    tries = LOCAL_START_TRIES if kwargs.get("address") == "local" else 1
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(**kwargs)
+            return True
+        except Exception as exc:  # Ray raises a bare Exception for a node that did not come up
+            if attempt == tries or "timed out during startup" not in str(exc):
+                raise
+            log.warning("local Ray did not start (%s); starting it again (try %d of %d)", exc, attempt + 1, tries)
+            ray.shutdown()  # stops what the failed start left running
+            time.sleep(2.0 * attempt)
+    raise AssertionError("unreachable")
