@@ -243,9 +243,11 @@ def _build_remote(raw: Path | str, data: Location, cfg: BuildConfig, engine: Eng
                   retry_failed: bool, max_attempts: int, t0: float) -> BuildResult:  # fmt: skip
     """``build`` into DATA on object storage (``s3://bucket/prefix``): the lease object instead of ``flock``
     (``pipelines.lock_remote``), units uploaded summary last (``work.upload_unit``), the object-store commit
-    (``pipelines.commit_remote``). Nothing is written to a local DATA path. Engines ``local`` and ``ray``
-    (the unit upload runs in whichever process ran the unit; a Ray worker needs only the store's endpoint and
-    credentials, see ``pipelines.ray_engine``)."""
+    (``pipelines.commit_remote``). Nothing is written to a local DATA path. Every engine: the unit upload runs
+    in whichever process ran the unit; a Ray or Beam worker needs only the store's endpoint and credentials
+    (a Ray worker gets them through the runtime environment, ``pipelines.ray_engine``; the DirectRunner's
+    worker threads or processes inherit this process's environment; the workers of a cluster runner bring
+    their own)."""
     from pipelines.lock_remote import ObjectBuildLock
     from schemas.errors import UserError
 
@@ -253,9 +255,6 @@ def _build_remote(raw: Path | str, data: Location, cfg: BuildConfig, engine: Eng
         raise ValueError(f"unknown engine {engine.engine!r}; choose one of {', '.join(ENGINES)}")
     if storage.is_url(raw):
         raise UserError(f"RAW {raw}: reading inputs from object storage is not yet supported; use a local RAW")
-    if engine.engine == "beam":
-        raise UserError(f"--engine {engine.engine} with DATA {data}: not yet supported on object storage; "
-                        f"use --engine local or --engine ray")  # fmt: skip
     if data.scheme != "s3":
         raise UserError(f"DATA {data}: building into {data.scheme}:// is not yet supported (s3:// only)")
     storage.filesystem(data.scheme)  # a missing extra: one line naming it, before any work

@@ -115,14 +115,24 @@ def test_orphan_shards_are_deleted_after_the_manifest(videos, local_build, s3_bu
     assert _objects(url) == _local_files(local_build)
 
 
-def test_the_beam_engine_is_refused_on_s3(videos, s3_bucket, tmp_path, capsys):
+@pytest.mark.slow
+def test_beam_multi_processing_builds_into_s3_byte_identically(videos, local_build, s3_bucket, tmp_path,
+                                                               monkeypatch):  # fmt: skip
+    """Beam's DirectRunner with worker processes (they share no state with the driver but the environment
+    they inherit): every unit uploaded by a Beam worker, the commit by the driver, bytes as a local build."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     url = f"{s3_bucket.url}/ds"
-    for engine in ("beam",):  # Ray builds into s3:// (tests/test_build_s3_ray.py)
-        code = main(["build", str(videos), url, "--engine", engine, "--quiet", "--log-file", str(tmp_path / "b.log")])
-        assert code == 2
-        err = capsys.readouterr().err
-        assert f"--engine {engine}" in err and "not yet supported on object storage; use --engine local" in err
-    assert storage.filesystem("s3").find(f"{s3_bucket.name}/ds") == []  # refused before anything was written
+    args = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    out = build(videos, url, CFG, EngineConfig("beam", pipeline_args=args))
+    assert out.units > 2 and out.processed == out.units
+    remote, local = _objects(url), _local_files(local_build)
+    assert sorted(remote) == sorted(local)
+    for name in local:
+        assert remote[name] == local[name], name
+    assert not storage.filesystem("s3").exists(f"{s3_bucket.name}/ds/_work/build.lock")
+    _no_local_data(s3_bucket.name, cwd)
 
 
 def test_lease_lock_refuses_a_live_holder_and_takes_over_a_stale_one(s3_bucket, monkeypatch):
