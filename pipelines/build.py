@@ -225,10 +225,10 @@ def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineCon
     refuse_cluster_with_local_paths(raw, data, engine)
     if storage.is_url(data):
         return _build_remote(raw, storage.location(data), cfg, engine, progress, retry_failed, max_attempts, t0)
-    raw, data = Path(raw).resolve(), Path(data).resolve()
+    raw, data = _raw_at(raw), Path(data).resolve()
     if engine.engine not in ENGINES:
         raise ValueError(f"unknown engine {engine.engine!r}; choose one of {', '.join(ENGINES)}")
-    if data == raw or raw in data.parents:
+    if isinstance(raw, Path) and (data == raw or raw in data.parents):
         raise InputError(f"output {data} must not be inside the input {raw}")
     if data.exists() and not data.is_dir():
         raise InputError(f"output {data}: not a folder")
@@ -253,23 +253,57 @@ def _build_remote(raw: Path | str, data: Location, cfg: BuildConfig, engine: Eng
 
     if engine.engine not in ENGINES:
         raise ValueError(f"unknown engine {engine.engine!r}; choose one of {', '.join(ENGINES)}")
-    if storage.is_url(raw):
-        raise UserError(f"RAW {raw}: reading inputs from object storage is not yet supported; use a local RAW")
     if data.scheme != "s3":
         raise UserError(f"DATA {data}: building into {data.scheme}:// is not yet supported (s3:// only)")
     storage.filesystem(data.scheme)  # a missing extra: one line naming it, before any work
-    raw = Path(raw).resolve()
+    raw = _raw_at(raw)
+    if isinstance(raw, Location) and (str(data) == str(raw) or str(data).startswith(f"{raw}/")):
+        raise InputError(f"output {data} must not be inside the input {raw}")
     with ObjectBuildLock(data) as lock:
         out = _build_locked(raw, data, cfg, engine, progress, lock.build_id, retry_failed, max_attempts, t0)
         _log(data, engine, out)
     return out
 
 
-def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig, progress, build_id: str,
+def _raw_at(raw: Path | str | Location) -> Path | Location:
+    """RAW as the build takes it: a resolved local folder, or a ``Location`` on object storage, checked to be
+    there before any lock or work (``UserError`` naming the URL for a missing bucket or an empty prefix)."""
+    if not storage.is_url(raw):
+        return Path(raw).resolve()
+    from pipelines.raw_source import RemoteRaw
+
+    loc = storage.location(raw)
+    RemoteRaw(loc).require()
+    return loc
+
+
+def _discover(raw: Path | Location, layout: str):
+    """Discovery and a function ``rel -> stats entries`` for the fingerprints: one stat per input file of a
+    local RAW; on object storage the entries of RAW's one listing (``pipelines.raw_source``)."""
+    if isinstance(raw, Location):
+        from pipelines.raw_source import RemoteRaw, discover_remote
+
+        remote = RemoteRaw(raw)
+        discovery, objects = discover_remote(remote, layout)
+        return discovery, remote.stats_from(objects)
+    return discover(raw, layout), lambda rel: work.path_stats(raw, rel)
+
+
+def _stats_now(raw: Path | Location):
+    """``rel -> stats entries`` as RAW is now: local stats, or one fresh listing of RAW on object storage."""
+    if isinstance(raw, Location):
+        from pipelines.raw_source import RemoteRaw
+
+        remote = RemoteRaw(raw)
+        return remote.stats_from(remote.objects())
+    return lambda rel: work.path_stats(raw, rel)
+
+
+def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: EngineConfig, progress, build_id: str,
                   retry_failed: bool, max_attempts: int, t0: float) -> BuildResult:  # fmt: skip
-    discovery = discover(raw, cfg.layout)
+    discovery, stats_of = _discover(raw, cfg.layout)
     # one stat per input file: it sizes the units (transforms/grouping.py) and fingerprints them
-    stats = {rel: work.path_stats(raw, rel) for inp in discovery.units for rel in inp.input_paths()}
+    stats = {rel: stats_of(rel) for inp in discovery.units for rel in inp.input_paths()}
     sizes = {e[0]: e[1] for entries in stats.values() for e in entries}
     plan = plan_units(discovery.units, sizes, cfg)
     fps = {u.unit_id: fingerprint(raw, u, cfg, [e for rel in u.input_paths() for e in stats[rel]]) for u in plan}
@@ -302,8 +336,9 @@ def _build_locked(raw: Path, data: Path, cfg: BuildConfig, engine: EngineConfig,
         bar.close()
 
     units, changed = [], []
+    now = _stats_now(raw)
     for u in plan:
-        fp = fingerprint(raw, u, cfg)
+        fp = fingerprint(raw, u, cfg, [e for rel in u.input_paths() for e in now(rel)])
         summary = cached_summary(data, u.unit_id, fp)
         if summary is None:
             changed.append(u.unit_id)

@@ -68,11 +68,11 @@ def run_ray(
     relay = worker_logs_to_driver()
     if relay:  # the relayed lines go to a log file: no terminal colour codes around Ray's "(task pid=...)" prefix
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-    data = storage.location(ctx.data)
-    if not data.is_local and not address:
-        # a local instance's workers use this process's endpoint and credentials (values never logged);
-        # as training does (training/ray_trainer.py)
-        kwargs["runtime_env"] = {"env_vars": storage.client_environment(data.scheme)}
+    schemes = sorted({loc.scheme for loc in (storage.location(ctx.data), storage.location(ctx.raw)) if loc.scheme})
+    if schemes and not address:
+        # a local instance's workers use this process's endpoint and credentials (values never logged) for
+        # DATA and for RAW on object storage; as training does (training/ray_trainer.py)
+        kwargs["runtime_env"] = {"env_vars": {k: v for s in schemes for k, v in storage.client_environment(s).items()}}
     started = init_ray(log_to_driver=relay, configure_logging=False, **kwargs)
     try:
         task = ray.remote(num_cpus=1, max_retries=2)(unit_task)

@@ -150,9 +150,24 @@ def path_stats(root: Path, rel: str) -> list:
     return _stat_entries(root, rel)
 
 
-def input_stats(root: Path, unit: Unit) -> list:
-    """[RAW-relative path, size, mtime_ns] of every file a unit (or an input) reads (size None: missing)."""
+def input_stats(root: Path | Location, unit: Unit) -> list:
+    """[RAW-relative path, size, mtime_ns] of every file a unit (or an input) reads (size None: missing).
+
+    RAW on object storage (a ``Location``): [key, size, "etag:..."] of its objects, asked for these keys only
+    (``pipelines.raw_source.RemoteRaw.stats``), the entries the driver's listing gives for the same objects.
+    """
+    if _remote(root):
+        from pipelines.raw_source import RemoteRaw
+
+        return RemoteRaw(root).stats(unit.input_paths())
     return [e for rel in unit.input_paths() for e in _stat_entries(root, rel)]
+
+
+def raw_at(text: str | Path | Location) -> Path | Location:
+    """RAW as the workers take it: a ``Path`` for a local folder, a ``Location`` for an object-store URL."""
+    if isinstance(text, Location):
+        return text if text.scheme else Path(text.path)
+    return storage.location(text) if storage.is_url(text) else Path(text)
 
 
 def unit_dict(unit: Unit) -> dict:
@@ -625,7 +640,7 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
     asks for (engines may run a task twice; the second run then finds the first one's result).
     """
     t0 = time.perf_counter()
-    data, raw = data_at(ctx.data), Path(ctx.raw)
+    data, raw = data_at(ctx.data), raw_at(ctx.raw)
     remote = _remote(data)
     cfg = BuildConfig.from_dict(ctx.config)
     unit = WorkUnit.from_dict(json.loads(unit_json))
@@ -635,7 +650,12 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
     def alive() -> bool:
         return not ctx.build_id or build_alive(data, ctx.build_id)
 
-    fp = fingerprint(raw, unit, cfg)
+    by_rel = None
+    if _remote(raw):  # one round of concurrent HEADs: the fingerprint's stats and the objects to download
+        from pipelines.raw_source import RemoteRaw
+
+        by_rel = RemoteRaw(raw).stats_by_rel(unit.input_paths())
+    fp = fingerprint(raw, unit, cfg, None if by_rel is None else [e for p in unit.input_paths() for e in by_rel[p]])
     done = cached_summary(data, unit.unit_id, fp)
     if done is not None and (not transient_reasons(done) or attempt_of(data, unit.unit_id) >= attempt):
         return out
@@ -649,10 +669,19 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
     sink = UnitSink(tmp, unit.unit_id, fp, cfg)
     decoder, ctx_json = _decoder(), ctx.to_json()
     failures = 0
+    staged = None if by_rel is None else _Staging(raw, unit.inputs, by_rel)
     try:
-        for inp in unit.inputs:
+        for i, inp in enumerate(unit.inputs):
             sink.begin_input()
-            failure = decoder.run_input(ctx_json, inp, sink, cfg.decode_timeout_s, _extra_bytes(raw, inp), alive)
+            if staged is None:
+                failure = decoder.run_input(ctx_json, inp, sink, cfg.decode_timeout_s, _extra_bytes(raw, inp), alive)
+            else:  # RAW on object storage: the decoder reads a local copy of this input's files
+                folder, failure = staged.take(i)
+                if failure is None:
+                    local_ctx = WorkContext(**{**asdict(ctx), "raw": str(folder)}).to_json()
+                    failure = decoder.run_input(local_ctx, inp, sink, cfg.decode_timeout_s,
+                                                _extra_bytes(folder, inp), alive)  # fmt: skip
+                staged.done(i)
             if failure is not None:
                 failures += 1
                 sink.withdraw_input()  # what the decoder sent of this input goes; its unit-mates' stays
@@ -670,6 +699,9 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
     except BaseException:
         shutil.rmtree(tmp.parent if remote else tmp, ignore_errors=True)
         raise
+    finally:
+        if staged is not None:
+            staged.close()
     (tmp / ATTEMPT_FILE).write_text(json.dumps({"attempt": attempt}) + "\n")
     if remote:
         try:
@@ -682,6 +714,63 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
              unit.unit_id, time.perf_counter() - t0, len(unit.inputs), failures, summary.samples,
              summary.windows_planned, summary.reasons or "{}")  # fmt: skip
     return dict(out, processed=True)
+
+
+class _Staging:
+    """The inputs of a unit with RAW on object storage, each downloaded to a scratch folder of its own
+    (``pipelines.raw_source``: why a local copy rather than a streamed file object) while the one before it
+    decodes: at most two inputs' files on local disk per worker, each removed when its input is done."""
+
+    def __init__(self, raw: Location, inputs: tuple[Input, ...], by_rel: dict[str, list]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from pipelines.raw_source import RemoteRaw
+
+        self.raw, self.inputs, self.by_rel = RemoteRaw(raw), inputs, by_rel
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bindset-stage")
+        self.futures: dict[int, object] = {}
+        self.folders: dict[int, Path] = {}
+        self._submit(0)
+
+    def _submit(self, i: int) -> None:
+        if i < len(self.inputs) and i not in self.futures:
+            folder = Path(tempfile.mkdtemp(prefix="bindset-raw-"))
+            self.folders[i] = folder
+            self.futures[i] = self.pool.submit(self._fetch, self.inputs[i], folder)
+
+    def _fetch(self, inp: Input, folder: Path) -> _Failure | None:
+        try:
+            # the objects the fingerprint describes: a rewrite since then shows in the build's re-check
+            entries = [e for p in inp.input_paths() for e in self.by_rel[p]]
+            failed = self.raw.stage(entries, folder)
+        except Exception as exc:  # noqa: BLE001 - a failing endpoint costs this input, transiently
+            from pipelines.raw_source import describe_failure
+
+            source = (inp.input_paths() or [inp.unit_id])[0]
+            return _Failure(RejectReason.IO_ERROR, source, describe_failure(self.raw.url(source), exc))
+        if failed:
+            from pipelines.raw_source import describe_failure
+
+            rel, exc = sorted(failed.items())[0]
+            return _Failure(RejectReason.IO_ERROR, rel, describe_failure(self.raw.url(rel), exc))
+        return None
+
+    def take(self, i: int) -> tuple[Path, _Failure | None]:
+        """Input ``i``'s local folder (RAW's layout) once downloaded, or the failure to read it; starts the next."""
+        failure = self.futures[i].result()
+        self._submit(i + 1)
+        return self.folders[i], failure
+
+    def done(self, i: int) -> None:
+        shutil.rmtree(self.folders.pop(i), ignore_errors=True)
+
+    def close(self) -> None:
+        for fut in self.futures.values():
+            fut.cancel()
+        self.pool.shutdown(wait=True)
+        for folder in self.folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        self.folders.clear()
 
 
 def run_unit_json(ctx_json: str, unit_json: str) -> dict:

@@ -26,6 +26,7 @@ import hashlib
 import re
 import unicodedata
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -186,6 +187,21 @@ class Discovery:
     claimed: set[str] = field(default_factory=set)
 
 
+@dataclass
+class RawTree:
+    """RAW as discovery sees it when it is not a local folder (object storage: ``pipelines/raw_source.py``).
+
+    ``name``: RAW as the user gave it, for messages (``s3://bucket/raw``). ``listing``: every file, listed
+    once, as ``transforms.paths.walk`` would give it. ``files``: a local folder where ``fetch(rels)`` puts the
+    few files discovery reads itself (manifests, captions, intrinsics), at their RAW-relative paths.
+    """
+
+    name: str
+    listing: Listing
+    files: Path
+    fetch: Callable[[list[str]], None]
+
+
 # ------------------------------------------------------------------------------------------ keys
 
 
@@ -278,7 +294,7 @@ def _signatures(listing: Listing) -> dict[str, set[str]]:
 _PRECEDENCE = ("llvip", "ego4d", "captures", "videos", "sunrgbd")
 
 
-def _detect(root: Path, listing: Listing) -> str:
+def _detect(root: Path | str, listing: Listing) -> str:
     if not listing.files and not listing.problems:
         raise LayoutError(f"{root}: input folder is empty")
     if [p.source for p in listing.problems] == ["."] and not listing.files:
@@ -288,7 +304,7 @@ def _detect(root: Path, listing: Listing) -> str:
         if layout in found:
             return layout
     first = listing.files[0] if listing.files else listing.problems[0].source
-    raise LayoutError(f"{root}: no known layout (expected {', '.join(LAYOUTS)}); first entry: {root / first}")
+    raise LayoutError(f"{root}: no known layout (expected {', '.join(LAYOUTS)}); first entry: {root}/{first}")
 
 
 def detect_layout(root: Path) -> str:
@@ -306,8 +322,12 @@ def detect_layout(root: Path) -> str:
 # ------------------------------------------------------------------------------------------ enumeration
 
 
-def discover(root: Path, layout: str = "auto") -> Discovery:
+def discover(root: Path, layout: str = "auto", tree: RawTree | None = None) -> Discovery:
     """The units of work of RAW and the input rejects of everything no unit takes.
+
+    ``tree``: RAW elsewhere than the local folder ``root`` (object storage, ``pipelines/raw_source.py``): its
+    listing replaces the walk, and ``root`` is ``tree.files``, where the files discovery reads are fetched.
+    The result is the one a local folder of the same files gives.
 
     Raises:
         LayoutError: RAW does not exist, is empty, matches no layout, or ``layout`` is unknown.
@@ -315,13 +335,15 @@ def discover(root: Path, layout: str = "auto") -> Discovery:
     root = Path(root)
     if layout != "auto" and layout not in LAYOUTS:
         raise LayoutError(f"unknown layout {layout!r}; choose auto or one of {', '.join(LAYOUTS)}")
-    if not root.is_dir():
+    if tree is None and not root.is_dir():
         raise LayoutError(f"{root}: input folder does not exist")
-    listing = walk(root)
+    listing = walk(root) if tree is None else tree.listing
     detected = layout == "auto"
     if detected:
-        layout = _detect(root, listing)
+        layout = _detect(root if tree is None else tree.name, listing)
     out = Discovery(layout, detected)
+    if tree is not None:
+        tree.fetch(_read_by_discovery(layout, listing))
     {
         "captures": _captures,
         "videos": _videos,
@@ -329,7 +351,7 @@ def discover(root: Path, layout: str = "auto") -> Discovery:
         "sunrgbd": _sunrgbd,
         "llvip": _llvip,
     }[layout](root, listing, out)
-    _account(root, listing, out)
+    _account(root, listing, out, checked=tree is None)
     out.units.sort(key=lambda u: u.unit_id)
     out.rejects.sort(key=lambda r: (r.source, r.reason))
     ids = [u.unit_id for u in out.units]
@@ -338,8 +360,27 @@ def discover(root: Path, layout: str = "auto") -> Discovery:
     return out
 
 
-def _account(root: Path, listing: Listing, out: Discovery) -> None:
-    """Every listed file and listing problem that no unit or reject covers becomes a reject of its own."""
+def _read_by_discovery(layout: str, listing: Listing) -> list[str]:
+    """The files that discovery of ``layout`` reads itself (the rest only the units read)."""
+
+    def wanted(rel: str) -> bool:
+        parts = _parts(rel)
+        if layout == "captures":
+            return len(parts) == 2 and parts[1] in MANIFEST_NAMES
+        if layout == "videos":
+            return len(parts) == 1 and _suffix(rel) == ".txt"
+        if layout == "sunrgbd":
+            return parts[-1] in ("intrinsics.txt", "scene.txt")
+        return False
+
+    return [rel for rel in listing.files if wanted(rel)]
+
+
+def _account(root: Path, listing: Listing, out: Discovery, checked: bool = True) -> None:
+    """Every listed file and listing problem that no unit or reject covers becomes a reject of its own.
+
+    ``checked``: whether each such file is checked (``check_file``: symlinks, FIFOs) first; an object in a
+    store is always a regular file, so a listing of one is not."""
     covered = set(out.claimed) | {r.source for r in out.rejects}
     for u in out.units:
         covered.update(u.input_paths())
@@ -355,7 +396,8 @@ def _account(root: Path, listing: Listing, out: Discovery) -> None:
         if is_covered(rel):
             continue
         try:
-            check_file(root, rel)
+            if checked:
+                check_file(root, rel)
         except PathRejected as exc:
             out.rejects.append(InputReject(rel, exc.reason, exc.detail))
             continue

@@ -108,6 +108,17 @@ def _top_level_boxes_truncated(path: Path) -> bool:
         return pos != size or not seen_moov
 
 
+def error_text(exc: BaseException) -> str:
+    """An FFmpeg error for a reject's detail, without the file name PyAV appends (``...: '/abs/path'``): the
+    reject names the file RAW-relatively already, and the path where it was read from (a RAW folder, or the
+    scratch copy of an object, ``pipelines/raw_source.py``) must not change the output bytes."""
+    import av
+
+    if isinstance(exc, av.error.FFmpegError) and getattr(exc, "filename", None):
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return str(exc)
+
+
 def probe(path: Path, max_side: int) -> MediaInfo:
     """Open a media file's header; whole-file problems become MediaInputError with a reason."""
     rel = str(path)
@@ -142,8 +153,8 @@ def probe(path: Path, max_side: int) -> MediaInfo:
             return MediaInfo(vs is not None, has_audio, end, w, h, period, start)
     except av.error.FFmpegError as exc:
         if _top_level_boxes_truncated(path):
-            raise MediaInputError(rel, RejectReason.TRUNCATED_MEDIA, f"file is cut off: {exc}") from None
-        raise MediaInputError(rel, RejectReason.DECODE_ERROR, f"cannot open: {exc}") from None
+            raise MediaInputError(rel, RejectReason.TRUNCATED_MEDIA, f"file is cut off: {error_text(exc)}") from None
+        raise MediaInputError(rel, RejectReason.DECODE_ERROR, f"cannot open: {error_text(exc)}") from None
 
 
 def _scan_end(c: av.container.InputContainer, vs: av.video.stream.VideoStream) -> float | None:
@@ -753,10 +764,11 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                             lo, hi = (
                                 float(video_clock.to_session(x * v_num / v_den)) for x in (min(ticks), max(ticks))
                             )
-                            damaged = f"video packet(s) between {lo:.3f}s and {hi:.3f}s failed to decode ({exc})"
+                            damaged = (f"video packet(s) between {lo:.3f}s and {hi:.3f}s failed to decode "
+                                       f"({error_text(exc)})")  # fmt: skip
                             vt.damage(lo, hi, damaged)
                         else:
-                            damaged = f"a video packet without timestamps failed to decode ({exc})"
+                            damaged = f"a video packet without timestamps failed to decode ({error_text(exc)})"
                     elif at is not None:
                         at.decode_error()
                     continue
@@ -789,7 +801,7 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
     except av.error.FFmpegError as exc:
         truncated = _top_level_boxes_truncated(path)
         end_reason = RejectReason.TRUNCATED_MEDIA if truncated else RejectReason.DECODE_ERROR
-        end_detail = f"decoding stopped: {exc}"
+        end_detail = f"decoding stopped: {error_text(exc)}"
     if not end_detail and _top_level_boxes_truncated(path):
         end_reason, end_detail = RejectReason.TRUNCATED_MEDIA, "file is cut off before this window"
     if vt is not None and video_frames == 0 and bad_video:
