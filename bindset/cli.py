@@ -104,7 +104,8 @@ def _cmd_sync(args: argparse.Namespace, run) -> int:
     from pipelines.sync import sync_raw
     from transforms.sync import SyncParams
 
-    _need(args.raw, "RAW", "dir")
+    if not isinstance(args.raw, str):  # a URL (s3://, gs://) is checked by sync_raw, naming it
+        _need(args.raw, "RAW", "dir")
     result = sync_raw(args.raw, args.layout, SyncParams(search_s=args.search_s), out=args.out,
                       write_manifest=args.write_manifest)  # fmt: skip
     for r in result.rows:
@@ -159,7 +160,8 @@ def _cmd_build(args: argparse.Namespace, run, extra: list[str]) -> int:
 
     _need(args.thresholds, "--thresholds", "file")
     cfg = build_config_from(args)
-    _need(args.raw, "input folder RAW", "dir")
+    if not isinstance(args.raw, str):  # a URL: build checks the bucket and prefix, naming it, before any work
+        _need(args.raw, "input folder RAW", "dir")
     if extra:  # runner flags are Beam's; anything else (a typo of a build flag) must not be dropped silently
         from pipelines.beam_engine import unknown_flags
 
@@ -395,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cross-correlated against the video), a confidence and a status (agrees, mismatch, unsynchronisable). "
         "Writes a sync.parquet table; --write-manifest writes corrected manifests to a folder outside RAW.",
     )
-    y.add_argument("raw", type=Path)
+    y.add_argument("raw", type=_location, help="the recordings: a folder, or an s3:// or gs:// URL")
     y.add_argument("--layout", default="auto", choices=("auto", "captures", "videos", "ego4d"))
     y.add_argument("--out", type=Path, default=Path("sync.parquet"), help="the table (default ./sync.parquet)")
     y.add_argument(
@@ -417,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(JSON or YAML of the fields below, without dashes: stride_s, jpeg_quality, ...), then the flags "
         "given. Unknown --flags go to Beam's PipelineOptions untouched (e.g. --runner=FlinkRunner).",
     )
-    b.add_argument("raw", type=Path)
+    b.add_argument("raw", type=_location, help="the recordings: a folder, or an s3:// or gs:// URL")
     b.add_argument("data", type=_location, help="the dataset to write: a folder, or an s3:// URL (--engine local)")
     b.add_argument("--config", type=Path, help="JSON/YAML file of build settings (flags given override it)")
     b.add_argument("--engine", default="beam", choices=("beam", "ray", "local"))

@@ -1,6 +1,10 @@
 """`bindset sync`: estimate every stream's clock from content, compare it with the declared one.
 
     bindset sync RAW/ [--layout captures|ego4d|auto] [--out sync.parquet] [--write-manifest OUT/]
+    bindset sync s3://bucket/raw ...
+
+RAW on object storage is listed once and each session's files are downloaded to a scratch folder for its
+pass, removed after it (``pipelines/raw_source.py``); the rows are those of a local copy of the same files.
 
 A separate, cheap pass over decimated streams (``transforms/activity.py`` readers: video thumbnails, 8 kHz
 mono audio, reduced depth/thermal frames, the IMU CSV); the build's decoding path is not involved. The
@@ -54,20 +58,27 @@ def _outside(root: Path, out: Path) -> None:
         raise UserError(f"--write-manifest {out}: must be outside RAW ({root}); inputs are never overwritten")
 
 
-def write_manifests(root: Path, out: Path, units: list[MediaUnit], rows: list[SyncRow]) -> list[Path]:
+def write_manifests(root: Path, out: Path, units: list[MediaUnit], rows: list[SyncRow],
+                    manifests: dict[str, str] | None = None) -> list[Path]:  # fmt: skip
     """Captures manifests with each confident, disagreeing estimate in place of the declared clock.
 
     Written as ``OUT/<session folder>/manifest.json``; OUT must not be RAW or inside it (UserError).
+    ``manifests``: ``{session: RAW-relative manifest}`` where ``root`` holds copies of some of RAW's files
+    (object storage) rather than all of it; default: looked up in ``root``.
     """
     from pipelines.storage import atomic_write_json
     from schemas.manifest import load_manifest
 
     out = Path(out)
-    _outside(root, out)
+    if manifests is None:
+        _outside(root, out)
     by = {(r.session, r.stream): r for r in rows}
     written = []
     for unit in units:
-        rel = _manifest_path(root, unit) if unit.layout == "captures" else None
+        if manifests is not None:
+            rel = manifests.get(unit.session)
+        else:
+            rel = _manifest_path(root, unit) if unit.layout == "captures" else None
         if rel is None:
             continue
         if unit.stream_errors:  # rewriting it would drop the stream it declares invalidly; the user fixes it
@@ -95,6 +106,13 @@ def sync_raw(raw: Path | str, layout: str = "auto", params: sync.SyncParams | No
 
     params = params or sync.SyncParams()
     t0 = time.perf_counter()
+    from pipelines import storage
+
+    if storage.is_url(raw):
+        rows, units = _sync_remote(storage.location(raw), layout, params, write_manifest, mode, progress)
+        if out is not None:
+            atomic_write_parquet(out, rows_table(rows))
+        return SyncResult(rows, units, time.perf_counter() - t0)
     root = Path(raw)
     if write_manifest is not None:
         _outside(root, Path(write_manifest))
@@ -109,6 +127,34 @@ def sync_raw(raw: Path | str, layout: str = "auto", params: sync.SyncParams | No
     if write_manifest is not None:
         write_manifests(root, Path(write_manifest), units, rows)
     return SyncResult(rows, len(units), time.perf_counter() - t0)
+
+
+def _sync_remote(raw, layout: str, params: sync.SyncParams, write_manifest: Path | str | None, mode: str,
+                 progress) -> tuple[list[SyncRow], int]:  # fmt: skip
+    """``sync_raw`` of RAW on object storage: one listing, then per session a scratch copy of its files (and
+    its manifest, for ``write_manifest``), removed after its pass. Returns (rows, sessions)."""
+    from pipelines.raw_source import RemoteRaw, discover_remote, scratch
+
+    remote = RemoteRaw(raw)
+    remote.require()
+    found, objects = discover_remote(remote, layout)
+    stats = remote.stats_from(objects)
+    units = sorted((u for u in found.units if isinstance(u, MediaUnit)), key=lambda u: u.session)
+    rows: list[SyncRow] = []
+    for unit in units:
+        folder_name = (unit.video or "").split("/")[0]
+        manifest = next((f"{folder_name}/{n}" for n in MANIFEST_NAMES if f"{folder_name}/{n}" in objects), None)
+        wanted = unit.input_paths() + ([manifest] if manifest and unit.layout == "captures" else [])
+        with scratch() as folder:
+            failed = remote.stage([e for rel in wanted for e in stats(rel)], folder)
+            for rel in sorted(failed):  # read as missing, as a local file that cannot be opened
+                log.warning("%s: cannot be read; its streams are reported as unreadable", remote.url(rel))
+            unit_rows = sync_unit(folder, unit, params, mode)
+            if write_manifest is not None and manifest:
+                write_manifests(folder, Path(write_manifest), [unit], unit_rows, {unit.session: manifest})
+        rows += unit_rows
+        progress and progress(1)
+    return rows, len(units)
 
 
 def rows_as_dicts(rows: list[SyncRow]) -> list[dict]:
