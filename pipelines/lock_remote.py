@@ -80,6 +80,7 @@ def _live(holder: Holder | None, modified: float) -> bool:
 
 _ALIVE: dict[tuple[str, str], tuple[float, bool]] = {}
 _HOLDERS: dict[str, tuple[str, Holder | None]] = {}  # lock url -> (ETag, holder read at that ETag)
+_CONFIRMED: dict[tuple[str, str], float] = {}  # (lock url, build id) -> when the store last said "alive"
 _CACHE_LOCK = threading.Lock()
 
 
@@ -87,7 +88,8 @@ def build_alive(data: Location, build_id: str) -> bool:
     """May the build ``build_id`` still write into DATA on object storage? (``pipelines.lock.build_alive``)
 
     False when the lock object is gone, names another build, or its holder is dead (see ``_live``).
-    Answers are reused for ``_ALIVE_CACHE_S``; a store that cannot be reached counts as "not alive".
+    Answers are reused for ``_ALIVE_CACHE_S``. A store that cannot be reached counts as "alive" for half a
+    lease (``LEASE_S / 2``) after the store last said so, then as "not alive".
     """
     loc = lock_location(data)
     key, now = (str(loc), build_id), time.monotonic()
@@ -106,9 +108,20 @@ def build_alive(data: Location, build_id: str) -> bool:
             with _CACHE_LOCK:
                 _HOLDERS[str(loc)] = (head["etag"], holder)
             alive = holder is not None and holder.build_id == build_id and _live(holder, head["modified"])
-    except Exception:  # noqa: BLE001 - an unreachable store: stop writing rather than write blind
-        log.warning("cannot read the build lock at %s", loc)
-        alive = False
+        if alive:
+            with _CACHE_LOCK:
+                _CONFIRMED[key] = now
+    except Exception:  # noqa: BLE001 - an unreachable store: see below
+        # Nobody can take the lock over while the store is unreachable, and no other build's lease can
+        # start before ours lapses (LEASE_S after our holder's last heartbeat): a worker whose build was
+        # alive a moment ago goes on through a short outage (its writes retry) rather than throw its unit
+        # away, and stops writing once half a lease has passed without an answer.
+        with _CACHE_LOCK:
+            confirmed = _CONFIRMED.get(key)
+        since = time.monotonic() - confirmed if confirmed is not None else None  # the HEAD retried a while
+        alive = since is not None and since < LEASE_S / 2
+        verdict = f"going on: the build was alive {since:.1f} s ago" if alive else "this worker stops writing"
+        log.warning("cannot read the build lock at %s; %s", loc, verdict)
     with _CACHE_LOCK:
         _ALIVE[key] = (now, alive)
     return alive

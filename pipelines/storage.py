@@ -174,17 +174,38 @@ def cli_location(text: str) -> Path | str:
 # fresh filesystem object. Values are used only as a cache key, never logged.
 _S3_ENV = "AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3"
 _ENV_KEYS = {
-    "s3": (*_S3_ENV.split(), "AWS_DEFAULT_REGION", "AWS_REGION"),
+    "s3": (*_S3_ENV.split(), "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"),
     "gs": ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT"),
 }
 _FILESYSTEMS: dict[tuple, Any] = {}
+
+#: botocore's retry policy unless the standard variables ``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS`` say
+#: otherwise. botocore's own default (legacy, 5 attempts: ~15 s at most) gives up inside a short endpoint
+#: restart or a throttling burst; "standard" retries throttling (SlowDown, 503), 5xx and connection errors
+#: with full-jitter exponential backoff capped at 20 s a wait (botocore/retries/standard.py), so 10 attempts
+#: ride out about a minute of outage (55 s expected, 111 s at most). A call that still fails raises a
+#: one-line StorageError naming the URL; the build's state stays as it was (manifest last): the next run
+#: resumes.
+S3_RETRY_MODE, S3_MAX_ATTEMPTS = "standard", 10
+
+
+def s3_retries() -> dict[str, Any]:
+    """botocore's ``retries`` config from the environment (``AWS_RETRY_MODE``, ``AWS_MAX_ATTEMPTS``) or
+    bindset's defaults. Raises StorageError for a non-integer ``AWS_MAX_ATTEMPTS``."""
+    mode = os.environ.get("AWS_RETRY_MODE") or S3_RETRY_MODE
+    try:
+        attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or S3_MAX_ATTEMPTS)
+    except ValueError:
+        raise StorageError(f"AWS_MAX_ATTEMPTS={os.environ['AWS_MAX_ATTEMPTS']!r}: not a whole number") from None
+    return {"mode": mode, "max_attempts": max(1, attempts)}
 
 
 def filesystem(scheme: str):
     """The fsspec filesystem of an object-store scheme ("s3", "gs"), configured from the environment.
 
     S3: ``s3fs`` (botocore reads the AWS variables, ``AWS_ENDPOINT_URL`` included). GCS: ``gcsfs``
-    (``GOOGLE_APPLICATION_CREDENTIALS``; ``STORAGE_EMULATOR_HOST`` points it at an emulator). Listings are
+    (``GOOGLE_APPLICATION_CREDENTIALS``; ``STORAGE_EMULATOR_HOST`` points it at an emulator; gcsfs retries
+    transient errors itself). S3 calls retry as ``s3_retries`` says. Listings are
     not cached: the manifest is re-read to detect a commit, and a cached listing would hide one.
     Raises :class:`MissingExtra` when the scheme's package is not installed.
     """
@@ -200,6 +221,8 @@ def filesystem(scheme: str):
         import fsspec
 
         opts: dict[str, Any] = {"use_listings_cache": False, "skip_instance_cache": True}
+        if scheme == "s3":
+            opts["config_kwargs"] = {"retries": s3_retries()}
         if scheme == "gs" and os.environ.get("STORAGE_EMULATOR_HOST"):
             opts["token"] = "anon"  # an emulator takes no credentials; gcsfs reads the host from the env
         fs = fsspec.filesystem(scheme, **opts)
