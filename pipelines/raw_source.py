@@ -25,10 +25,12 @@ local one byte for byte (the same containment checks, FFmpeg seeking and probing
 ``imread`` of a path), which is what makes the output identical to a local build; FFmpeg reads a container
 in many small, scattered requests (moov at the end, probe reads, audio and video interleaved), each of which
 would be a blocking Python callback and, past the cache, a range GET; and the depth/thermal frames and IMU
-CSVs are whole small files either way. Measured on the moto server (``tests/s3server.py``): a 12 s
-160x120 video of 0.23 MB downloads in ~8 ms and decodes in ~0.3 s; opened through ``storage.open_read``
-(1 MiB blocks), PyAV's probe + decode took the same time within noise, so the download costs nothing
-measurable and keeps one code path. The disk it takes is bounded by two inputs per worker.
+CSVs are whole small files either way. Measured on the moto server (``tests/s3server.py``, this 2-core
+machine): a 12 s 160x120 synthetic video of 0.23 MB downloads in 13-18 ms and PyAV decodes its 923 video
+and audio frames from the copy in 21-35 ms (22-39 ms from the original file); decoding it through
+``storage.open_read`` (1 MiB blocks) took 25-34 ms, download included. So the copy costs about what
+streaming costs, it overlaps with the previous input's decode, and it keeps one decode path. The disk it
+takes is bounded by two inputs per worker.
 """
 
 from __future__ import annotations

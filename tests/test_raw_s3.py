@@ -112,6 +112,34 @@ def test_discovery_lists_once_and_fingerprints_agree_with_a_workers_stats(captur
         assert all(e[2].startswith("etag:") for p in paths for e in stats(p) if e[1] is not None)
 
 
+@pytest.mark.parametrize("layout", ["videos", "ego4d", "sunrgbd", "llvip"])
+def test_every_layout_is_discovered_from_s3_as_from_a_local_copy(layout, s3_bucket, tmp_path):
+    """Units, session keys, captions/intrinsics read by discovery and input rejects, from one listing."""
+    raw = tmp_path / "raw"
+    synth(raw, SynthConfig(sessions=2, seed=2, seconds=2.0, width=32, height=24, depth_size=(16, 12),
+                           thermal_size=(16, 12), workers=1, layout=layout))  # fmt: skip
+    (raw / "misc").mkdir()
+    (raw / "misc" / "stray.bin").write_bytes(b"x")
+    _upload(raw, f"{s3_bucket.url}/{layout}")
+    found, _ = discover_remote(RemoteRaw(f"{s3_bucket.url}/{layout}"), "auto")
+    here = discover(raw)
+    assert found.layout == here.layout == layout and found.units and found.units == here.units
+    assert found.rejects == here.rejects and any(r.source == "misc/stray.bin" for r in found.rejects)
+
+
+def test_a_stills_layout_builds_from_s3_byte_identical(s3_bucket, tmp_path):
+    """SUN RGB-D pairs: many small files per input, staged together."""
+    raw = tmp_path / "raw"
+    synth(raw, SynthConfig(sessions=3, seed=4, seconds=2.0, width=48, height=32, depth_size=(24, 16),
+                           workers=1, layout="sunrgbd"))  # fmt: skip
+    _upload(raw, f"{s3_bucket.url}/sun")
+    build(raw, tmp_path / "local", CFG, EngineConfig("local"))
+    build(f"{s3_bucket.url}/sun", tmp_path / "remote", CFG, EngineConfig("local"))
+    a, b = _outputs(tmp_path / "local"), _outputs(tmp_path / "remote")
+    assert a == b and any(n.endswith(".tar") for n in a)
+    assert _manifest(tmp_path / "local") == _manifest(tmp_path / "remote")
+
+
 def test_incremental_an_added_or_rewritten_object_redoes_only_its_unit(captures, s3_bucket, tmp_path):
     raw_url = f"{s3_bucket.url}/raw"
     _upload(captures, raw_url)
