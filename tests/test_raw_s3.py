@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -165,6 +166,31 @@ def test_incremental_an_added_or_rewritten_object_redoes_only_its_unit(captures,
     third = build(raw_url, data, CFG, EngineConfig("local"))
     assert third.processed_units == [unit_of_imu]
     assert [e["processed"] for e in _log(data)] == [first.units, 1, 1]
+
+
+def test_an_object_that_cannot_be_read_is_an_io_error_reject_naming_its_url(captures, s3_bucket, tmp_path,
+                                                                            monkeypatch):  # fmt: skip
+    """An archived object (S3 GLACIER storage class: listed and HEAD-able, but a GET is refused until it is
+    restored): its input is one transient io_error reject naming the URL; the other units are built."""
+    scratch = tmp_path / "system-temp"  # this test's own temp folder: the scratch copies go there
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    raw_url = f"{s3_bucket.url}/raw"
+    _upload(captures, raw_url)
+    fs = storage.filesystem("s3")
+    imu = sorted(k for k in fs.find(storage.location(raw_url).path) if k.endswith(".csv") and "/imu" in k)[0]
+    fs.pipe_file(imu, fs.cat_file(imu), StorageClass="GLACIER")
+    result = build(raw_url, tmp_path / "data", CFG, EngineConfig("local"))
+    rel = imu[len(storage.location(raw_url).path) + 1 :]
+    rejects = pq.read_table(tmp_path / "data" / "rejects.parquet").to_pylist()
+    bad = [r for r in rejects if r["reason"] == "io_error"]
+    assert [(r["source"], r["key"]) for r in bad] == [(rel, None)] and f"s3://{imu}" in bad[0]["detail"]
+    assert result.commit.samples > 0 and result.units == 3
+    assert not list(scratch.glob("bindset-raw-*"))  # every scratch copy removed
+    # transient: the next build runs that unit again (the object is restored meanwhile, same bytes and ETag)
+    fs.pipe_file(imu, (captures / rel).read_bytes())
+    again = build(raw_url, tmp_path / "data", CFG, EngineConfig("local"))
+    assert again.processed_units == [rel.split("/")[0]] and "io_error" not in again.commit.reasons
 
 
 def test_a_missing_bucket_or_prefix_is_one_line_naming_the_url(s3_bucket, tmp_path, capsys):
