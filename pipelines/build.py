@@ -189,7 +189,8 @@ def refuse_cluster_with_local_paths(raw: Path | str, data: Path | str, engine: E
     """Raise ``UserError`` (exit 2) when workers on other machines would be handed this machine's folders.
 
     A Ray cluster on another host (``--ray-address``) needs RAW and DATA it can reach; a Beam runner of
-    ``CLUSTER_RUNNERS`` (Dataflow, Flink, Spark, portable) needs DATA it can write. A local path is
+    ``CLUSTER_RUNNERS`` (Dataflow, Flink, Spark, portable) needs DATA it can write and RAW it can read (its
+    workers download their inputs from a URL RAW, ``pipelines.raw_source``). A local path is
     neither: the workers would write into their own disks, and the driver's commit would find nothing. Called
     before the lock and the discovery, so nothing has run or been written when it refuses.
     """
@@ -208,6 +209,11 @@ def refuse_cluster_with_local_paths(raw: Path | str, data: Path | str, engine: E
         raise UserError(
             f"--runner={runner} with a local DATA {data}: that runner's workers run on other machines "
             "and cannot write this machine's folder; use an s3:// or gs:// DATA, or the DirectRunner"
+        )
+    if name in CLUSTER_RUNNERS and not storage.is_url(raw):  # RAW on a URL is read by the workers themselves
+        raise UserError(
+            f"--runner={runner} with a local RAW {raw}: that runner's workers run on other machines "
+            "and cannot read this machine's folder; use an s3:// or gs:// RAW, or the DirectRunner"
         )
 
 

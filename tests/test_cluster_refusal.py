@@ -73,4 +73,4 @@ def test_runners_and_addresses_on_this_machine_are_not_refused(raw, tmp_path):
         refuse_cluster_with_local_paths(raw, data, engine)  # no exception
     # a remote address with everything on object storage passes the check (it is then up to the cluster)
     refuse_cluster_with_local_paths("s3://b/raw", "s3://b/ds", EngineConfig("ray", ray_address=REMOTE))
-    refuse_cluster_with_local_paths(raw, "s3://b/ds", EngineConfig("beam", ["--runner=DataflowRunner"]))
+    refuse_cluster_with_local_paths("s3://b/raw", "s3://b/ds", EngineConfig("beam", ["--runner=DataflowRunner"]))

@@ -213,6 +213,10 @@ def test_a_url_raw_is_fine_for_a_cluster_a_local_one_is_not(tmp_path):
         refuse_cluster_with_local_paths(tmp_path, "s3://b/data", remote)
     with pytest.raises(UserError, match="local DATA"):
         refuse_cluster_with_local_paths("s3://b/raw", tmp_path, remote)
+    dataflow = EngineConfig("beam", ["--runner=DataflowRunner"])
+    refuse_cluster_with_local_paths("s3://b/raw", "s3://b/data", dataflow)
+    with pytest.raises(UserError, match=f"--runner=DataflowRunner with a local RAW {tmp_path}: .* cannot read"):
+        refuse_cluster_with_local_paths(tmp_path, "s3://b/data", dataflow)
 
 
 def test_sync_reads_raw_from_s3_like_a_local_raw(captures, s3_bucket, tmp_path):
