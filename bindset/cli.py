@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
         "steps and each epoch; a rerun resumes from the latest one. The final model goes to RUN/model/.",
     )
     t.add_argument("data", type=_location, help="the dataset: a folder, or an s3:// or gs:// URL")
-    t.add_argument("run", type=Path)
+    t.add_argument("run", type=_location, help="the run folder, or an s3:// or gs:// URL")
     t.add_argument("--workers", type=int, default=1, help="training workers (Ray Train)")
     t.add_argument("--gpu", action="store_true", help="one GPU per worker")
     t.add_argument("--engine", choices=("ray", "local"), default="ray", help="local: one process, no Ray")

@@ -12,7 +12,6 @@ ray_trainer.py, which holds every ``ray.train.*`` call.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import queue
@@ -33,6 +32,7 @@ from training.encoders import BindingModel
 from training.image_cache import CachedImages, cache_dir
 from training.inputs import ModelInputs, collate, resolve_depth_norm, scatter_rows, take_rows
 from training.loss import BindingLoss, Gather, no_gather, torch_distributed_gather
+from training.run_store import RunStore
 from training.shards import (
     MODALITY_MEMBER,
     PAD,
@@ -69,9 +69,12 @@ class Runtime(Protocol):
 
 
 class LocalRuntime:
-    """One process, or one of torchrun's (RANK/WORLD_SIZE/LOCAL_RANK in the environment)."""
+    """One process, or one of torchrun's (RANK/WORLD_SIZE/LOCAL_RANK in the environment).
 
-    def __init__(self, run: Path, gpu: bool = False, keep: int = 3):
+    ``store``: a RUN on a URL (training/run_store.py): checkpoints are staged under ``run`` (its local work
+    folder), uploaded after each commit, and the newest one on the store is downloaded first to resume from."""
+
+    def __init__(self, run: Path, gpu: bool = False, keep: int = 3, store: RunStore | None = None):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if gpu and not torch.cuda.is_available():
@@ -86,6 +89,9 @@ class LocalRuntime:
         else:
             self.rank = 0
         self.checkpoints = CheckpointDir(Path(run) / "checkpoints", keep)
+        self.keep, self.store = keep, store
+        if store is not None and store.is_remote:
+            store.pull_latest_checkpoint(self.checkpoints.root)
 
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
         return torch_distributed_gather(t) if self.world_size > 1 else no_gather(t)
@@ -99,7 +105,9 @@ class LocalRuntime:
 
     def save(self, metrics: dict, folder: Path | None, step: int) -> None:
         if folder is not None:
-            self.checkpoints.commit(folder, step)
+            final = self.checkpoints.commit(folder, step)
+            if self.store is not None:
+                self.store.push_checkpoint(final, step, self.keep)
         if self.world_size > 1:
             import torch.distributed as dist
 
@@ -166,11 +174,6 @@ def encoder_rows(batch: dict, allowed: dict[str, torch.Tensor], modalities) -> R
         else:
             out[m] = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.bool)
     return out
-
-
-def _append(path: Path, entry: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(entry, sort_keys=True, default=float) + "\n")
 
 
 def _fault(rank: int, step: int, resumed: bool) -> None:
@@ -256,9 +259,14 @@ def train_loop(
     *,
     table: SampleTable | None = None,
     on_step: Callable[[StepTiming], None] | None = None,
+    store: RunStore | None = None,
 ) -> LoopResult:
-    """``table`` replaces the split's sample table (benchmarks tile it); ``on_step`` sees every step's timing."""
+    """``table`` replaces the split's sample table (benchmarks tile it); ``on_step`` sees every step's timing.
+
+    ``run`` is the local folder the loop writes into; ``store`` (training/run_store.py) mirrors its logs to a
+    RUN URL (default: ``run`` itself, nothing mirrored)."""
     data, run = dataset_location(data), Path(run)  # DATA: a local folder or an s3:// / gs:// URL
+    store = store if store is not None else RunStore(run)
     cfg = resolve_depth_norm(data, cfg)  # `train` has done it already; benchmarks and tests may call this directly
     device = rt.device
     torch.manual_seed(cfg.seed * 1000 + rt.rank)
@@ -296,7 +304,8 @@ def train_loop(
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if rt.rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        _append(run / EVENTS, {"event": "start", "resumed_from_step": start, "world_size": rt.world_size,
+        store.pull_logs()  # a URL RUN: the logs of earlier attempts go on
+        store.append(EVENTS, {"event": "start", "resumed_from_step": start, "world_size": rt.world_size,
                                "steps_per_epoch": steps_per_epoch, "total_steps": total, "pid": os.getpid(),
                                "time": time.time()})  # fmt: skip
 
@@ -377,7 +386,7 @@ def train_loop(
                     window = dict.fromkeys(window, 0)
                     folder = None
                     if rt.rank == 0:
-                        _append(run / METRICS, metrics)
+                        store.append(METRICS, metrics)
                         epochs_done, in_epoch = divmod(step, steps_per_epoch)
                         state = TrainState(step, epochs_done, in_epoch, cfg.to_dict(), metrics)
                         folder = write_checkpoint(rt.staging_dir(), model, optimizer, state)
@@ -386,5 +395,5 @@ def train_loop(
                 if step >= total:
                     break
     if rt.rank == 0:
-        _append(run / EVENTS, {"event": "done", "step": step, "time": time.time()})
+        store.append(EVENTS, {"event": "done", "step": step, "time": time.time()})
     return LoopResult(step, step / steps_per_epoch, start, metrics)

@@ -4,6 +4,13 @@
 
 FailureConfig(max_failures) restarts the worker group from the latest reported checkpoint when a worker
 dies; the loop resumes at the step inside the epoch where that checkpoint was taken.
+
+RUN on a URL (training/run_store.py): ``RunConfig.storage_path`` is the URL's ``bucket/prefix`` and
+``storage_filesystem`` a ``pyarrow.fs.PyFileSystem`` over the storage seam's fsspec filesystem, so Ray Train
+uploads its checkpoints to ``RUN/ray/`` with the same client, endpoint and credentials as every other call
+(from the standard environment; the local cluster's workers get it through ``runtime_env``, never logged).
+Rank 0 writes the logs into the driver's staging folder and uploads them; the final checkpoint is downloaded
+to that folder for ``export_model``.
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from pipelines import storage
 from training.config import TrainConfig
 from training.loss import torch_distributed_gather
+from training.run_store import RunStore, pyarrow_filesystem, remote_env
 
 
 class RayRuntime:
@@ -58,15 +65,20 @@ class RayRuntime:
 
 def train_loop_per_worker(config: dict) -> None:
     from training.loop import train_loop
+    from training.run_store import RunStore
     from training.shards import dataset_location
 
     cfg = TrainConfig.from_dict(config["train"])
-    train_loop(dataset_location(config["data"]), Path(config["run"]), cfg, RayRuntime())
+    # a URL RUN: the driver's staging folder (shared on a local cluster: the image cache is there)
+    store = RunStore.open(config["run"], work=config.get("work"))
+    train_loop(dataset_location(config["data"]), store.work, cfg, RayRuntime(), store=store)
 
 
-def fit_with_ray(data: Path | str, run: Path, cfg: TrainConfig, workers: int, gpu: bool,
+def fit_with_ray(data: Path | str, store: RunStore, cfg: TrainConfig, workers: int, gpu: bool,
                  address: str | None = None) -> Path:  # fmt: skip
-    """Run the TorchTrainer; returns the folder of the final checkpoint."""
+    """Run the TorchTrainer; returns the (local) folder of the final checkpoint.
+
+    ``store``: RUN (training/run_store.py); on a URL Ray Train's storage is the URL (module docstring)."""
     try:
         import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -85,20 +97,25 @@ def fit_with_ray(data: Path | str, run: Path, cfg: TrainConfig, workers: int, gp
     )
     # fault injection (tests of recovery) must reach the workers, which do not inherit our environment
     env = {FAULT_ENV: os.environ[FAULT_ENV]} if os.environ.get(FAULT_ENV) else {}
-    loc = storage.location(data)
-    if not loc.is_local and not address:
-        # DATA on object storage: the local cluster's workers read it with this process's endpoint and
+    if not address:
+        # DATA or RUN on object storage: the local cluster's workers reach it with this process's endpoint and
         # credentials (a remote cluster's nodes bring their own: IAM roles, workload identity)
-        env.update(storage.client_environment(loc.scheme))
+        env.update(remote_env(data, store.remote))
+    if store.remote is not None:
+        storage_path, storage_fs = f"{store.remote.path}", pyarrow_filesystem(store.remote)
+        work = {"work": str(store.work)}
+    else:
+        storage_path, storage_fs, work = str(store.work), None, {}
     started = init_ray(log_to_driver=True, configure_logging=False, runtime_env={"env_vars": env}, **kwargs)
     try:
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"data": str(data), "run": str(run), "train": cfg.to_dict()},
+            train_loop_config={"data": str(data), "run": str(store.where), "train": cfg.to_dict(), **work},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu),
             run_config=RunConfig(
                 name="ray",
-                storage_path=str(Path(run).resolve()),
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             ),
@@ -108,7 +125,10 @@ def fit_with_ray(data: Path | str, run: Path, cfg: TrainConfig, workers: int, gp
             raise result.error
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
-        return Path(result.checkpoint.path)
+        if store.remote is None:
+            return Path(result.checkpoint.path)
+        # on the store: downloaded into the staging folder for export_model
+        return Path(result.checkpoint.to_directory(str(store.work / "ray-final" / Path(result.checkpoint.path).name)))
     finally:
         if started:
             ray.shutdown()
