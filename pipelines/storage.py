@@ -43,6 +43,7 @@ machines that have only torch, numpy and pyarrow, and the default install has no
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -437,6 +438,48 @@ def put_atomic(where: Location | Path | str, data: bytes) -> None:
         atomic_write_bytes(loc.path, data)
         return
     _remote(loc, lambda: filesystem(loc.scheme).pipe_file(loc.path, data))
+
+
+def read_versioned(where: Location | Path | str) -> tuple[bytes, str]:
+    """An object's bytes and the version they are: its ETag on ``s3://``, "" elsewhere (no conditional write).
+
+    The ETag is read before and after the GET; a write in between is retried (three times, then
+    ``StorageError``), so the bytes are the version named. Raises ``FileNotFoundError`` when absent.
+    """
+    loc = Location.parse(where)
+    if loc.scheme != "s3":
+        return read_bytes(loc), ""
+    fs = filesystem(loc.scheme)
+    for _ in range(3):
+        before = _remote(loc, lambda: fs.info(loc.path)).get("ETag", "")
+        data = _remote(loc, lambda: fs.cat_file(loc.path))
+        if _remote(loc, lambda: fs.info(loc.path)).get("ETag", "") == before:
+            return data, str(before).strip('"')
+    raise StorageError(f"{loc}: rewritten while being read, three times")
+
+
+def put_if_unchanged(where: Location | Path | str, data: bytes, version: str) -> bool:
+    """Replace an object with ``data`` in one PUT only while it still is ``version`` (``read_versioned``).
+
+    ``s3://``: ``PutObject`` with ``If-Match: <ETag>``, which the store checks atomically; False when the
+    object changed or is gone (412 / 404), so a writer never overwrites what another one committed meanwhile.
+    Other schemes (``version`` ""): a plain ``put_atomic``, True; their callers keep their own checks.
+    """
+    loc = Location.parse(where)
+    if loc.scheme != "s3" or not version:
+        put_atomic(loc, data)
+        return True
+    fs = filesystem(loc.scheme)
+    bucket, _, key = loc.path.partition("/")
+    try:
+        _remote(loc, lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version))
+    except (FileNotFoundError, FileExistsError):
+        return False
+    except OSError as exc:  # s3fs/errors.py: 412 PreconditionFailed (If-Match) -> OSError(EINVAL)
+        if exc.errno == errno.EINVAL:
+            return False
+        raise
+    return True
 
 
 def put_json(where: Location | Path | str, obj: Any, *, indent: int | None = 2, **dumps: Any) -> None:

@@ -438,9 +438,10 @@ def _validate_remote(loc: Location, thresholds: QualityThresholds, verify_hashes
 
     The manifest, index and rejects are copied to a local scratch folder (GX reads local files), the shards
     are read in place by byte range, the GX run writes DATA/quality/ locally, and its files are uploaded
-    to ``loc/quality/``. The verdict goes into the manifest object with one PUT, after checking that no build
-    committed another version meanwhile. (Object stores have no lock: a commit racing that last re-read and
-    PUT is not detected yet; issue 17's object-store commit will close it with a conditional PUT.)
+    to ``loc/quality/``. The verdict goes into the manifest object with one PUT, and only into the version
+    validated: the manifest is re-read with its ETag and replaced with ``If-Match`` on it
+    (``storage.put_if_unchanged``), so a commit that lands between that read and the PUT makes the PUT fail
+    (``DatasetChanged``) instead of being overwritten. ``gs://`` keeps the re-read check alone.
     """
     opened = committed_manifest(loc)
     with tempfile.TemporaryDirectory(prefix="bindset-validate-") as tmp:
@@ -451,11 +452,18 @@ def _validate_remote(loc: Location, thresholds: QualityThresholds, verify_hashes
         for path in sorted((local / QUALITY).rglob("*")):
             if path.is_file():
                 storage.upload(path, loc / path.relative_to(local).as_posix())
-    manifest = json.loads(storage.read_bytes(loc / "manifest.json"))
+    changed = DatasetChanged(f"{loc}: a build committed another version during validation; validate again")
+    try:
+        body, version = storage.read_versioned(loc / "manifest.json")
+    except FileNotFoundError:  # a commit is under way (it deletes the manifest first)
+        raise changed from None
+    manifest = json.loads(body)
     if any(manifest.get(k) != opened.get(k) for k in ("version", "counts")):
-        raise DatasetChanged(f"{loc}: a build committed another version during validation; validate again")
+        raise changed
     manifest["validation"] = verdict
-    storage.put_json(loc / "manifest.json", _strict(manifest), default=_jsonable)
+    text = json.dumps(_strict(manifest), indent=2, sort_keys=True, allow_nan=False, default=_jsonable) + "\n"
+    if not storage.put_if_unchanged(loc / "manifest.json", text.encode("utf-8"), version):
+        raise changed  # a commit replaced or removed the manifest between the read and this PUT
     return _outcome(passed, results, loc, loc / "manifest.json")
 
 

@@ -131,3 +131,34 @@ def test_a_missing_bucket_and_wrong_credentials_are_one_line_errors(s3_bucket, m
     msg = str(err.value)
     assert msg.startswith(f"{s3_bucket.url}/ds/manifest.json: access denied") and "\n" not in msg
     assert "testing-secret" not in msg
+
+
+def test_a_conditional_put_never_overwrites_a_newer_version(s3_bucket):
+    """``put_if_unchanged`` (validate's verdict into the manifest): one PUT with If-Match on the ETag read."""
+    obj = storage.location(f"{s3_bucket.url}/ds/manifest.json")
+    storage.put_atomic(obj, b'{"version": 1}\n')
+    body, version = storage.read_versioned(obj)
+    assert body == b'{"version": 1}\n' and version
+    assert storage.put_if_unchanged(obj, b'{"version": 1, "validation": "a"}\n', version)
+    assert storage.read_bytes(obj) == b'{"version": 1, "validation": "a"}\n'
+    # the ETag read before is stale now: a writer holding it is refused, the newer bytes stay
+    assert not storage.put_if_unchanged(obj, b'{"version": 1, "validation": "b"}\n', version)
+    _, newer = storage.read_versioned(obj)
+    storage.put_atomic(obj, b'{"version": 2}\n')  # a commit lands between a read and the PUT
+    assert not storage.put_if_unchanged(obj, b'{"version": 1, "validation": "c"}\n', newer)
+    assert storage.read_bytes(obj) == b'{"version": 2}\n'
+    storage.delete(obj)  # a commit under way (the manifest deleted first)
+    assert not storage.put_if_unchanged(obj, b'{"version": 2, "validation": "d"}\n', newer)
+    assert not storage.exists(obj)
+
+
+def test_s3_retry_policy_comes_from_the_standard_variables(monkeypatch):
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    assert storage.s3_retries() == {"mode": "standard", "max_attempts": storage.S3_MAX_ATTEMPTS}
+    monkeypatch.setenv("AWS_RETRY_MODE", "adaptive")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    assert storage.s3_retries() == {"mode": "adaptive", "max_attempts": 3}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "many")
+    with pytest.raises(storage.StorageError, match="AWS_MAX_ATTEMPTS='many'"):
+        storage.s3_retries()
