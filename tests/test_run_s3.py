@@ -154,7 +154,7 @@ def test_ray_train_stores_its_checkpoints_on_s3(built, local_run, s3_bucket, tmp
     args = [a if a != "local" else "ray" for a in TRAIN_ARGS]
     assert main(["train", str(built), url, *args, "--workers", "1"]) == 0
     objects = _objects(url)
-    ray_ckpts = {k.split("/")[2] for k in objects if k.startswith("ray/") and k.endswith("/state.json")}
+    ray_ckpts = {k.split("/")[1] for k in objects if k.startswith("ray/") and k.endswith("/state.json")}
     assert ray_ckpts and all(c.startswith("ckpt-") for c in ray_ckpts), sorted(objects)
     assert json.loads(storage.read_bytes(f"{url}/model/state.json"))["step"] == 4
     got = _jsonl(storage.read_bytes(f"{url}/metrics.jsonl"))
