@@ -255,7 +255,8 @@ def _cmd_embed(args: argparse.Namespace, run) -> int:
     from training.embed import embed
 
     _need_dataset(args.data)
-    _need(args.run, "RUN", "dir")
+    if not isinstance(args.run, str):  # a URL RUN: embed's own check names a missing model
+        _need(args.run, "RUN", "dir")
     from training.vector_index import IndexParams
 
     index = IndexParams.from_dict(given_flags(args, IndexParams, dest_prefix="index_"), source="index flags")
@@ -273,7 +274,8 @@ def _cmd_search(args: argparse.Namespace, run) -> int:
     given = [(k, getattr(args, k)) for k in QUERY_KINDS if getattr(args, k) is not None]
     if len(given) != 1:
         raise UserError(f"give exactly one query: {', '.join('--' + k for k in QUERY_KINDS)}")
-    _need(args.emb, "EMB", "dir")
+    if not isinstance(args.emb, str):  # a URL: read_meta names a missing commit
+        _need(args.emb, "EMB", "dir")
     kind, value = given[0]
     if kind not in ("text", "key"):
         _need(Path(value), f"--{kind}", "file")
@@ -287,11 +289,12 @@ def _cmd_search(args: argparse.Namespace, run) -> int:
 def _cmd_eval(args: argparse.Namespace, run) -> int:
     from training.evaluate import evaluate
 
-    _need(args.emb, "EMB", "dir")
+    if not isinstance(args.emb, str):  # a URL: read_meta names a missing commit
+        _need(args.emb, "EMB", "dir")
     report = evaluate(args.emb, args.split, args.out)
     print(report.markdown())
-    out = Path(args.out) if args.out else Path(args.emb)
-    print(f"eval: wrote {out / 'eval.md'} and {out / 'eval.json'}")
+    out = str(args.out or args.emb).rstrip("/")
+    print(f"eval: wrote {out}/eval.md and {out}/eval.json")
     print(f"  log: {run.path}")
     return EXIT_OK
 
@@ -497,9 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
         "EMB/index/<modality>.faiss and EMB/meta.json last. A rerun embeds only the parts that are unfinished "
         "or whose shard's content changed.",
     )
-    e.add_argument("data", type=Path)
-    e.add_argument("run", type=Path)
-    e.add_argument("emb", type=Path)
+    e.add_argument("data", type=_location, help="the dataset: a folder, or an s3:// or gs:// URL")
+    e.add_argument("run", type=_location, help="the trained run: a folder, or an s3:// or gs:// URL")
+    e.add_argument("emb", type=_location, help="where the embeddings go: a folder, or an s3:// URL")
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--gpu", action="store_true", help="local: run on CUDA; ray: one GPU per actor")
     e.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: a pool of Ray actors over parts")
@@ -512,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_embed)
 
     q = sub.add_parser("search", parents=common, help="cross-modal nearest neighbours from a file, text or a key")
-    q.add_argument("emb", type=Path)
+    q.add_argument("emb", type=_location, help="the embeddings: a folder, or an s3:// or gs:// URL")
     q.add_argument("--text")
     q.add_argument("--image", help="an image file (the frozen image tower)")
     q.add_argument("--audio", help="an audio or video file: its first 2 s")
@@ -525,9 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_search)
 
     ev = sub.add_parser("eval", parents=common, help="retrieval, emergent retrieval and zero-shot tables")
-    ev.add_argument("emb", type=Path)
+    ev.add_argument("emb", type=_location, help="the embeddings: a folder, or an s3:// or gs:// URL")
     ev.add_argument("--split", default="val")
-    ev.add_argument("--out", type=Path, help="folder for eval.md/eval.json (default EMB)")
+    ev.add_argument("--out", type=_location, help="folder or URL for eval.md/eval.json (default EMB)")
     ev.set_defaults(func=_cmd_eval)
 
     sc = sub.add_parser("schema", parents=common, help="print (or --out: write) the captures manifest JSON Schema")

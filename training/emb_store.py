@@ -11,6 +11,10 @@ Part N holds the rows of the dataset's N-th shard (shards in name order), in ind
 are the concatenation of its parts in meta.json's order, and row i of that concatenation is id i of the
 modality's FAISS index. Readers go by meta.json's part list, never by listing folders, so a file left by an
 interrupted or older run is never read. Every read here streams part by part.
+
+EMB may be an ``s3://`` or ``gs://`` URL (issue 17): every read and write goes through the storage seam
+(pipelines/storage.py); parts are staged locally and uploaded, meta.json is still the last object written, and
+the lock is a lease object (``EmbLease``) instead of a ``flock``.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipelines.lock import Holder, holder_in, release_holder_lock, take_holder_lock
+from pipelines import storage
+from pipelines.lock import BuildLocked, Holder, holder_in, release_holder_lock, take_holder_lock
+from pipelines.lock_remote import ObjectBuildLock, _read_holder
+from pipelines.storage import Location
 from schemas.errors import MissingInputError, UserError
 
 log = logging.getLogger(__name__)
@@ -82,19 +88,53 @@ class EmbLock:
             self._fd = None
 
 
+class EmbLease(ObjectBuildLock):
+    """EMB's lock on object storage: the lease object ``EMB/_embed.lock`` of pipelines/lock_remote.py (a
+    conditional PUT takes it, a heartbeat keeps it, a dead or silent holder's lease is taken over after
+    ``pipelines.lock.LEASE_S``), with the embed lock's error. s3:// only (conditional PUTs)."""
+
+    def __init__(self, emb: Location):
+        if emb.scheme != "s3":
+            raise storage.StorageError(f"{emb}: embedding into {emb.scheme}:// is not supported yet (s3:// only: its "
+                                       "lock needs conditional PUTs)")  # fmt: skip
+        super().__init__(emb)
+        self.loc = emb / LOCK
+
+    def __enter__(self) -> EmbLease:
+        try:
+            super().__enter__()
+        except BuildLocked:
+            held = _read_holder(self.loc)
+            who = held.describe() if held else "holder unknown"
+            raise EmbLocked(f"{self.data} is being written by another `bindset embed` ({who}); wait for it to "
+                            "finish or stop it") from None  # fmt: skip
+        return self
+
+
+def emb_lock(emb: Path | Location) -> EmbLock | EmbLease:
+    """The lock of one `bindset embed` per EMB: a ``flock`` locally, a lease object on a URL."""
+    return EmbLease(emb) if isinstance(emb, Location) else EmbLock(emb)
+
+
+def emb_root(emb: Path | Location | str) -> Path | Location:
+    """EMB as a resolved local Path, or a Location for an ``s3://`` / ``gs://`` URL."""
+    loc = storage.location(emb)
+    return loc if not loc.is_local else Path(loc.path)
+
+
 def part_name(i: int) -> str:
     return f"part-{i:06d}"
 
 
-def part_path(emb: Path, modality: str, name: str) -> Path:
+def part_path(emb: Path | Location, modality: str, name: str) -> Path | Location:
     return emb / modality / f"{name}.parquet"
 
 
-def marker_path(emb: Path, name: str) -> Path:
+def marker_path(emb: Path | Location, name: str) -> Path | Location:
     return emb / PARTS / f"{name}.json"
 
 
-def index_path(emb: Path, modality: str) -> Path:
+def index_path(emb: Path | Location, modality: str) -> Path | Location:
     return emb / INDEX / f"{modality}.faiss"
 
 
@@ -107,9 +147,9 @@ def schema(dim: int) -> pa.Schema:
 
 def read_meta(emb: Path | str) -> dict:
     """EMB/meta.json. Raises ``EmbNotCommitted`` (exit 2) when there is none or it predates partitioned output."""
-    path = Path(emb) / META
+    path = emb_root(emb) / META
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(storage.read_bytes(path))
     except FileNotFoundError:
         raise EmbNotCommitted(f"{path}: no committed embeddings here (run `bindset embed`, or wait for the run "
                               "in progress to finish)") from None  # fmt: skip
@@ -129,11 +169,11 @@ def modality_parts(meta: dict, modality: str) -> list[tuple[str, int]]:
 def iter_tables(emb: Path | str, modality: str, columns: Sequence[str] | None = None,
                 meta: dict | None = None) -> Iterator[pa.Table]:  # fmt: skip
     """The modality's parts as Arrow tables (``columns`` only), in row order, one part in memory at a time."""
-    emb = Path(emb)
+    emb = emb_root(emb)
     meta = meta or read_meta(emb)
     for name, rows in modality_parts(meta, modality):
         if rows:
-            t = pq.read_table(part_path(emb, modality, name), columns=list(columns) if columns else None)
+            t = storage.read_parquet(part_path(emb, modality, name), columns=list(columns) if columns else None)
             if t.num_rows != rows:
                 raise UserError(f"{part_path(emb, modality, name)}: {t.num_rows} rows, meta.json says {rows}; "
                                 "EMB was changed after its commit, run `bindset embed` again")  # fmt: skip
@@ -172,13 +212,13 @@ def read_vectors(emb: Path | str, modality: str, split: str | None = None) -> tu
 
 def rows_at(emb: Path | str, modality: str, ids: Sequence[int], columns: Sequence[str]) -> list[dict]:
     """The rows with the given ids (row numbers in part order), reading only the parts they fall in."""
-    emb = Path(emb)
+    emb = emb_root(emb)
     meta = read_meta(emb)
     parts = modality_parts(meta, modality)
     starts = np.cumsum([0] + [r for _, r in parts])
     out: dict[int, dict] = {}
     for p in sorted({int(np.searchsorted(starts, i, side="right")) - 1 for i in ids}):
-        t = pq.read_table(part_path(emb, modality, parts[p][0]), columns=list(columns)).to_pylist()
+        t = storage.read_parquet(part_path(emb, modality, parts[p][0]), columns=list(columns)).to_pylist()
         for i in ids:
             if starts[p] <= i < starts[p + 1]:
                 out[int(i)] = t[int(i - starts[p])]

@@ -26,6 +26,11 @@ runs a pool of Ray actors (the model loaded once per actor, ``num_gpus=1`` each 
 parts to embed, each writing its parts through the same code, so the vectors equal the local engine's and
 the rows are in the same order (part order is shard order, whichever actor finished first).
 
+DATA, RUN and EMB may be ``s3://`` / ``gs://`` URLs (issue 17), read and written through the storage seam
+(pipelines/storage.py): a part is staged in a local temp folder and its objects uploaded (the old marker
+deleted first, the new marker last), the indexes are written locally and uploaded, meta.json is still the last
+object and the commit point; the lock is a lease object (emb_store.EmbLease) instead of a ``flock``.
+
 FAISS, not LanceDB: the vectors are already in Parquet, so what is missing is only a fast nearest-
 neighbour structure; FAISS is one wheel with no service or storage format of its own.
 """
@@ -41,6 +46,7 @@ import os
 import queue
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -63,7 +69,8 @@ from training.checkpoint import MODEL, STATE
 from training.config import TrainConfig
 from training.encoders import BindingModel
 from training.inputs import ModelInputs, collate
-from training.shards import SampleReader, SampleTable, loader_context, loader_worker_init
+from training.run_store import read_run_file, remote_env, run_location
+from training.shards import SampleReader, SampleTable, dataset_location, loader_context, loader_worker_init
 from training.vector_index import IndexParams, build_index, write_index
 
 log = logging.getLogger(__name__)
@@ -90,26 +97,34 @@ class LoadedRun:
 def run_identity(run: Path | str) -> tuple[TrainConfig, str]:
     """A trained run's config and id (``<run folder name>-<first 12 hex of the model's sha256>``).
 
-    Raises ``MissingInputError`` (a FileNotFoundError, exit 2) when RUN has no final model."""
-    final = Path(run) / "model"
-    if not (final / MODEL).exists():
-        raise MissingInputError(f"{run}: no trained model ({final / MODEL} missing); run `bindset train` first")
-    cfg = TrainConfig.from_dict(json.loads((final / STATE).read_text())["config"])
-    with open(final / MODEL, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()[:12]
-    return cfg, f"{Path(run).name}-{digest}"
+    RUN may be a URL (training/run_store.py). Raises ``MissingInputError`` (a FileNotFoundError, exit 2) when RUN
+    has no final model."""
+    cfg, run_id, _ = _read_run(run)
+    return cfg, run_id
+
+
+def _read_run(run: Path | str) -> tuple[TrainConfig, str, bytes]:
+    where = run_location(run)
+    try:
+        weights = read_run_file(where, f"model/{MODEL}")
+        state = json.loads(read_run_file(where, f"model/{STATE}"))
+    except FileNotFoundError:
+        raise MissingInputError(f"{run}: no trained model ({where / 'model' / MODEL} missing); run `bindset train` "
+                                "first") from None  # fmt: skip
+    cfg = TrainConfig.from_dict(state["config"])
+    return cfg, f"{where.name}-{hashlib.sha256(weights).hexdigest()[:12]}", weights
 
 
 def load_run(run: Path | str, device: str | torch.device = "cpu") -> LoadedRun:
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_safetensors
 
     from training.towers import FrozenTowers
 
-    cfg, run_id = run_identity(run)
+    cfg, run_id, weights = _read_run(run)
     device = torch.device(device)
     towers = FrozenTowers(cfg.tower, device)
     model = BindingModel({m: cfg.encoder(m) for m in cfg.modalities}, towers.embed_dim)
-    model.load_state_dict(load_file(Path(run) / "model" / MODEL))
+    model.load_state_dict(load_safetensors(weights))
     model.to(device).eval()
     inputs = ModelInputs(cfg.data, towers.image_size, towers.mean, towers.std)
     return LoadedRun(cfg, model, towers, inputs, run_id, device)
@@ -190,7 +205,7 @@ class LiveRows:
 class PartEmbedder:
     """Embeds the batches of one part and commits the part's files; the same code under both engines."""
 
-    def __init__(self, lr: LoadedRun, table: SampleTable, emb: Path, produced: tuple[str, ...]):
+    def __init__(self, lr: LoadedRun, table: SampleTable, emb: Path | storage.Location, produced: tuple[str, ...]):
         self.lr, self.table, self.emb, self.produced = lr, table, emb, produced
         self.dim = lr.towers.embed_dim
         self.schema = S.schema(self.dim)
@@ -239,7 +254,9 @@ class PartEmbedder:
     def write_part(self, part: PartPlan, batches: Iterable[dict]) -> StagedPart:
         """The model over ``batches`` (the part's, in order), each batch's vectors written as one row group of
         the part's staging files before the next batch is read. The files are closed by ``commit``."""
-        stage = storage.staging_dir(self.emb / part.name)
+        # beside the part locally (renamed into place); a local temp folder for a URL EMB (uploaded)
+        local = isinstance(self.emb, Path)
+        stage = storage.staging_dir(self.emb / part.name) if local else Path(tempfile.mkdtemp(prefix="bindset-part-"))
         staged = StagedPart(part, stage, {}, dict.fromkeys(self.produced, 0))
         try:
             for m in self.produced:
@@ -271,12 +288,16 @@ class PartEmbedder:
                 storage.fsync_file(stage / f"{m}.parquet")
             marker = {"name": part.name, "shard": part.shard, "fingerprint": part.fingerprint,
                       "samples": len(part.rows), "rows": staged.counts}  # fmt: skip
-            S.marker_path(self.emb, part.name).unlink(missing_ok=True)
+            storage.delete(S.marker_path(self.emb, part.name))
             for m in self.produced:
-                S.part_path(self.emb, m, part.name).parent.mkdir(parents=True, exist_ok=True)
-                storage.place_file(stage / f"{m}.parquet", S.part_path(self.emb, m, part.name))
-                storage.fsync_dir(S.part_path(self.emb, m, part.name).parent)
-            storage.atomic_write_json(S.marker_path(self.emb, part.name), marker, indent=None)
+                target = S.part_path(self.emb, m, part.name)
+                if isinstance(target, Path):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    storage.place_file(stage / f"{m}.parquet", target)
+                    storage.fsync_dir(target.parent)
+                else:
+                    storage.upload(stage / f"{m}.parquet", target)  # one PUT per part file
+            storage.put_json(S.marker_path(self.emb, part.name), marker, indent=None)
         finally:
             staged.discard()
         log.info("embed: %s (%s, %d samples) done", part.name, part.shard, len(part.rows))
@@ -435,7 +456,7 @@ class RayPartWorker:
         self.table = SampleTable.load(data, None)
         if self.table.version != version:
             raise DatasetChanged(f"{data}: a new version was committed while embedding; run `bindset embed` again")
-        self.embedder = PartEmbedder(self.lr, self.table, Path(emb), produced_modalities(self.lr.cfg))
+        self.embedder = PartEmbedder(self.lr, self.table, S.emb_root(emb), produced_modalities(self.lr.cfg))
         self.reader = PartReader(self.table, _WANT)
         self.batch_size = batch_size
 
@@ -447,6 +468,8 @@ class RayPartWorker:
 
 def _run_ray(args: dict, todo: list[PartPlan], workers: int | None, gpu: bool,
              address: str | None) -> Iterator[dict]:  # fmt: skip
+    """``args``: RayPartWorker's. A local cluster's actors get this process's object-store client environment
+    (endpoint, credentials; never logged) when DATA, RUN or EMB is a URL; a remote cluster brings its own."""
     try:
         import ray
         from ray.util import ActorPool
@@ -457,6 +480,10 @@ def _run_ray(args: dict, todo: list[PartPlan], workers: int | None, gpu: bool,
     # "local": a fresh instance even where `ray start` left a cluster running (None would attach to it)
     kwargs = {"address": address} if address else {"address": "local", "include_dashboard": False,
                                                     **({"num_cpus": workers} if workers else {})}  # fmt: skip
+    if not address:
+        env = remote_env(args["data"], args["run"], args["emb"])
+        if env:
+            kwargs["runtime_env"] = {"env_vars": env}
     started = init_ray(log_to_driver=worker_logs_to_driver(), configure_logging=False, **kwargs)
     try:
         if not todo:
@@ -494,7 +521,7 @@ class EmbedStats:
 
 @dataclass(frozen=True)
 class EmbedResult:
-    emb: Path
+    emb: Path | storage.Location
     counts: dict[str, int]
     run_id: str
     stats: EmbedStats
@@ -526,15 +553,21 @@ def _fault(committed: int) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)  # alive and holding EMB's lock until the test kills it
 
 
-def _read_marker(emb: Path, name: str) -> dict | None:
+def _read_marker(emb: Path | storage.Location, name: str) -> dict | None:
     try:
-        return json.loads(S.marker_path(emb, name).read_text())
+        return json.loads(storage.read_bytes(S.marker_path(emb, name)))
     except (FileNotFoundError, ValueError):
         return None
 
 
-def _remove_stale(emb: Path, keep: int) -> None:
+def _remove_stale(emb: Path | storage.Location, keep: int) -> None:
     """Parts numbered ``keep`` and above (the dataset has fewer shards now) and leftover staging folders."""
+    if isinstance(emb, storage.Location):  # no staging objects on a store: parts are staged in local temp folders
+        for folder, suffix in [(S.PARTS, ".json"), *((m, ".parquet") for m in ALL)]:
+            for name in storage.listdir(emb / folder):
+                if name.startswith("part-") and name.endswith(suffix) and int(name[5:].split(".")[0]) >= keep:
+                    storage.delete(emb / folder / name)
+        return
     for tmp in emb.glob(".part-*.tmp"):
         shutil.rmtree(tmp, ignore_errors=True)
     if (emb / S.PARTS).is_dir():
@@ -560,7 +593,9 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
     if engine not in ENGINES:
         raise InputError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
     t0 = time.perf_counter()
-    data, emb = Path(data).resolve(), Path(emb).resolve()
+    data, emb = dataset_location(data), S.emb_root(emb)  # local Paths, or s3:// / gs:// Locations
+    if isinstance(data, Path):
+        data = data.resolve()
     index = index or IndexParams()
     cfg, run_id = run_identity(run)
     produced = produced_modalities(cfg)
@@ -572,15 +607,17 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
               "produced": produced}  # fmt: skip
     plan = plan_parts(snap.index, snap.shards, header)
 
-    emb.mkdir(parents=True, exist_ok=True)
-    with S.EmbLock(emb):  # one run per EMB: a second one exits 2 naming this one's host and pid
+    if isinstance(emb, Path):
+        emb.mkdir(parents=True, exist_ok=True)
+    with S.emb_lock(emb):  # one run per EMB: a second one exits 2 naming this one's host and pid
         try:
             old_meta = S.read_meta(emb)
         except S.EmbNotCommitted:
             old_meta = None
         # uncommit first: from here until the new meta.json, readers see "no committed embeddings", never a mix
-        (emb / META).unlink(missing_ok=True)
-        storage.fsync_dir(emb)
+        storage.delete(emb / META)
+        if isinstance(emb, Path):
+            storage.fsync_dir(emb)
         _remove_stale(emb, len(plan))
         markers = {p.name: _read_marker(emb, p.name) for p in plan}
         todo = [p for p in plan if (markers[p.name] or {}).get("fingerprint") != p.fingerprint]
@@ -599,7 +636,7 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
             done = _run_local(embedder, todo, batch_size, batches)
         else:
             embedder = None
-            args = {"data": str(data), "run": str(Path(run).resolve()), "emb": str(emb), "version": table.version,
+            args = {"data": str(data), "run": str(run_location(run)), "emb": str(emb), "version": table.version,
                     "batch_size": batch_size}  # fmt: skip
             done = _run_ray(args, todo, workers, gpu, ray_address)
             t_loop = time.perf_counter()
@@ -621,13 +658,13 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
         counts = {m: sum(p["rows"].get(m, 0) for p in parts) for m in produced}
         counts = {m: n for m, n in counts.items() if n}
         dim = _dim(emb, parts, counts)
-        meta = {"format": S.FORMAT, "run": str(Path(run).resolve()), "run_id": run_id, "data": str(data),
+        meta = {"format": S.FORMAT, "run": str(run_location(run)), "run_id": run_id, "data": str(data),
                 "dataset_version": table.version, "dim": dim, "modalities": list(counts), "counts": counts,
                 "parts": parts, "index_params": index.to_dict(), "tower": cfg.to_dict()["tower"]}  # fmt: skip
         infos, built, kept = {}, [], []
         t_index = time.perf_counter()
         for m, n in counts.items():
-            same = (old_meta is not None and m in old_meta.get("index", {}) and S.index_path(emb, m).exists()
+            same = (old_meta is not None and m in old_meta.get("index", {}) and storage.exists(S.index_path(emb, m))
                     and old_meta.get("index_params") == meta["index_params"]
                     and [p["fingerprint"] for p in old_meta["parts"]] == [p["fingerprint"] for p in parts])  # fmt: skip
             if same:
@@ -642,15 +679,15 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
         stats = EmbedStats(len(plan), len(todo), len(plan) - len(todo), sum(len(p.rows) for p in todo), peak,
                            built, kept, time.perf_counter() - t0, embed_s, time.perf_counter() - t_index)  # fmt: skip
         meta.update(index=infos, last_run={**asdict(stats), "engine": engine})
-        storage.atomic_write_json(emb / META, meta, indent=1)  # last: its presence marks a complete EMB folder
+        storage.put_json(emb / META, meta, indent=1)  # last: its presence marks a complete EMB folder
         return EmbedResult(emb, counts, run_id, stats, infos)
 
 
-def _dim(emb: Path, parts: list[dict], counts: dict[str, int]) -> int:
+def _dim(emb: Path | storage.Location, parts: list[dict], counts: dict[str, int]) -> int:
     for m in counts:
         for p in parts:
             if p["rows"].get(m):
-                return pq.read_schema(S.part_path(emb, m, p["name"])).field("vector").type.list_size
+                return storage.read_parquet_schema(S.part_path(emb, m, p["name"])).field("vector").type.list_size
     return 0
 
 

@@ -128,9 +128,13 @@ def zero_shot(modality: str, data, class_names: list[str], lr) -> ZeroShot | Non
 
 
 def evaluate(emb: Path | str, split: str = "val", out: Path | str | None = None) -> EvalReport:
+    """The report of EMB's ``split`` (module docstring), written as ``out``/eval.json and eval.md (default EMB).
+
+    EMB and ``out`` may be ``s3://`` / ``gs://`` URLs (read and written through the storage seam)."""
+    from pipelines import storage
     from training.embed import load_run
 
-    emb = Path(emb)
+    emb = S.emb_root(emb)
     meta = S.read_meta(emb)
     sets = {m: _load(emb, m, split) for m in meta["modalities"]}
     if "image" not in sets or not sets["image"][0]:
@@ -155,8 +159,7 @@ def evaluate(emb: Path | str, split: str = "val", out: Path | str | None = None)
             z = zero_shot(m, sets[m], class_names, lr)
             if z:
                 report.zero_shot.append(z)
-    out = Path(out) if out else emb
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
-    (out / "eval.md").write_text(report.markdown())
+    out = S.emb_root(out) if out else emb
+    storage.put_atomic(out / "eval.json", (json.dumps(report.to_dict(), indent=1) + "\n").encode())
+    storage.put_atomic(out / "eval.md", report.markdown().encode())
     return report

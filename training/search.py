@@ -10,6 +10,9 @@ tower, an image by the frozen image tower, an audio file's first 2 s by the audi
 log-mel), a depth or thermal PNG by its encoder; ``--key`` reuses a stored vector. The search goes to the
 modality's FAISS index (exact, or IVF with the ``nprobe`` meta.json records) and reads back only the parts
 that hold the hits (training/emb_store.py).
+
+EMB (and the RUN that meta.json names) may be ``s3://`` / ``gs://`` URLs: parts are read through the storage
+seam, and an index is downloaded once to a local cache keyed by its URL and ETag (vector_index.local_index).
 """
 
 from __future__ import annotations
@@ -58,12 +61,12 @@ def _read_image(path: Path, flags: int) -> np.ndarray:
     return img
 
 
-def query_vector(emb: Path, kind: str, value: str, source: str | None = None) -> np.ndarray:
+def query_vector(emb, kind: str, value: str, source: str | None = None) -> np.ndarray:
     import cv2
 
     from training.inputs import collate
 
-    emb = Path(emb)
+    emb = S.emb_root(emb)
     if kind == "key":
         if not source:
             raise InputError("--key needs --from MODALITY (which of the sample's embeddings to query with)")
@@ -96,7 +99,7 @@ def search(emb: Path | str, kind: str, value: str, *, to: str = "image", k: int 
 
     Raises ``EmbNotCommitted`` (no committed EMB), ``MissingInputError`` (``to`` was not embedded) and
     ``InputError`` (an unusable query)."""
-    emb = Path(emb)
+    emb = S.emb_root(emb)
     meta = S.read_meta(emb)
     if to not in meta["modalities"]:
         raise MissingInputError(f"{emb}: no {to} embeddings (it has {', '.join(meta['modalities'])})")

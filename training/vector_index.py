@@ -234,20 +234,58 @@ def build_index(chunks: Chunks, n: int, dim: int, params: IndexParams | None = N
     return BuiltIndex(index, info)
 
 
-def write_index(index, path: Path | str) -> None:
-    """Write a FAISS index atomically (tmp + fsync + rename, pipelines/storage.py)."""
+def write_index(index, path) -> None:
+    """Write a FAISS index atomically (tmp + fsync + rename, pipelines/storage.py); ``path`` may be an object-store
+    Location/URL: FAISS writes a local temp file, which is uploaded with one PUT."""
+    import tempfile
+
     import faiss
 
     from pipelines import storage
 
-    storage.atomic_write_with(path, lambda tmp: faiss.write_index(index, str(tmp)))
+    loc = storage.location(path)
+    if loc.is_local:
+        storage.atomic_write_with(loc.path, lambda tmp: faiss.write_index(index, str(tmp)))
+        return
+    with tempfile.TemporaryDirectory(prefix="bindset-index-") as tmp:
+        faiss.write_index(index, f"{tmp}/index.faiss")
+        storage.upload(f"{tmp}/index.faiss", loc)
 
 
-def read_index(path: Path | str, nprobe: int | None = None):
-    """Read a FAISS index; ``nprobe`` (from meta.json) is set again on IVF indexes."""
+def index_cache_dir() -> Path:
+    """Where indexes read from object storage are kept: ``$BINDSET_CACHE_DIR/faiss``, else under the temp folder."""
+    import os
+    import tempfile
+
+    root = os.environ.get("BINDSET_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "bindset-cache")
+    return Path(root) / "faiss"
+
+
+def local_index(path) -> Path:
+    """A local file holding the index at ``path``: ``path`` itself, or for an object a cached download named by
+    the URL and the object's identity (size and ETag/generation), so a rewritten index is fetched again and an
+    unchanged one is downloaded once."""
+    import hashlib
+
+    from pipelines import storage
+
+    loc = storage.location(path)
+    if loc.is_local:
+        return Path(loc.path)
+    info = storage.stat(loc)
+    key = hashlib.sha256(f"{loc.url} {info.identity}".encode()).hexdigest()[:32]
+    cached = index_cache_dir() / f"{key}.faiss"
+    if not cached.exists():
+        storage.download(loc, cached)  # atomic: a concurrent reader sees the whole file or none
+    return cached
+
+
+def read_index(path, nprobe: int | None = None):
+    """Read a FAISS index (a local file, or an object through ``local_index``'s cache); ``nprobe`` (from
+    meta.json) is set again on IVF indexes."""
     import faiss
 
-    index = faiss.read_index(str(path))
+    index = faiss.read_index(str(local_index(path)))
     if nprobe is not None and hasattr(index, "nprobe"):
         index.nprobe = int(nprobe)
     return index
