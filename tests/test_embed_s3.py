@@ -140,3 +140,12 @@ def test_a_second_embed_into_the_same_s3_emb_exits_2(root, remote, capsys):  # n
     err = capsys.readouterr().err
     assert "another `bindset embed`" in err and f"pid {os.getpid()}" in err, err
     assert not storage.exists(f"{url}/{S.META}")
+
+
+@pytest.mark.slow
+def test_ray_engine_embeds_into_s3_the_local_parts(root, clean, remote):  # noqa: F811
+    """A local Ray's actors get the S3 endpoint and credentials from the driver (runtime_env): the same parts."""
+    url = remote["emb"]
+    result = embed(remote["data"], remote["run"], url, batch_size=BATCH, engine="ray", workers=2)
+    assert result.stats.parts_embedded == len(S.read_meta(clean)["parts"])
+    assert _remote_parts(url) == _local_parts(clean)
