@@ -341,8 +341,8 @@ def _build_config(values: Mapping[str, Any]) -> BuildConfig:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    data_root: Path
-    run_root: Path
+    data_root: Path | Location  # a Location on an object store (s3://, gs://)
+    run_root: Path | Location
     dataset_version: str | None  # None: the triggering Asset event's, else DATA_ROOT/current
     preset: str
     train_config: TrainConfig
@@ -383,8 +383,8 @@ class TrainSettings:
     def from_dict(cls, d: Mapping[str, Any], source: SettingsSource) -> TrainSettings:
         """The settings ``to_dict`` gave, re-created without reading a Variable (``source``: the Ray token)."""
         return cls(
-            data_root=Path(d["data_root"]),
-            run_root=Path(d["run_root"]),
+            data_root=storage.location(d["data_root"]) if storage.is_url(d["data_root"]) else Path(d["data_root"]),
+            run_root=storage.location(d["run_root"]) if storage.is_url(d["run_root"]) else Path(d["run_root"]),
             dataset_version=d["dataset_version"],
             preset=d["preset"],
             train_config=TrainConfig.from_dict(d["train_config"]),
@@ -417,8 +417,8 @@ def train_config_from(preset: str, overrides: Mapping[str, Any]):
 
 def resolve_train_settings(params: Mapping[str, Any], source: SettingsSource) -> TrainSettings:
     r = _Resolver(params, source)
-    data_root = r.path("data_root", "bindset_data_root")
-    run_root = r.path("run_root", "bindset_run_root")
+    data_root = r.place("data_root", "bindset_data_root")
+    run_root = r.place("run_root", "bindset_run_root")
     ray = r.ray()
     engine = _choice("engine", r.get("engine", "bindset_train_engine", "ray" if ray else "local"), TRAIN_ENGINES)
     preset = r.get("preset", "bindset_train_preset", "tiny")

@@ -11,6 +11,11 @@ The run name defaults to ``<dataset version>_<config hash>``: a retried or re-tr
 and config finds its checkpoints and resumes instead of starting over. The DAG's first task resolves the
 settings and the dataset once per run (``TrainSettings.to_dict``, ``DatasetRef.to_dict``); the steps below
 get them re-created from its XCom.
+
+``RUN_ROOT`` (and ``DATA_ROOT``) may be an ``s3://`` URL (issue 17): train, embed and eval write the run's
+objects through the storage seam, the report's objects go up with ``summary.json`` last, and the pointer is the
+object ``RUN_ROOT/current.json`` (``{"target": "runs/<name>", "version_id": "<name>"}``), replaced by one PUT as
+publish does for datasets; ``publish_log.jsonl`` is rewritten whole. Ray Jobs still need local roots.
 """
 
 from __future__ import annotations
@@ -25,9 +30,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestration.publish import CURRENT, PUBLISH_LOG, VERSION_JSON, read_pointer, switch_pointer, version_path
+from orchestration.publish import (
+    CURRENT,
+    POINTER_SUFFIX,
+    PUBLISH_LOG,
+    VERSION_JSON,
+    read_pointer,
+    switch_pointer,
+    version_path,
+)
 from orchestration.settings import TrainSettings
-from pipelines.storage import replace_dir
+from pipelines import storage
+from pipelines.storage import Location, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +75,8 @@ def resolve_dataset(s: TrainSettings, event_extra: Mapping[str, Any] | None) -> 
         return DatasetRef(s.dataset_version, str(version_path(s.data_root, s.dataset_version)), "param")
     if event_extra and event_extra.get("version_id"):
         vid = str(event_extra["version_id"])
-        path = Path(str(event_extra.get("path") or version_path(s.data_root, vid)))
-        if not (path / VERSION_JSON).is_file():
+        path = event_extra.get("path") or version_path(s.data_root, vid)
+        if not storage.exists(storage.location(str(path)) / VERSION_JSON):
             raise FileNotFoundError(f"the Asset event names dataset {vid} at {path}, which is not a published version")
         return DatasetRef(vid, str(path), "asset event")
     vid = read_pointer(s.data_root / CURRENT)
@@ -90,21 +104,33 @@ class TrainOutcome:
         return cls(**{**d, "dataset": DatasetRef.from_dict(d["dataset"])})
 
 
-def run_dir(s: TrainSettings, ds: DatasetRef) -> tuple[str, Path]:
+def run_dir(s: TrainSettings, ds: DatasetRef) -> tuple[str, Path | Location]:
     name = s.run_name or f"{ds.version_id}_{s.config_hash()}"
     return name, s.run_root / RUNS / name
 
 
-def _read_final_state(run: Path) -> dict:
-    return json.loads((run / "model" / "state.json").read_text())
+def _place(where: str | Path | Location) -> Path | Location:
+    """A run's folder as handed on in XCom (text): a Path, or a Location for a URL."""
+    return storage.location(str(where)) if storage.is_url(str(where)) else Path(where)
+
+
+def _read_final_state(run: Path | Location) -> dict:
+    return json.loads(storage.read_bytes(run / "model" / "state.json"))
+
+
+def _need_local(s: TrainSettings, where: Path | Location) -> None:
+    if s.ray_jobs and isinstance(where, Location):
+        raise ValueError(f"{where}: Ray Jobs of the train DAG need a local run_root (a URL run_root: engine local)")
 
 
 def run_train(s: TrainSettings, ds: DatasetRef, airflow_run_id: str = "manual", try_number: int = 1) -> TrainOutcome:
     name, run = run_dir(s, ds)
-    run.mkdir(parents=True, exist_ok=True)
+    _need_local(s, run)
+    if isinstance(run, Path):
+        run.mkdir(parents=True, exist_ok=True)
     config_file = run / "requested_config.json"
-    config_file.write_text(json.dumps(s.train_config.to_dict(), indent=1, sort_keys=True) + "\n")
-    (run / "dataset.json").write_text(json.dumps(asdict(ds), indent=1, sort_keys=True) + "\n")
+    storage.put_atomic(config_file, (json.dumps(s.train_config.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+    storage.put_atomic(run / "dataset.json", (json.dumps(asdict(ds), indent=1, sort_keys=True) + "\n").encode())
     if s.ray_jobs:
         from orchestration.ray_jobs import job_spec, run_ray_job, train_argv
 
@@ -122,7 +148,8 @@ def run_train(s: TrainSettings, ds: DatasetRef, airflow_run_id: str = "manual", 
 
 
 def run_embed(s: TrainSettings, t: TrainOutcome, airflow_run_id: str = "manual", try_number: int = 1) -> dict:
-    emb = Path(t.run) / "emb"
+    emb = _place(t.run) / "emb"
+    _need_local(s, emb)
     if s.ray_jobs:
         from orchestration.ray_jobs import embed_argv, job_spec, run_ray_job
 
@@ -134,12 +161,13 @@ def run_embed(s: TrainSettings, t: TrainOutcome, airflow_run_id: str = "manual",
         from training.embed import embed
 
         embed(t.dataset.path, t.run, emb, gpu=s.gpu)
-    meta = json.loads((emb / "meta.json").read_text())
+    meta = json.loads(storage.read_bytes(emb / "meta.json"))
     return {"emb": str(emb), "counts": meta["counts"], "model_id": meta["run_id"]}
 
 
 def run_eval(s: TrainSettings, t: TrainOutcome, emb: str, airflow_run_id: str = "manual", try_number: int = 1) -> dict:
-    out = Path(t.run) / "eval"
+    out = _place(t.run) / "eval"
+    _need_local(s, out)
     if s.ray_jobs:
         from orchestration.ray_jobs import eval_argv, job_spec, run_ray_job
 
@@ -148,8 +176,8 @@ def run_eval(s: TrainSettings, t: TrainOutcome, emb: str, airflow_run_id: str = 
     else:
         from training.evaluate import evaluate
 
-        evaluate(emb, s.eval_split, out)
-    report = json.loads((out / "eval.json").read_text())
+        evaluate(emb, s.eval_split, str(out))
+    report = json.loads(storage.read_bytes(out / "eval.json"))
     headline = {f"{r['query']}->{r['target']} R@1": r["recall"]["R@1"] for r in report.get("image_modality", [])}
     return {"eval": str(out), "split": s.eval_split, "headline": headline}
 
@@ -157,7 +185,7 @@ def run_eval(s: TrainSettings, t: TrainOutcome, emb: str, airflow_run_id: str = 
 def publish_run_report(s: TrainSettings, t: TrainOutcome, embedded: Mapping[str, Any], evaluated: Mapping[str, Any],
                        airflow: Mapping[str, str] | None = None) -> dict:  # fmt: skip
     """RUN/report/ (eval tables + summary.json), then RUN_ROOT/current -> runs/<name>, atomically."""
-    run = Path(t.run)
+    run = _place(t.run)
     summary = {
         "run_name": t.run_name,
         "dataset": asdict(t.dataset),
@@ -168,6 +196,8 @@ def publish_run_report(s: TrainSettings, t: TrainOutcome, embedded: Mapping[str,
         "airflow": dict(airflow or {}),
         "published_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
+    if isinstance(run, Location):
+        return _publish_remote(s, t, run, summary, evaluated)
     tmp = run / f".{REPORT}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     for name in ("eval.md", "eval.json"):
@@ -181,3 +211,26 @@ def publish_run_report(s: TrainSettings, t: TrainOutcome, embedded: Mapping[str,
     with open(s.run_root / PUBLISH_LOG, "a") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
     return {"report": str(run / REPORT), "run_name": t.run_name, "previous": previous}
+
+
+def _publish_remote(s: TrainSettings, t: TrainOutcome, run: Location, summary: dict,
+                    evaluated: Mapping[str, Any]) -> dict:  # fmt: skip
+    """``publish_run_report`` on an object store: RUN/report/ objects (``summary.json`` last), then the pointer
+    object ``RUN_ROOT/current.json`` with one PUT, then ``publish_log.jsonl`` rewritten whole (no append)."""
+    report = run / REPORT
+    storage.delete(report / "summary.json")  # uncommitted while its eval tables are replaced
+    for name in ("eval.md", "eval.json"):
+        storage.put_atomic(report / name, storage.read_bytes(_place(evaluated["eval"]) / name))
+    storage.put_json(report / "summary.json", summary, indent=1)
+    root = s.run_root
+    previous = read_pointer(root / CURRENT)
+    storage.put_json(root / f"{CURRENT}{POINTER_SUFFIX}", {"target": f"{RUNS}/{t.run_name}", "version_id": t.run_name},
+                     indent=None)  # fmt: skip
+    entry = {"at": summary["published_at"], "run_name": t.run_name, "previous": previous,
+             "dataset_version": t.dataset.version_id}  # fmt: skip
+    try:
+        log_bytes = storage.read_bytes(root / PUBLISH_LOG)
+    except FileNotFoundError:
+        log_bytes = b""
+    storage.put_atomic(root / PUBLISH_LOG, log_bytes + (json.dumps(entry, sort_keys=True) + "\n").encode())
+    return {"report": str(report), "run_name": t.run_name, "previous": previous}

@@ -161,3 +161,47 @@ def test_ray_train_stores_its_checkpoints_on_s3(built, local_run, s3_bucket, tmp
     want = _jsonl((local_run / "metrics.jsonl").read_bytes())
     assert [m["loss"] for m in got] == pytest.approx([m["loss"] for m in want], rel=1e-5, abs=1e-6)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_train_dag_steps_on_s3_publish_the_run_with_a_pointer_object(built, s3_bucket, tmp_path, monkeypatch):
+    """The train DAG's steps (no Airflow) with DATA_ROOT and RUN_ROOT on s3://: the run, its embeddings, eval
+    and report are objects under RUN_ROOT/runs/<name>/, and ``current`` is the pointer object current.json."""
+    from orchestration.publish import read_pointer
+    from orchestration.settings import TrainSettings
+    from orchestration.train_steps import publish_run_report, resolve_dataset, run_embed, run_eval, run_train
+    from tests.test_train_s3 import _upload
+    from training.config import PRESETS
+
+    monkeypatch.chdir(tmp_path)
+    _upload(built, f"{s3_bucket.url}/data/versions/v1")
+    # what a publication writes last (orchestration/publish.py): the steps only check it is there
+    storage.put_json(f"{s3_bucket.url}/data/versions/v1/VERSION.json", {"version_id": "v1"})
+    cfg = PRESETS["tiny"].replace(max_steps=2, batch_size=4, checkpoint_every=1, seed=3)
+    s = TrainSettings.from_dict({
+        "data_root": f"{s3_bucket.url}/data", "run_root": f"{s3_bucket.url}/runs", "dataset_version": "v1",
+        "preset": "tiny", "train_config": cfg.to_dict(), "engine": "local", "workers": 1, "gpu": False,
+        "eval_split": "train", "run_name": None, "ray": None, "origin": {},
+    }, None)  # fmt: skip
+    assert isinstance(s.run_root, storage.Location)
+    ds = resolve_dataset(s, None)
+    t = run_train(s, ds)
+    assert t.step == 2 and t.run.startswith(f"{s3_bucket.url}/runs/runs/v1_")
+    embedded = run_embed(s, t)
+    evaluated = run_eval(s, t, embedded["emb"])
+    assert embedded["counts"]["image"] > 0 and evaluated["headline"]
+    out = publish_run_report(s, t, embedded, evaluated)
+    assert out["previous"] is None and read_pointer(s.run_root / "current") == t.run_name
+    pointer = json.loads(storage.read_bytes(f"{s3_bucket.url}/runs/current.json"))
+    assert pointer == {"target": f"runs/{t.run_name}", "version_id": t.run_name}
+    summary = json.loads(storage.read_bytes(f"{t.run}/report/summary.json"))
+    assert summary["train"]["step"] == 2 and summary["embeddings"]["counts"] == embedded["counts"]
+    assert storage.read_bytes(f"{t.run}/report/eval.json") == storage.read_bytes(f"{t.run}/eval/eval.json")
+    assert {"model", "checkpoints", "emb", "eval", "report", "requested_config.json", "dataset.json"} <= set(
+        storage.listdir(t.run)
+    )
+    again = publish_run_report(s, t, embedded, evaluated)  # a retried task: the log grows, the pointer stays
+    assert again["previous"] == t.run_name
+    log_lines = storage.read_text(f"{s3_bucket.url}/runs/publish_log.jsonl").splitlines()
+    assert [json.loads(x)["previous"] for x in log_lines] == [None, t.run_name]
+    assert os.listdir(tmp_path) == []
