@@ -179,6 +179,7 @@ _ENV_KEYS = {
     "gs": ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT"),
 }
 _FILESYSTEMS: dict[tuple, Any] = {}
+_GCS_EXTENDED = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
 
 #: botocore's retry policy unless the standard variables ``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS`` say
 #: otherwise. botocore's own default (legacy, 5 attempts: ~15 s at most) gives up inside a short endpoint
@@ -226,7 +227,18 @@ def filesystem(scheme: str):
             opts["config_kwargs"] = {"retries": s3_retries()}
         if scheme == "gs" and os.environ.get("STORAGE_EMULATOR_HOST"):
             opts["token"] = "anon"  # an emulator takes no credentials; gcsfs reads the host from the env
-        fs = fsspec.filesystem(scheme, **opts)
+        if scheme in ("gs", "gcs") and os.environ.get(_GCS_EXTENDED, "").lower() not in ("1", "true"):
+            # gcsfs >= 2025.x registers its experimental "extended" filesystem for gs:// unless
+            # GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT is false when gcsfs is first imported. It asks a gRPC control
+            # plane for each bucket's layout (zonal / hierarchical namespace) and, where that API is not there
+            # (an emulator, a key without storage.buckets.getStorageLayout), waits out a 60-s timeout on
+            # every call without caching the failure. bindset never renames on object stores, the one thing
+            # it speeds up, so the core filesystem is built directly unless the user set the variable true.
+            from gcsfs.core import GCSFileSystem
+
+            fs = GCSFileSystem(**opts)
+        else:
+            fs = fsspec.filesystem(scheme, **opts)
         _FILESYSTEMS.clear()  # one live configuration at a time: old credentials are not kept around
         _FILESYSTEMS[key] = fs
     return fs
@@ -371,7 +383,7 @@ def apply_client_environment(scheme: str, env: dict[str, str]) -> None:
 
 
 #: the variables a client of each scheme may read (botocore: every AWS_* one; gcsfs/google-auth: GOOGLE_*, GCE_*)
-_ENV_PREFIXES = {"s3": ("AWS_",), "gs": ("GOOGLE_", "GCE_", "STORAGE_EMULATOR_HOST")}
+_ENV_PREFIXES = {"s3": ("AWS_",), "gs": ("GOOGLE_", "GCE_", "GCSFS_", "STORAGE_EMULATOR_HOST")}
 
 
 def read_bytes(where: Location | Path | str) -> bytes:

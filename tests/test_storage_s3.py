@@ -35,7 +35,11 @@ def test_locations_parse_paths_and_urls(tmp_path, monkeypatch):
 
 
 def test_every_operation_on_s3(s3_bucket, tmp_path):
-    root = Location.parse(f"{s3_bucket.url}/ds")
+    every_operation(Location.parse(f"{s3_bucket.url}/ds"), tmp_path)
+
+
+def every_operation(root: Location, tmp_path: Path) -> None:
+    """Each operation of the seam on an object-store prefix (tests/test_storage_gcs.py runs it on gs://)."""
     assert not storage.exists(root / "manifest.json")
     storage.put_atomic(root / "manifest.json", b'{"v": 1}')
     storage.put_atomic(root / "manifest.json", b'{"v": 2}')  # a second PUT replaces the object whole
