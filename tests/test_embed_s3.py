@@ -5,11 +5,9 @@ search and eval over the URLs give the local results. Nothing is written to loca
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 
 from bindset.cli import main
 from pipelines import storage
+from tests.killed import run_to_its_kill
 from tests.test_embed import BATCH, _vectors, clean, root  # noqa: F401 - module fixtures, reused
 from tests.test_train_s3 import _upload
 from training import emb_store as S
@@ -112,14 +111,7 @@ def test_a_killed_embed_into_s3_redoes_only_unfinished_parts(root, clean, remote
            "--batch-size", str(BATCH), "--quiet", "--log-file", str(tmp_path / "embed.log")]  # fmt: skip
     env = {**os.environ, FAULT_ENV: "kill_after_parts:2", "PYTHONPATH": str(REPO)}
     out = tmp_path / "stderr.txt"
-    with open(out, "wb") as f:  # its own session: any orphaned helper is killed with the group
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-        try:
-            code = proc.wait(timeout=600)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+    code = run_to_its_kill(cmd, env, tmp_path, out)
     assert code == -signal.SIGKILL, out.read_text()[-2000:]
     assert not storage.exists(f"{url}/{S.META}")
     assert len([n for n in storage.listdir(f"{url}/{S.PARTS}") if n.endswith(".json")]) == 2

@@ -5,11 +5,9 @@ nothing is written to a local path other than temp (the local DATA's image cache
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +21,7 @@ from bindset.cli import main
 from bindset.synth.generate import SynthConfig, synth
 from pipelines import storage
 from pipelines.build import EngineConfig, build
+from tests.killed import run_to_its_kill
 from training.loop import FAULT_ENV
 from transforms.config import BuildConfig
 
@@ -111,16 +110,7 @@ def test_a_killed_run_on_s3_resumes_from_the_checkpoint_on_the_store(built, loca
     # SIGKILL right after step 3, before its checkpoint: the store holds the checkpoints of steps 1 and 2
     env = {**os.environ, FAULT_ENV: "kill:0:3", "PYTHONPATH": str(REPO)}
     out = tmp_path / "stderr.txt"
-    # its own session: the loader's forkserver, orphaned by the SIGKILL, is killed with the group afterwards
-    # (and output goes to a file: an orphan holding a pipe open would keep the test waiting)
-    with open(out, "wb") as f:
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-        try:
-            code = proc.wait(timeout=600)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+    code = run_to_its_kill(cmd, env, tmp_path, out)
     assert code == -signal.SIGKILL, out.read_text()[-2000:]
     objects = _objects(url)
     assert "model/state.json" not in objects
