@@ -51,6 +51,11 @@ THIRD_PARTY = {
                      "faiss", "grpc"), logging.INFO),
     **dict.fromkeys(("filelock", "PIL", "matplotlib", "great_expectations"), logging.WARNING),
 }  # fmt: skip
+#: loggers that write request headers, signed URLs or tokens at DEBUG (botocore's endpoint/auth/hooks dump
+#: ``Authorization`` and ``X-Amz-Security-Token``; urllib3 logs URLs, which may be pre-signed): kept at INFO
+#: even with -vv, so no credential reaches the console or the log file at any verbosity
+CREDENTIAL_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3", "google.auth",
+                      "google_auth_httplib2", "oauthlib", "requests_oauthlib")  # fmt: skip
 FILE_FORMAT = "%(asctime)s %(levelname)-7s %(process)d %(name)s: %(message)s"
 CONSOLE_FORMAT = "%(levelname)s: %(message)s"
 
@@ -152,7 +157,7 @@ def run_logging(path: Path, verbose: int = 0, quiet: bool = False) -> Iterator[R
     path = _open_log(Path(path))
     level = console_level(verbose, quiet)
     root = logging.getLogger()
-    saved_levels = (root.level, [(n, logging.getLogger(n).level) for n in THIRD_PARTY])
+    saved_levels = (root.level, [(n, logging.getLogger(n).level) for n in (*THIRD_PARTY, *CREDENTIAL_LOGGERS)])
     console: TextIO = sys.stderr
     saved_fd = None
     if verbose < 2 and _real_stderr_fd():
@@ -180,6 +185,8 @@ def run_logging(path: Path, verbose: int = 0, quiet: bool = False) -> Iterator[R
     root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     for name, lvl in THIRD_PARTY.items():
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else lvl)
+    for name in CREDENTIAL_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, THIRD_PARTY.get(name, logging.INFO)))
     logging.captureWarnings(True)
     saved_env = os.environ.get(LOG_FILE_ENV)
     if saved_fd is not None:  # engines may relay worker output to stderr (pipelines/ray_start.py)

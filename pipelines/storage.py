@@ -94,7 +94,8 @@ class Location:
     def parse(cls, where: Location | Path | str) -> Location:
         """A Location from a path, a ``file://``/``s3://``/``gs://`` URL or a Location.
 
-        Raises ``UserError`` for another scheme (``http://``: not a place bindset writes datasets).
+        Raises ``UserError`` for another scheme (``http://``: not a place bindset writes datasets), a URL without
+        a bucket, or one whose path has an empty, ``.`` or ``..`` segment (``s3://b//ds``).
         """
         if isinstance(where, Location):
             return where
@@ -110,6 +111,10 @@ class Location:
         rest = rest.strip("/")
         if not rest:
             raise UserError(f"{text}: the URL names no bucket")
+        # an object key may hold "//", "." or "..", but no two tools agree on them (fsspec, boto, the
+        # listing that finds shards again): such a dataset would be written under keys it cannot be read back by
+        if any(part in ("", ".", "..") for part in rest.split("/")):
+            raise UserError(f"{text}: an empty, '.' or '..' segment in the URL's path; write it without")
         return cls("gs" if scheme == "gcs" else scheme, rest)
 
     @property

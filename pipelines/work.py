@@ -694,7 +694,8 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
         summary = sink.close()
     except _Abandoned:
         shutil.rmtree(tmp.parent if remote else tmp, ignore_errors=True)
-        log.warning("unit %s: stopped, its build %s is gone; nothing written", unit.unit_id, ctx.build_id)
+        log.warning("unit %s: stopped, its build %s is gone (or the store cannot confirm it holds the lock); "
+                    "nothing written", unit.unit_id, ctx.build_id)  # fmt: skip
         return dict(out, abandoned=True)
     except BaseException:
         shutil.rmtree(tmp.parent if remote else tmp, ignore_errors=True)

@@ -32,6 +32,9 @@ def test_locations_parse_paths_and_urls(tmp_path, monkeypatch):
         Location.parse("http://x/y")
     with pytest.raises(UserError, match="names no bucket"):
         Location.parse("s3://")
+    for bad in ("s3://data1//dd", "s3://b/./ds", "gs://b/x/../y"):  # keys no two tools read back alike
+        with pytest.raises(UserError, match=r"an empty, '\.' or '\.\.' segment in the URL's path"):
+            Location.parse(bad)
 
 
 def test_every_operation_on_s3(s3_bucket, tmp_path):
@@ -166,3 +169,20 @@ def test_s3_retry_policy_comes_from_the_standard_variables(monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "many")
     with pytest.raises(storage.StorageError, match="AWS_MAX_ATTEMPTS='many'"):
         storage.s3_retries()
+
+
+def test_no_credential_is_logged_even_at_debug(s3_bucket, tmp_path, monkeypatch, capsys):
+    """-vv sends third-party DEBUG to the console and the log; botocore's header dumps are kept out."""
+    from bindset.cli import main
+    from tests.s3server import ACCESS_KEY, SECRET_KEY
+
+    token = "SessionTokenQx7Pz"
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    storage.put_atomic(f"{s3_bucket.url}/ds/note.txt", b"x")  # requests with the token, outside the CLI too
+    log = tmp_path / "v.log"
+    assert main(["validate", f"{s3_bucket.url}/ds", "-vv", "--log-file", str(log)]) == 2  # no manifest there
+    captured = capsys.readouterr()
+    text = log.read_text() + captured.out + captured.err
+    assert "no committed dataset" in text and "DEBUG" in text  # it did log at DEBUG
+    for secret in (token, SECRET_KEY, f"Credential={ACCESS_KEY}"):
+        assert secret not in text
