@@ -35,6 +35,14 @@ def worker_logs_to_driver() -> bool:
     return bool(os.environ.get(LOG_FILE_ENV))
 
 
+def _start_timed_out(exc: BaseException) -> bool:
+    """Ray's start-up timeouts: the raylet not registered within 30 s ("The current node timed out during
+    startup", ray/_private/node.py) or a port file the GCS did not write in time ("Timed out waiting for
+    file .../gcs_server_port_...", ray/_raylet.pyx)."""
+    text = str(exc)
+    return "timed out during startup" in text or "Timed out waiting for file" in text
+
+
 def init_ray(**kwargs: Any) -> bool:
     """ray.init(**kwargs) unless Ray is already up; returns True when this call started it (caller shuts down).
 
@@ -55,7 +63,7 @@ def init_ray(**kwargs: Any) -> bool:
             ray.init(**kwargs)
             return True
         except Exception as exc:  # Ray raises a bare Exception for a node that did not come up
-            if attempt == tries or "timed out during startup" not in str(exc):
+            if attempt == tries or not _start_timed_out(exc):
                 raise
             log.warning("local Ray did not start (%s); starting it again (try %d of %d)", exc, attempt + 1, tries)
             ray.shutdown()  # stops what the failed start left running

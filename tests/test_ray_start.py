@@ -21,8 +21,9 @@ def _flaky_init(failures: int, message: str = _TIMEOUT):
     return init, calls
 
 
-def test_a_local_start_that_times_out_is_tried_again(monkeypatch):
-    init, calls = _flaky_init(failures=2)
+@pytest.mark.parametrize("message", [_TIMEOUT, "Timed out waiting for file /tmp/ray/session_x/gcs_server_port_ab"])
+def test_a_local_start_that_times_out_is_tried_again(monkeypatch, message):
+    init, calls = _flaky_init(failures=2, message=message)
     monkeypatch.setattr(ray, "init", init)
     monkeypatch.setattr(ray_start.time, "sleep", lambda s: None)
     assert ray_start.init_ray(address="local", num_cpus=1) is True

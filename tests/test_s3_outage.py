@@ -61,9 +61,11 @@ def test_a_short_outage_is_retried_through(videos, local_build, s3_bucket, proxy
     worker = threading.Thread(target=run)
     worker.start()
     _wait(lambda: _server_keys(s3_bucket, f"ds/{LOCK_NAME}"))  # the build holds its lease: it is under way
-    proxy.fail()  # every connection is reset for 4 s
-    time.sleep(4.0)
-    assert worker.is_alive()  # nothing can finish without the store: the outage hit the build
+    proxy.fail()  # every connection is reset until the build's calls have met the outage a few times
+    t0 = time.monotonic()
+    _wait(lambda: proxy.resets >= 3 or not worker.is_alive())
+    assert worker.is_alive(), done  # nothing can finish without the store
+    time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))  # and at least 2 s of it
     proxy.heal()
     worker.join(300)
     assert "error" not in done, done.get("error")
