@@ -13,20 +13,18 @@ import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
-from tests.s3server import _free_port
+from tests.s3server import S3Bucket, _free_port
 
 
 @dataclass(frozen=True)
-class GcsBucket:
-    name: str
-    endpoint: str
+class GcsBucket(S3Bucket):
+    """A fresh bucket on the GCS emulator (the S3 test bucket's fields, another scheme)."""
 
-    @property
-    def url(self) -> str:
-        return f"gs://{self.name}"
+    scheme: ClassVar[str] = "gs"
 
 
 @pytest.fixture(scope="session")

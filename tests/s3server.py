@@ -15,6 +15,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
@@ -28,10 +29,11 @@ class S3Bucket:
 
     name: str
     endpoint: str
+    scheme: ClassVar[str] = "s3"
 
     @property
     def url(self) -> str:
-        return f"s3://{self.name}"
+        return f"{self.scheme}://{self.name}"
 
 
 def _free_port() -> int:
