@@ -740,21 +740,18 @@ class _Staging:
             self.futures[i] = self.pool.submit(self._fetch, self.inputs[i], folder)
 
     def _fetch(self, inp: Input, folder: Path) -> _Failure | None:
+        from pipelines.raw_source import describe_failure
+
         try:
             # the objects the fingerprint describes: a rewrite since then shows in the build's re-check
             entries = [e for p in inp.input_paths() for e in self.by_rel[p]]
             failed = self.raw.stage(entries, folder)
         except Exception as exc:  # noqa: BLE001 - a failing endpoint costs this input, transiently
-            from pipelines.raw_source import describe_failure
-
-            source = (inp.input_paths() or [inp.unit_id])[0]
-            return _Failure(RejectReason.IO_ERROR, source, describe_failure(self.raw.url(source), exc))
-        if failed:
-            from pipelines.raw_source import describe_failure
-
-            rel, exc = sorted(failed.items())[0]
-            return _Failure(RejectReason.IO_ERROR, rel, describe_failure(self.raw.url(rel), exc))
-        return None
+            failed = {(inp.input_paths() or [inp.unit_id])[0]: exc}
+        if not failed:
+            return None
+        rel, exc = sorted(failed.items())[0]
+        return _Failure(RejectReason.IO_ERROR, rel, describe_failure(self.raw.url(rel), exc))
 
     def take(self, i: int) -> tuple[Path, _Failure | None]:
         """Input ``i``'s local folder (RAW's layout) once downloaded, or the failure to read it; starts the next."""

@@ -42,13 +42,13 @@ class TcpProxy:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
-        with self._lock:
-            conns, self._conns = self._conns, set()
-        for c in conns:
-            _reset(c)
+        self._drop_connections()
 
     def fail(self) -> None:
         self._failing = True
+        self._drop_connections()
+
+    def _drop_connections(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, set()
         for c in conns:
