@@ -16,10 +16,13 @@
    with the same torch threads, each distinct batch decoded beforehand and held (no reading, decoding or
    writing). Its rate is the mean of the passes before and after the embed, so that a drift in the machine's
    load cancels to first order. Throughput ratio = embed samples/s / pure samples/s, at 4N.
-4. The index: ``--index-rows`` random unit vectors of ``--index-dim`` (streamed in chunks, as parts are),
-   built exact (IndexFlatIP) and approximate (IVF-Flat at the default IndexParams; where that would probe
-   most lists the builder falls back to exact and says why); build time, recall@10 and the search time of 500
-   queries for both. ``--index-rows 0`` skips it.
+4. The index: ``--index-rows`` unit vectors of ``--index-dim`` (streamed in chunks, as parts are), random
+   (no cluster structure: the worst case for an inverted file) and clustered (a random centre per 200 rows, plus noise
+   as large as the centre, as embeddings of similar clips group), each built as in ``INDEX_RUNS``: exact
+   (IndexFlatIP); the approximate path at the default IndexParams (IVF-Flat, nprobe tuned to recall@10 >= 0.95,
+   falling back to exact where it would probe half the lists or more); IVF-Flat kept whatever it probes; IVF-PQ.
+   Build time, recall@10 and the search time of 500 queries. ``--index-rows 0`` skips it, ``--index-only``
+   picks runs by label.
 """
 
 from __future__ import annotations
@@ -198,28 +201,63 @@ class PureInference:
         return time.perf_counter() - t0
 
 
-def index_benchmark(rows: int, dim: int, chunk: int = 10_000, queries: int = 500) -> dict:
-    """Exact vs IVF-Flat at the default parameters on random unit vectors, streamed in chunks."""
-    from training.vector_index import IndexParams, build_index
+def _unit_chunks(rows: int, dim: int, chunk: int, clusters: int):
+    """chunks() over ``rows`` unit vectors: isotropic random (``clusters`` 0), or ``clusters`` random centres
+    with noise as large as the centre (each vector's nearest neighbours are mostly its cluster's, as embeddings
+    of similar clips are)."""
+    centres = None
+    if clusters:
+        c = np.random.default_rng(12345).standard_normal((clusters, dim), dtype=np.float32)
+        centres = c / np.linalg.norm(c, axis=1, keepdims=True)
 
     def chunks():
         for start in range(0, rows, chunk):
-            x = np.random.default_rng(start).standard_normal((min(chunk, rows - start), dim), dtype=np.float32)
+            rng = np.random.default_rng(start)
+            n = min(chunk, rows - start)
+            x = rng.standard_normal((n, dim), dtype=np.float32)
+            if centres is not None:
+                x = centres[rng.integers(0, clusters, n)] + x / np.sqrt(dim, dtype=np.float32)
             yield x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    q = next(iter(chunks()))[:queries]
-    out = {"rows": rows, "dim": dim}
-    # "ivf_flat": asked for above exact_max; random vectors have no clusters, so it falls back to exact
-    for name, params in (("exact", IndexParams(exact_max=rows)), ("ivf_flat", IndexParams(exact_max=0))):
-        built = build_index(chunks, rows, dim, params)
+    return chunks
+
+
+# (label, clusters (-1: one per 200 rows), IndexParams fields): exact; the approximate path at the defaults
+# (exact_max=0 forces it); IVF-Flat kept whatever it needs (max_probe_fraction=1);
+# IVF-PQ at the default pq_m (dim/8 bytes a vector)
+INDEX_RUNS = (
+    ("random/exact", 0, {"exact_max": 10**9}),
+    ("random/defaults", 0, {"exact_max": 0}),
+    ("random/ivf_flat_kept", 0, {"exact_max": 0, "max_probe_fraction": 1.0}),
+    ("random/ivf_pq", 0, {"exact_max": 0, "kind": "ivf_pq"}),
+    ("clustered/exact", -1, {"exact_max": 10**9}),
+    ("clustered/defaults", -1, {"exact_max": 0}),
+    ("clustered/ivf_pq", -1, {"exact_max": 0, "kind": "ivf_pq"}),
+)
+
+
+def index_benchmark(rows: int, dim: int, chunk: int = 10_000, queries: int = 500, only: str = "") -> dict:
+    """Build time, search time for ``queries`` rows and recall@10 of each of ``INDEX_RUNS`` on ``rows`` unit
+    vectors of ``dim``, streamed in chunks of ``chunk`` rows as from parts. ``only``: a substring of the labels."""
+    from training.vector_index import IndexParams, build_index
+
+    out: dict = {"rows": rows, "dim": dim}
+    for label, clusters, fields in INDEX_RUNS:
+        if only not in label:
+            continue
+        chunks = _unit_chunks(rows, dim, chunk, max(1, rows // 200) if clusters < 0 else clusters)
+        q = next(iter(chunks()))[:queries]
+        built = build_index(chunks, rows, dim, IndexParams(**fields))
         t0 = time.perf_counter()
         built.index.search(q, 10)
         search_s = time.perf_counter() - t0
         info = built.info.to_dict()
-        out[name] = {"build_s": round(info["build_s"], 2), "search_500_s": round(search_s, 3),
-                     "recall_at_10": 1.0 if info["recall_at_k"] is None else round(info["recall_at_k"], 4),
-                     **{k: info[k] for k in ("kind", "nlist", "nprobe", "train_rows", "tried", "fallback")},
-                     }  # fmt: skip
+        out[label] = {"params": fields, "build_s": round(info["build_s"], 2), "search_s": round(search_s, 3),
+                      "queries": len(q),
+                      "recall_at_10": 1.0 if info["recall_at_k"] is None else round(info["recall_at_k"], 4),
+                      **{k: info[k] for k in ("kind", "nlist", "nprobe", "pq_m", "train_rows", "tried", "fallback")},
+                      }  # fmt: skip
+        print(f"{label}: {out[label]}", file=sys.stderr, flush=True)
         del built
     return out
 
@@ -229,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=20_000, help="4N: the larger tiled dataset; 0: skip")
     p.add_argument("--index-rows", type=int, default=200_000, help="0: skip the index benchmark")
     p.add_argument("--index-dim", type=int, default=1024)
+    p.add_argument("--index-only", default="", help="run only the index runs whose label holds this")
     p.add_argument("--source", type=Path, help="folder for the source dataset and run, kept between runs")
     p.add_argument("--source-seconds", type=float, default=120.0,
                    help="length of each of the 4 source sessions: samples per part = seconds / 2")  # fmt: skip
@@ -259,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             results["throughput_ratio"] = results["4N"]["samples_per_s"] / pure["samples_per_s"]
     results["load_avg_after"] = os.getloadavg()
     if a.index_rows:
-        results["index"] = index_benchmark(a.index_rows, a.index_dim)
+        results["index"] = index_benchmark(a.index_rows, a.index_dim, only=a.index_only)
     emit(results, a.out)
 
 

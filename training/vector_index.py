@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 Chunks = Callable[[], Iterator[np.ndarray]]
 
+# IVF-PQ's sub-quantizers have 256 centroids each (8-bit codes); FAISS warns below 39 training rows per centroid
+PQ_MIN_TRAIN = 39 * 256
+
 
 class IndexParams(StrictConfig):
     """How a modality's index is chosen and built (recorded in EMB/meta.json next to what was built)."""
@@ -183,7 +186,10 @@ def build_index(chunks: Chunks, n: int, dim: int, params: IndexParams | None = N
     n_q = min(params.queries, max(1, n // 10))
     order = rng.permutation(n)
     query_ids = np.sort(order[:n_q])
-    train_ids = np.sort(order[n_q : n_q + min(n - n_q, params.train_per_list * nlist)])
+    want = params.train_per_list * nlist
+    if params.kind == "ivf_pq":
+        want = max(want, PQ_MIN_TRAIN)
+    train_ids = np.sort(order[n_q : n_q + min(n - n_q, want)])
     if len(train_ids) < params.min_train_per_list * nlist:
         why = (f"{len(train_ids)} sample rows for {nlist} lists: fewer than min_train_per_list "
                f"{params.min_train_per_list} per list to train {params.kind} on")  # fmt: skip
@@ -211,16 +217,18 @@ def build_index(chunks: Chunks, n: int, dim: int, params: IndexParams | None = N
     queries = take_rows(chunks, query_ids)
     _, truth = exact_truth(chunks, queries, query_ids, k)
     nprobe = min(params.nprobe, nlist)
+    frac = params.max_probe_fraction
+    may_fall_back = params.kind == "ivf_flat" and frac < 1
     while True:
         index.nprobe = nprobe
         r = recall_at_k(index, queries, query_ids, truth, k)
         info.tried.append((nprobe, round(r, 4)))
-        if r >= params.target_recall or nprobe >= nlist:
+        # past max_probe_fraction the exact index is built whatever the recall: probing further would only cost
+        if r >= params.target_recall or nprobe >= nlist or (may_fall_back and nprobe >= frac * nlist):
             break
         nprobe = min(2 * nprobe, nlist)
     info.nprobe, info.recall_at_k, info.k, info.queries = nprobe, r, k, len(query_ids)
-    frac = params.max_probe_fraction
-    if params.kind == "ivf_flat" and frac < 1 and nprobe >= frac * nlist:
+    if may_fall_back and nprobe >= frac * nlist:
         del index
         why = (f"ivf_flat needed nprobe {nprobe} of nlist {nlist} (>= max_probe_fraction {frac:g}) for recall@{k} "
                f"{r:.3f}: an exact search is as fast")  # fmt: skip
