@@ -30,7 +30,7 @@ from pipelines.work import fingerprint
 from schemas.reasons import RejectReason as R
 from transforms.config import BuildConfig
 from transforms.layouts import discover
-from transforms.paths import PathRejected, check_dir, check_file, join_rel, walk
+from transforms.paths import PathRejected, check_dir, check_file, check_files, join_rel, walk
 
 REPO = Path(__file__).resolve().parents[1]
 SECONDS = 6  # three windows; window 1's 5 s IMU span [0.5, 5.5] lies inside the recording
@@ -314,6 +314,48 @@ def test_check_file_judges_where_a_path_leads(tmp_path):
         check_dir(raw, "s/d/a.png")
     assert info.value.reason == R.NOT_A_REGULAR_FILE
     assert info.value.detail == "is a file, not a folder"  # says what it is (a depth `frames` entry naming a file)
+
+
+def _outcome(root, rel):
+    try:
+        c = check_file(root, rel)
+        return ("ok", c.rel, c.path, c.size)
+    except PathRejected as exc:
+        return (exc.reason, exc.source, exc.detail)
+
+
+def test_check_files_decides_as_check_file_does(hostile, tmp_path):
+    """The batch check (one resolution per folder) gives check_file's result for every path: files of a
+    plain folder, of a symlinked folder inside and outside RAW, file links out and back, loops, a FIFO, '..'
+    and absolute cells, NUL and over-long names, missing files and folders, an unsearchable folder."""
+    raw = hostile["raw"]
+    rels = []
+    for folder in sorted(p for p in raw.rglob("*") if p.is_dir() and not p.is_symlink()):
+        rels += [str(p.relative_to(raw)) for p in sorted(folder.iterdir())]
+    outside = hostile["outside"]
+    rels += [
+        "linkdir/thermal/" + sorted(os.listdir(outside / "thermal"))[0],  # a file of a folder linked outside
+        join_rel(f"{BASE}/depth", "../../../outside/dotdot.png"), str(outside / "abs.png"),
+        f"{BASE}/depth/missing.png", "no_such_folder/a.png", f"{BASE}/depth/a\x00b.png",
+        f"{BASE}/depth/" + "x" * 300 + ".png", f"{BASE}/depth/.", f"{BASE}/depth/..", f"{BASE}/depth/again/imu.csv",
+        "loop_a/x.png", "",
+    ]  # fmt: skip
+    locked = tmp_path / "raw"
+    (locked / "closed").mkdir(parents=True)
+    (locked / "closed" / "a.png").write_bytes(b"a")
+    (locked / "open").mkdir()
+    (locked / "open" / "b.png").write_bytes(b"bb")
+    os.chmod(locked / "closed", 0o000)
+    try:
+        for root, names in ((raw, rels), (locked, ["closed/a.png", "open/b.png", "open/../closed/a.png"])):
+            got = check_files(root, names)
+            for rel, res in zip(names, got, strict=True):
+                mine = (("ok", res.rel, res.path, res.size) if not isinstance(res, PathRejected)
+                        else (res.reason, res.source, res.detail))  # fmt: skip
+                assert mine == _outcome(root, rel), rel
+        assert len(rels) > 100  # every frame of every copied session went through the batch path
+    finally:
+        os.chmod(locked / "closed", 0o755)
 
 
 def test_walk_reports_instead_of_raising(tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 from schemas.manifest import ImuUnits
 from transforms import activity, sync
 from transforms.layouts import ClockSpec, MediaUnit
-from transforms.paths import check_file
+from transforms.paths import PathRejected, check_file, check_files
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,11 @@ def side_activities(root: Path, unit: MediaUnit, rate: float | None = None) -> S
         clocks[name] = spec.clock
         try:
             table = load_frame_table(root, spec)
-            files = [check_file(root, f).path for f in table.files]
+            files = []
+            for checked in check_files(root, table.files):
+                if isinstance(checked, PathRejected):
+                    raise checked
+                files.append(checked.path)
             acts[name] = _grid(activity.read_frames_activity(files, table.t), rate)
             periods[name] = table.period_s
         except (FrameTableError, ValueError, OSError) as exc:

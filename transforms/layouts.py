@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from schemas.errors import UserError
 from schemas.manifest import MANIFEST_NAMES, LoadedManifest, ManifestError, load_manifest_streams
 from schemas.reasons import RejectReason
-from transforms.paths import Listing, PathRejected, check_file, join_rel, walk
+from transforms.paths import Listing, PathRejected, check_file, check_files, join_rel, walk
 
 LAYOUTS = ("captures", "videos", "ego4d", "sunrgbd", "llvip")
 # Used only to recognise the videos layout and to name a failure to open: whether a file is media is
@@ -379,7 +379,7 @@ def _read_by_discovery(layout: str, listing: Listing) -> list[str]:
 def _account(root: Path, listing: Listing, out: Discovery, checked: bool = True) -> None:
     """Every listed file and listing problem that no unit or reject covers becomes a reject of its own.
 
-    ``checked``: whether each such file is checked (``check_file``: symlinks, FIFOs) first; an object in a
+    ``checked``: whether each such file is checked (``check_files``: symlinks, FIFOs) first; an object in a
     store is always a regular file, so a listing of one is not."""
     covered = set(out.claimed) | {r.source for r in out.rejects}
     for u in out.units:
@@ -392,14 +392,10 @@ def _account(root: Path, listing: Listing, out: Discovery, checked: bool = True)
     for problem in listing.problems:
         if not is_covered(problem.source):
             out.rejects.append(InputReject(problem.source, problem.reason, problem.detail))
-    for rel in listing.files:
-        if is_covered(rel):
-            continue
-        try:
-            if checked:
-                check_file(root, rel)
-        except PathRejected as exc:
-            out.rejects.append(InputReject(rel, exc.reason, exc.detail))
+    unused = [rel for rel in listing.files if not is_covered(rel)]
+    for rel, res in zip(unused, check_files(root, unused) if checked else unused, strict=True):
+        if isinstance(res, PathRejected):
+            out.rejects.append(InputReject(rel, res.reason, res.detail))
             continue
         out.rejects.append(InputReject(rel, RejectReason.UNUSED_FILE, f"not an input of the {out.layout} layout"))
 
