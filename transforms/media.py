@@ -365,6 +365,10 @@ class _VideoTracker:
         self.first: dict[int, Future] = {}  # window index -> Future of (FramePick, luma)
         self.latest: dict[int, tuple[float, av.VideoFrame]] = {}
         self.reformatter = VideoReformatter()  # used on the worker only
+        # frames stored at their coded size: converted to RGB by a reformatter of our own, not by
+        # frame.to_ndarray(format="rgb24"), which builds a new SwsContext for every frame (~0.5 ms at
+        # 320x240, 3-4x the conversion itself); the same conversion with the same arguments, so the same bytes
+        self.rgb_reformatter = VideoReformatter()
         self.geometry = VideoGeometry()  # set by the caller from the first frame
         # damage: windows with a packet that failed to decode, or a frame decoded from damaged references
         self.tainted: dict[int, str] = {}
@@ -392,7 +396,7 @@ class _VideoTracker:
         dw, dh = display_size(frame.width, frame.height, geo.sar)
         size = fit_short_side(dw, dh, self.cfg.max_short_side)
         if (size.width, size.height) == (frame.width, frame.height):
-            rgb = frame.to_ndarray(format="rgb24")
+            rgb = self.rgb_reformatter.reformat(frame, format="rgb24").to_ndarray()
         else:
             small = self.reformatter.reformat(
                 frame, width=size.width, height=size.height, format="gbrp", interpolation=_SHRINK, threads=1
