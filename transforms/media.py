@@ -669,6 +669,73 @@ class _AudioTracker:
         return self._finish(self.cutter.push(self.resampler.finish()) + self.cutter.finish())
 
 
+class _TapFeeder:
+    """Feeds the clock check's activity taps (transforms/activity.py) on a thread of their own.
+
+    The taps cost about a third of the decoding thread's time at 320x240 (a luma thumbnail per video frame,
+    an 8 kHz resampling of every audio frame); run beside the decoding they fill a core it leaves idle.
+    Each tap still gets its frames one by one in decode order from a single thread, so what it computes is
+    what it computed fed inline. Frames go over in batches (one hand-over costs about what a frame's tap
+    work does), and the frames handed over but not yet fed are bounded by their pixels, so memory stays
+    bounded at any resolution. ``close`` returns once every frame is fed: only then may the taps be read.
+    """
+
+    BATCH_FRAMES = 32
+    BATCH_BYTES = 4 << 20  # luma bytes (video) or sample bytes (audio) of one batch, roughly
+    MAX_BYTES = 32 << 20  # handed over and not yet fed; the decoding thread waits beyond this
+
+    def __init__(self, taps: ActivityTaps):
+        self.taps = taps
+        self.thread = helper_thread("bindset-taps")
+        self.batch: list[tuple[Callable, object, float | None]] = []
+        self.batch_bytes = 0
+        self.in_flight: deque[tuple[Future, int]] = deque()
+        self.in_flight_bytes = 0
+
+    def video(self, frame: av.VideoFrame, t_s: float) -> None:
+        self._add(self.taps.video.push, frame, t_s, frame.width * frame.height)
+
+    def audio(self, frame: av.AudioFrame, start_s: float | None) -> None:
+        self._add(self.taps.audio_tap().push, frame, start_s, frame.samples * 8)
+
+    def _add(self, push: Callable, frame, t: float | None, size: int) -> None:
+        self.batch.append((push, frame, t))
+        self.batch_bytes += size
+        if len(self.batch) >= self.BATCH_FRAMES or self.batch_bytes >= self.BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.batch:
+            return
+        batch, size = self.batch, self.batch_bytes
+        self.batch, self.batch_bytes = [], 0
+        self.in_flight.append((self.thread.submit(_feed, batch), size))
+        self.in_flight_bytes += size
+        while self.in_flight and (self.in_flight_bytes > self.MAX_BYTES or self.in_flight[0][0].done()):
+            fut, n = self.in_flight.popleft()
+            self.in_flight_bytes -= n
+            fut.result()  # re-raises what a tap raised (they are written not to)
+
+    def close(self) -> None:
+        """Feed what is left and wait for all of it."""
+        try:
+            self._flush()
+            while self.in_flight:
+                self.in_flight.popleft()[0].result()
+        finally:
+            self.thread.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """The decoding stopped early (an exception, or its events no longer wanted): drop what is pending."""
+        self.batch.clear()
+        self.thread.shutdown(wait=True, cancel_futures=True)
+
+
+def _feed(batch: list[tuple[Callable, object, float | None]]) -> None:
+    for push, frame, t in batch:
+        push(frame, t)
+
+
 def decode_media(
     path: Path,
     *,
@@ -691,15 +758,20 @@ def decode_media(
     stream's own clock, for the clock check (``--clocks verify|estimate``) without a second decode.
     """
     heartbeat(os.fspath(path))
+    feed = _TapFeeder(taps) if taps is not None else None
     with helper_thread("bindset-media") as worker:
         try:
-            yield from _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker, taps)
+            yield from _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker, feed)
+            if feed is not None:
+                feed.close()
         finally:
             worker.shutdown(wait=True, cancel_futures=True)
+            if feed is not None:
+                feed.abandon()  # a no-op after close()
 
 
-def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker, taps=None
-                  ) -> Iterator[MediaEvent]:  # fmt: skip
+def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker,
+                  taps: _TapFeeder | None = None) -> Iterator[MediaEvent]:  # fmt: skip
     vt = _VideoTracker(video_windows, video_clock, cfg, worker) if video_windows is not None else None
     at = _AudioTracker(audio_windows, audio_clock, cfg, worker) if audio_windows is not None else None
     end_reason, end_detail = RejectReason.NO_FRAMES_IN_WINDOW, ""
@@ -781,7 +853,7 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                         if frame.pts is not None:
                             in_flight.pop(frame.pts, None)
                             if taps is not None:
-                                taps.video.push(frame, frame.pts * v_num / v_den)
+                                taps.video(frame, frame.pts * v_num / v_den)
                         if damaged and frame.key_frame and not frame.is_corrupt:
                             damaged = ""  # a keyframe refers to nothing: the damage ends here
                         note = damaged and f"decoded after damage: {damaged}"
@@ -795,7 +867,7 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                             t_now = max(t_now, float(audio_clock.to_session(start)))
                             audio_end = start + frame.samples / frame.sample_rate
                         if taps is not None:
-                            taps.audio_tap().push(frame, start)
+                            taps.audio(frame, start)
                         for fut in at.push(frame, start):
                             queue.append((t_now, False, fut))
                 if queue:
