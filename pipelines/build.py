@@ -13,6 +13,7 @@ with ``retry_failed``. An input that changes while the build reads it is built o
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -323,6 +324,8 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
             todo.append(u)
     if attempts:
         log.info("running %d unit(s) with transient failures again: %s", len(attempts), sorted(attempts))
+    if todo:
+        _warm_up(engine)
     units_json = [json.dumps(u.to_dict(), sort_keys=True) for u in todo]
     ctx = WorkContext(str(raw), str(data), cfg.to_dict(), build_id, attempts)
     bar = progress(len(todo)) if (progress and todo) else None
@@ -371,6 +374,20 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
         retried_units=sorted(attempts),
         changed_units=changed,
     )
+
+
+def _warm_up(engine: EngineConfig) -> None:
+    """Start now what the build will wait for later, so that it comes up beside other work: the decode
+    workers' forkserver (torch's import, ~3 s) where they run in this process (the local engine, Beam's
+    DirectRunner on threads, its default), and this process's own import of the clock check's modules (scipy,
+    ~1 s), which writing a unit's sync rows and the commit need."""
+    beam_threads = engine.engine == "beam" and not any(
+        a.startswith(("--runner", "--direct_running_mode")) for a in engine.pipeline_args
+    )
+    if engine.engine == "local" or beam_threads:
+        work.start_decode_server()
+    threading.Thread(target=importlib.import_module, args=("pipelines.sync",), name="bindset-warm-up",
+                     daemon=True).start()  # fmt: skip
 
 
 def _redo_changed(raw: Path, data: Path, cfg: BuildConfig, ctx: WorkContext,

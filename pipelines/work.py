@@ -435,6 +435,16 @@ def _context() -> mp.context.BaseContext:
     return ctx
 
 
+def start_decode_server() -> None:
+    """Start the forkserver the decode workers fork from, without waiting for it: it imports transforms.unit
+    (torch, scipy: ~3 s) while this process goes on with other work, rather than when the first unit starts
+    its decode worker. A no-op when it runs already."""
+    from multiprocessing import forkserver
+
+    _context()  # sets the preload
+    forkserver.ensure_running()
+
+
 # ------------------------------------------------------------------------------------------ parent side
 
 
