@@ -2,10 +2,10 @@
 
 Each file is demuxed once, sequentially, with no seeking; video and audio packets of the same container
 are dispatched to their decoders as they come. The decoding thread only does that and the bookkeeping;
-turning picked frames into JPEGs and audio into log-mels runs on one helper thread per file, in order, so
-results never depend on timing. Memory stays bounded: per open window we keep at most the first frame's
+turning picked frames into JPEGs runs on one helper thread per file, audio into log-mels on another, each
+in order, so results never depend on timing. Memory stays bounded: per open window we keep at most the first frame's
 pick and a reference to the latest frame, the audio side keeps one window plus a block (see
-transforms/audio.py), and at most a few windows' results are in flight between the two threads.
+transforms/audio.py), and at most a few windows' results are in flight between the threads.
 """
 
 from __future__ import annotations
@@ -750,30 +750,34 @@ def decode_media(
     """Decode the requested streams of one file once; every requested window is reported exactly once.
 
     The calling thread only demuxes, decodes and assigns frames to windows; the per-window work runs
-    on one worker thread of this file, so that decoding (whose frame threads wait on the caller) keeps
-    going meanwhile. Events come out in the order and with the times they would have without it:
-    each is held until its result is ready, the oldest first.
+    on worker threads of this file (one for the video's picks, one for the audio's blocks: at the end of a
+    file, when the decoding thread waits for both, they finish side by side), so that decoding (whose frame
+    threads wait on the caller) keeps going meanwhile. Events come out in the order and with the times they
+    would have without it: each is held until its result is ready, the oldest first.
 
     ``taps``: activity taps (transforms/activity.py) fed every decoded frame of the requested streams, on the
     stream's own clock, for the clock check (``--clocks verify|estimate``) without a second decode.
     """
     heartbeat(os.fspath(path))
     feed = _TapFeeder(taps) if taps is not None else None
-    with helper_thread("bindset-media") as worker:
+    with helper_thread("bindset-media") as worker, helper_thread("bindset-audio") as audio_worker:
         try:
-            yield from _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker, feed)
+            yield from _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker, feed,
+                                     audio_worker)  # fmt: skip
             if feed is not None:
                 feed.close()
         finally:
             worker.shutdown(wait=True, cancel_futures=True)
+            audio_worker.shutdown(wait=True, cancel_futures=True)
             if feed is not None:
                 feed.abandon()  # a no-op after close()
 
 
 def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, cfg, worker,
-                  taps: _TapFeeder | None = None) -> Iterator[MediaEvent]:  # fmt: skip
+                  taps: _TapFeeder | None = None, audio_worker: ThreadPoolExecutor | None = None
+                  ) -> Iterator[MediaEvent]:  # fmt: skip
     vt = _VideoTracker(video_windows, video_clock, cfg, worker) if video_windows is not None else None
-    at = _AudioTracker(audio_windows, audio_clock, cfg, worker) if audio_windows is not None else None
+    at = _AudioTracker(audio_windows, audio_clock, cfg, audio_worker or worker) if audio_windows is not None else None
     end_reason, end_detail = RejectReason.NO_FRAMES_IN_WINDOW, ""
     t_now = -1e18
     audio_end = -1e18  # stream time the audio decode reached
