@@ -248,7 +248,7 @@ def build(raw: Path | str, data: Path | str, cfg: BuildConfig, engine: EngineCon
 
 def _build_remote(raw: Path | str, data: Location, cfg: BuildConfig, engine: EngineConfig, progress,
                   retry_failed: bool, max_attempts: int, t0: float) -> BuildResult:  # fmt: skip
-    """``build`` into DATA on object storage (``s3://bucket/prefix``): the lease object instead of ``flock``
+    """``build`` into DATA on object storage (``s3://bucket/prefix``, ``gs://``): the lease object instead of ``flock``
     (``pipelines.lock_remote``), units uploaded summary last (``work.upload_unit``), the object-store commit
     (``pipelines.commit_remote``). Nothing is written to a local DATA path. Every engine: the unit upload runs
     in whichever process ran the unit; a Ray or Beam worker needs only the store's endpoint and credentials
@@ -256,12 +256,9 @@ def _build_remote(raw: Path | str, data: Location, cfg: BuildConfig, engine: Eng
     worker threads or processes inherit this process's environment; the workers of a cluster runner bring
     their own)."""
     from pipelines.lock_remote import ObjectBuildLock
-    from schemas.errors import UserError
 
     if engine.engine not in ENGINES:
         raise ValueError(f"unknown engine {engine.engine!r}; choose one of {', '.join(ENGINES)}")
-    if data.scheme != "s3":
-        raise UserError(f"DATA {data}: building into {data.scheme}:// is not yet supported (s3:// only)")
     storage.filesystem(data.scheme)  # a missing extra: one line naming it, before any work
     raw = _raw_at(raw)
     if isinstance(raw, Location) and (str(data) == str(raw) or str(data).startswith(f"{raw}/")):
@@ -357,7 +354,9 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
     _prune(data, {u.unit_id for u in plan})
     if isinstance(data, Location):
         from pipelines.commit_remote import commit_remote
+        from pipelines.lock_remote import require_held
 
+        require_held(data, build_id)  # a build whose lease was taken over meanwhile must not commit
         result = commit_remote(data, discovery, units, cfg, code_version(), fps)
     else:
         result = commit(data, discovery, units, cfg, code_version(), fps)

@@ -457,45 +457,102 @@ def put_atomic(where: Location | Path | str, data: bytes) -> None:
     _remote(loc, lambda: filesystem(loc.scheme).pipe_file(loc.path, data))
 
 
-def read_versioned(where: Location | Path | str) -> tuple[bytes, str]:
-    """An object's bytes and the version they are: its ETag on ``s3://``, "" elsewhere (no conditional write).
+def _version_of(scheme: str, info: dict) -> str:
+    # S3's ETag (quoted on the wire) or GCS's generation: what If-Match / ifGenerationMatch name
+    tag = info.get("ETag", "") if scheme == "s3" else info.get("generation", "")
+    return str(tag or "").strip('"')
 
-    The ETag is read before and after the GET; a write in between is retried (three times, then
+
+def version(where: Location | Path | str) -> tuple[str, float]:
+    """An object's version and its last-modified time (seconds since the epoch), from one HEAD / metadata GET.
+
+    The version is what a conditional write names: the ETag on ``s3://`` (unquoted), the generation on ``gs://``
+    (a number, as text, that GCS gives every new content of a name). Raises ``FileNotFoundError`` when absent and
+    ``ValueError`` for a local path (local files have no version: their writers hold a ``flock``).
+    """
+    loc = Location.parse(where)
+    if loc.is_local:
+        raise ValueError(f"{loc}: a local path has no object version")
+    info = _remote(loc, lambda: filesystem(loc.scheme).info(loc.path))
+    when = info.get("LastModified") or info.get("mtime")
+    return _version_of(loc.scheme, info), (when.timestamp() if hasattr(when, "timestamp") else 0.0)
+
+
+def put_conditional(where: Location | Path | str, data: bytes, version: str) -> str:
+    """One PUT of ``data`` that the store applies only while the object is ``version``, or, with ``version`` "",
+    only while there is none (create-only). Returns the version written.
+
+    ``s3://``: ``PutObject`` with ``If-Match: <ETag>`` / ``If-None-Match: *`` (S3 conditional writes, AWS since
+    2024). ``gs://``: a media upload with ``ifGenerationMatch=<generation>`` / ``ifGenerationMatch=0`` (GCS
+    request preconditions, https://cloud.google.com/storage/docs/request-preconditions), sent through gcsfs's
+    own ``call`` (its session, credentials and retries). The store checks the condition atomically with the
+    write. Raises ``FileExistsError`` when it fails (HTTP 412: an object is there, or it is another version, or
+    it is gone), or ``FileNotFoundError`` (S3's answer to ``If-Match`` on a missing object). A store that
+    ignores the condition (the GCS emulator of the tests) simply writes: callers that need more read back.
+    """
+    loc = Location.parse(where)
+    if loc.is_local:
+        raise ValueError(f"{loc}: conditional writes are for object stores (local files are guarded by flock)")
+    fs = filesystem(loc.scheme)
+    bucket, _, key = loc.path.partition("/")
+    if loc.scheme == "gs":
+        from urllib.parse import quote
+
+        def upload() -> dict:
+            return fs.call("POST", f"{fs._location}/upload/storage/v1/b/{quote(bucket, safe='')}/o",
+                           uploadType="media", name=key, ifGenerationMatch=version or "0", data=data,
+                           headers={"Content-Type": "application/octet-stream"}, json_out=True)  # fmt: skip
+
+        out = _remote(loc, upload)  # gcsfs raises FileExistsError for 412 itself
+        fs.invalidate_cache(loc.path)
+        return str(out.get("generation", ""))
+    cond = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+    try:
+        out = _remote(loc, lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **cond))
+    except FileExistsError:  # s3fs's translation of 412 on If-None-Match
+        raise
+    except OSError as exc:  # s3fs/errors.py: 412 PreconditionFailed on If-Match -> OSError(EINVAL)
+        if exc.errno == errno.EINVAL:
+            raise FileExistsError(errno.EEXIST, f"{loc}: changed since version {version}") from None
+        raise
+    return _version_of(loc.scheme, out)
+
+
+def read_versioned(where: Location | Path | str) -> tuple[bytes, str]:
+    """An object's bytes and the version they are (``version``: the ETag on ``s3://``, the generation on
+    ``gs://``); "" for a local file.
+
+    The version is read before and after the GET; a write in between is retried (three times, then
     ``StorageError``), so the bytes are the version named. Raises ``FileNotFoundError`` when absent.
     """
     loc = Location.parse(where)
-    if loc.scheme != "s3":
+    if loc.is_local:
         return read_bytes(loc), ""
     fs = filesystem(loc.scheme)
     for _ in range(3):
-        before = _remote(loc, lambda: fs.info(loc.path)).get("ETag", "")
+        before = version(loc)[0]
         data = _remote(loc, lambda: fs.cat_file(loc.path))
-        if _remote(loc, lambda: fs.info(loc.path)).get("ETag", "") == before:
-            return data, str(before).strip('"')
+        if version(loc)[0] == before:
+            return data, before
     raise StorageError(f"{loc}: rewritten while being read, three times")
 
 
 def put_if_unchanged(where: Location | Path | str, data: bytes, version: str) -> bool:
     """Replace an object with ``data`` in one PUT only while it still is ``version`` (``read_versioned``).
 
-    ``s3://``: ``PutObject`` with ``If-Match: <ETag>``, which the store checks atomically; False when the
-    object changed or is gone (412 / 404), so a writer never overwrites what another one committed meanwhile.
-    Other schemes (``version`` ""): a plain ``put_atomic``, True; their callers keep their own checks.
+    ``s3://`` and ``gs://``: ``put_conditional`` (``If-Match: <ETag>`` / ``ifGenerationMatch=<generation>``),
+    which the store checks atomically; False when the object changed or is gone (412 / 404), so a writer never
+    overwrites what another one committed meanwhile. A local file (``version`` ""): ``put_atomic``, True; its
+    callers hold a lock of their own.
     """
     loc = Location.parse(where)
-    if loc.scheme != "s3" or not version:
+    if loc.is_local or not version:
         put_atomic(loc, data)
         return True
-    fs = filesystem(loc.scheme)
-    bucket, _, key = loc.path.partition("/")
     try:
-        _remote(loc, lambda: fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version))
+        put_conditional(loc, data, version)
     except (FileNotFoundError, FileExistsError):
         return False
-    except OSError as exc:  # s3fs/errors.py: 412 PreconditionFailed (If-Match) -> OSError(EINVAL)
-        if exc.errno == errno.EINVAL:
-            return False
-        raise
     return True
 
 

@@ -90,21 +90,25 @@ class EmbLock:
 
 class EmbLease(ObjectBuildLock):
     """EMB's lock on object storage: the lease object ``EMB/_embed.lock`` of pipelines/lock_remote.py (a
-    conditional PUT takes it, a heartbeat keeps it, a dead or silent holder's lease is taken over after
-    ``pipelines.lock.LEASE_S``), with the embed lock's error. s3:// only (conditional PUTs)."""
+    conditional PUT takes it, a heartbeat keeps it, each take and renewal is read back, a dead or silent
+    holder's lease is taken over after ``pipelines.lock.LEASE_S``), with the embed lock's error. ``s3://`` and
+    ``gs://`` (``storage.put_conditional``)."""
 
     def __init__(self, emb: Location):
-        if emb.scheme != "s3":
-            raise storage.StorageError(f"{emb}: embedding into {emb.scheme}:// is not supported yet (s3:// only: its "
-                                       "lock needs conditional PUTs)")  # fmt: skip
         super().__init__(emb)
         self.loc = emb / LOCK
 
+    def _refused(self, holder: Holder | None) -> BuildLocked:
+        # the holder that refused this run, kept for the embed lock's message (read again, it may be gone)
+        self._holder = holder
+        return super()._refused(holder)
+
     def __enter__(self) -> EmbLease:
+        self._holder: Holder | None = None
         try:
             super().__enter__()
         except BuildLocked:
-            held = _read_holder(self.loc)
+            held = self._holder or _read_holder(self.loc)
             who = held.describe() if held else "holder unknown"
             raise EmbLocked(f"{self.data} is being written by another `bindset embed` ({who}); wait for it to "
                             "finish or stop it") from None  # fmt: skip
