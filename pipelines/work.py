@@ -400,7 +400,11 @@ def _decoder_main(conn, watchdog_pid: int) -> None:
         raw, fault = Path(ctx.raw), task.get("fault", "")
         state["ctx"] = ctx
 
-        def heartbeat(path: str, raw=raw, fault=fault) -> None:
+        # a file is announced again when its decoding starts (after the probe, and for a second pass): its
+        # duration is read once per input (an open of the container: ~2 ms, as much as a 6 s video's frames)
+        durations: dict[tuple[str, int], float | None] = {}
+
+        def heartbeat(path: str, raw=raw, fault=fault, durations=durations) -> None:
             # a crash or timeout reject names the file relative to RAW, like every other reject
             p = Path(path)
             rel = p.relative_to(raw).as_posix() if p.is_relative_to(raw) else path
@@ -409,7 +413,9 @@ def _decoder_main(conn, watchdog_pid: int) -> None:
             except OSError:
                 size = None
             sink._send(_frame({"file": rel, "bytes": size}))
-            duration = _media_duration(p) if size else None
+            if size and (rel, size) not in durations:
+                durations[(rel, size)] = _media_duration(p)
+            duration = durations.get((rel, size)) if size else None
             if duration:
                 sink._send(_frame({"file": rel, "bytes": size, "duration_s": duration}))
             kind = _fault_for(fault, rel) if fault else None
