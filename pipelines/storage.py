@@ -31,10 +31,10 @@ speak fsspec.
 No other module calls ``os.replace``, ``os.link`` or ``open(..., "wb")`` on a dataset (STYLE §12); the
 synthetic-capture generator (``bindset/synth``) writes inputs, not datasets, and keeps its own writes.
 
-Object storage is work in progress (issue 17): reading a committed dataset (``pipelines/dataset.py``,
-``validate``, ``report``) works on ``s3://`` and ``gs://``; ``build --engine local|ray`` writes DATA on ``s3://``
-(``pipelines/commit_remote.py``, ``pipelines/lock_remote.py``); ``publish`` writes versions and a ``current.json``
-pointer object there (``orchestration/publish.py``); embeddings still need local paths.
+Object storage (issue 17): reading a committed dataset (``pipelines/dataset.py``, ``validate``, ``report``) works
+on ``s3://`` and ``gs://``; ``build`` writes DATA there (``pipelines/commit_remote.py``, ``pipelines/lock_remote.py``:
+its lease on ``put_conditional``, S3's ``If-None-Match``/``If-Match`` or GCS's ``ifGenerationMatch``); ``publish``
+writes versions and a ``current.json`` pointer object there (``orchestration/publish.py``); so does ``embed``.
 
 Imports: stdlib only at module level (pyarrow and fsspec lazily), because the training loop imports this on
 machines that have only torch, numpy and pyarrow, and the default install has no s3fs or gcsfs.

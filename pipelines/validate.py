@@ -439,9 +439,9 @@ def _validate_remote(loc: Location, thresholds: QualityThresholds, verify_hashes
     The manifest, index and rejects are copied to a local scratch folder (GX reads local files), the shards
     are read in place by byte range, the GX run writes DATA/quality/ locally, and its files are uploaded
     to ``loc/quality/``. The verdict goes into the manifest object with one PUT, and only into the version
-    validated: the manifest is re-read with its ETag and replaced with ``If-Match`` on it
-    (``storage.put_if_unchanged``), so a commit that lands between that read and the PUT makes the PUT fail
-    (``DatasetChanged``) instead of being overwritten. ``gs://`` keeps the re-read check alone.
+    validated: the manifest is re-read with its version and replaced only while it is that version
+    (``storage.put_if_unchanged``: ``If-Match`` on the ETag on S3, ``ifGenerationMatch`` on GCS), so a commit that
+    lands between that read and the PUT makes the PUT fail (``DatasetChanged``) instead of being overwritten.
     """
     opened = committed_manifest(loc)
     with tempfile.TemporaryDirectory(prefix="bindset-validate-") as tmp:
