@@ -231,6 +231,12 @@ class ObjectBuildLock:
         try:
             self.version = storage.put_conditional(self.loc, self.body, self.version)
         except (FileExistsError, FileNotFoundError):  # 412 / 404: another build took the lock over (ours lapsed)
+            head = _head(self.loc)
+            if head is not None and self._read_back() is None:
+                # still ours: the client retried a PUT that had landed (its answer lost), and the retry's
+                # condition named the version that PUT replaced
+                self.version = head["version"]
+                return True
             log.error("the build lock at %s was taken over by another build", self.loc)
             return False
         if self._read_back() is not None:

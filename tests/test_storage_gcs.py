@@ -151,6 +151,18 @@ def test_conditional_writes_with_preconditions_checked(gcs_preconditions, monkey
             patched.setattr(lock_remote, "_head", late_head)
             lock_remote.ObjectBuildLock(data).__enter__()
         assert len(calls) == 2 and held._renew()
+        # a renewal whose first PUT landed but whose answer was lost, sent again by the client: the retry's 412
+        # is not a takeover (the lease still names this build), the build keeps its lease
+        real_put = storage.put_conditional
+
+        def retried(loc, body, version):
+            real_put(loc, body, version)
+            return real_put(loc, body, version)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(storage, "put_conditional", retried)
+            assert held._renew()
+        assert held._renew() and held.version == storage.version(lock_remote.lock_location(data))[0]
 
 
 def test_gcs_clients_use_the_core_filesystem(gcs_bucket):
