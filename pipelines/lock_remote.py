@@ -172,8 +172,8 @@ class ObjectBuildLock:
         return BuildLocked(f"{self.data} is being built by another build ({who}); wait for it to finish or stop it")
 
     def _read_back(self) -> Holder | None:
-        """None when the lease object holds this build's id, else the holder that is there instead (None when
-        gone): on a store that checks preconditions this always holds; on one that ignores them, a concurrent
+        """None when the lease object holds this build's id, else the holder that is there instead (``_GONE``
+        when it is gone): on a store that checks preconditions this always holds; on one that ignores them, a concurrent
         taker that overwrote this build's PUT is seen here."""
         holder = _read_holder(self.loc)
         return None if holder is not None and holder.build_id == self.build_id else (holder or _GONE)
