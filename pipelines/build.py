@@ -13,6 +13,7 @@ with ``retry_failed``. An input that changes while the build reads it is built o
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -378,15 +379,22 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
 def _warm_up(engine: EngineConfig) -> None:
     """Start now what the build will wait for later, so that it comes up beside other work: the decode
     workers' forkserver (torch's import, ~3 s) where they run in this process (the local engine, Beam's
-    DirectRunner on threads, its default), and this process's own import of the clock check's modules (scipy,
-    ~1 s), which writing a unit's sync rows and the commit need."""
+    DirectRunner on threads, its default), and this process's own imports that closing the first unit would
+    wait for (~1.5 s): the clock check's modules (scipy), which a unit's sync rows and the commit need, and
+    pandas, which pyarrow imports at a unit's first ``Table.from_pylist``."""
     beam_threads = engine.engine == "beam" and not any(
         a.startswith(("--runner", "--direct_running_mode")) for a in engine.pipeline_args
     )
     if engine.engine == "local" or beam_threads:
         work.start_decode_server()
-    threading.Thread(target=importlib.import_module, args=("pipelines.sync",), name="bindset-warm-up",
-                     daemon=True).start()  # fmt: skip
+    threading.Thread(target=_import_for_units, name="bindset-warm-up", daemon=True).start()
+
+
+def _import_for_units() -> None:
+    for name in ("pipelines.sync", "pandas"):
+        # pandas is optional to pyarrow: where it is missing, nothing imports it later either
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def _redo_changed(raw: Path, data: Path, cfg: BuildConfig, ctx: WorkContext,
