@@ -142,12 +142,15 @@ def require_held(data: Location, build_id: str) -> None:
     (its lease lapsed in an outage, or, on a store that ignores preconditions, a concurrent taker overwrote it)
     never commits over the build that holds the lock now.
     """
-    loc = lock_location(data)
+    _require_lease(lock_location(data), build_id, f"{data}: this build lost its build lock")
+
+
+def _require_lease(loc: Location, build_id: str, lost: str) -> None:
     head = _head(loc)
     holder = _read_holder(loc) if head is not None else None
     if head is None or holder is None or holder.build_id != build_id or not _live(holder, head["modified"]):
         who = holder.describe() if holder else "no holder"
-        raise BuildLocked(f"{data}: this build lost its build lock ({who}); nothing was committed, build again")
+        raise BuildLocked(f"{lost} ({who}); nothing was committed, run it again")
 
 
 class ObjectBuildLock:
@@ -214,6 +217,11 @@ class ObjectBuildLock:
         self._beat = threading.Thread(target=self._heartbeat, name="bindset-lock-heartbeat", daemon=True)
         self._beat.start()
         return self
+
+    def require_held(self) -> None:
+        """``require_held`` for this lease (any lease object, e.g. EMB's): raise ``BuildLocked`` unless it still
+        names this holder and is live; the last check before a commit point is written."""
+        _require_lease(self.loc, self.build_id, f"{self.data}: this run lost its lock")
 
     def _renew(self) -> bool:
         """One heartbeat: PUT the holder again, conditional on the version this build wrote last, and read it

@@ -115,6 +115,15 @@ def test_conditional_writes_on_the_emulator_as_it_is(gcs_bucket, monkeypatch):
         with pytest.raises(BuildLocked, match="lost its build lock.*build b1"):
             lock_remote.require_held(data, held.build_id)
     assert storage.read_bytes(lock) == intruder.encode()  # not released: it is not this build's
+    # 3. EMB's lease: the embed checks it still holds it before meta.json (its commit point)
+    from training.emb_store import EmbLease
+
+    emb = data / "emb"
+    with EmbLease(emb) as lease:
+        lease.require_held()
+        storage.put_atomic(lease.loc, intruder.encode())
+        with pytest.raises(BuildLocked, match="this run lost its lock.*build b1"):
+            lease.require_held()
 
 
 def test_conditional_writes_with_preconditions_checked(gcs_preconditions, monkeypatch):  # noqa: F811

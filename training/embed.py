@@ -609,7 +609,7 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
 
     if isinstance(emb, Path):
         emb.mkdir(parents=True, exist_ok=True)
-    with S.emb_lock(emb):  # one run per EMB: a second one exits 2 naming this one's host and pid
+    with S.emb_lock(emb) as lock:  # one run per EMB: a second one exits 2 naming this one's host and pid
         try:
             old_meta = S.read_meta(emb)
         except S.EmbNotCommitted:
@@ -679,6 +679,8 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
         stats = EmbedStats(len(plan), len(todo), len(plan) - len(todo), sum(len(p.rows) for p in todo), peak,
                            built, kept, time.perf_counter() - t0, embed_s, time.perf_counter() - t_index)  # fmt: skip
         meta.update(index=infos, last_run={**asdict(stats), "engine": engine})
+        if isinstance(lock, S.EmbLease):  # a lease lost in an outage, or overwritten on a store ignoring preconditions
+            lock.require_held()
         storage.put_json(emb / META, meta, indent=1)  # last: its presence marks a complete EMB folder
         return EmbedResult(emb, counts, run_id, stats, infos)
 
