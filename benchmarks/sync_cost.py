@@ -1,6 +1,7 @@
 """The clock check's cost as a fraction of build time (issue 14: target <= 15% on the 30-minute session).
 
     uv run python -m benchmarks.sync_cost --minutes 30 --width 1280 --height 720 --out BENCH_sync.json
+    uv run python -m benchmarks.sync_cost --raw RAW30 --out BENCH_sync.json   # RAW30 from benchmarks.tile_session
 
 Input: one synthetic captures session with every stream (exact clocks, so that verify rejects nothing and both
 builds decode the same; 6 impacts a minute), made once under --work.
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--work", type=Path, default=Path("/tmp/bindset-bench-sync"))
+    p.add_argument("--raw", type=Path, default=None,
+                   help="an existing captures RAW of one session instead of synthesising one (e.g. made by "
+                        "benchmarks.tile_session: 30 min of 720p in seconds); its clocks must be exact")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -36,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from transforms.config import BuildConfig
     from transforms.layouts import discover
 
-    raw = args.work / f"raw-exact-{args.minutes:g}min-{args.width}x{args.height}"
+    raw = args.raw or args.work / f"raw-exact-{args.minutes:g}min-{args.width}x{args.height}"
     if not raw.exists():
         synth(raw, SynthConfig(sessions=1, seconds=args.minutes * 60, seed=77, width=args.width, height=args.height,
                                impacts_per_minute=6, workers=1))  # fmt: skip
@@ -55,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     check_clocks(raw, unit, "verify")
     timings["standalone_check_s"] = time.perf_counter() - t0
     result = {
-        "minutes": args.minutes,
-        "size": f"{args.width}x{args.height}",
+        "raw": str(raw),
+        "minutes": args.minutes if args.raw is None else None,
+        "size": f"{args.width}x{args.height}" if args.raw is None else None,
         **timings,
         "standalone_check_fraction_of_declared_build": timings["standalone_check_s"] / timings["build_declared_s"],
         "verify_overhead": timings["build_verify_s"] / timings["build_declared_s"] - 1,
