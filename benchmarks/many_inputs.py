@@ -7,7 +7,9 @@ runs in a fresh process, one after another in this run, so the ratios are compar
 - decode floor: PyAV demuxing and decoding every video and audio frame of every file, in one process;
 - a whole ``bindset build`` on each engine (default config: units and shards as the planner makes them),
   wall time, clips per second per core (Beam and Ray use every core; `local` one decode worker, `local:N` N),
-  the unit and shard counts and the smallest shard.
+  the unit and shard counts and the smallest shard;
+- the machine's 1-minute load average before and after each measurement (``load``): on a shared machine the
+  ratios are only comparable between measurements under a similar load.
 """
 
 from __future__ import annotations
@@ -80,15 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     results: dict = {"cores": cores, "sessions": args.sessions, "seconds": args.seconds,
                      "size": [args.width, args.height]}  # fmt: skip
+    load0 = os.getloadavg()[0]
     floor = _child(["--child", "decode", str(raw)])
     results["decode_floor_s"] = floor["seconds"]
+    results["decode_floor_load"] = [load0, os.getloadavg()[0]]
     engines = [f"local:{cores}" if e == "local:0" else e for e in args.engines.split(",") if e]
     for engine in engines:
         data = args.work / f"data-{engine}"
         shutil.rmtree(data, ignore_errors=True)
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         r = _child(["--child", "engine", str(raw), str(data), engine])
         r["process_wall_s"] = time.perf_counter() - t0
+        r["load"] = [load0, os.getloadavg()[0]]
         used = int(engine.partition(":")[2] or 1) if engine.startswith("local") else cores
         r["over_floor"] = r["seconds"] / floor["seconds"]
         r["clips_per_s_per_core"] = r["samples"] / r["seconds"] / used
