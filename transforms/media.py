@@ -2,10 +2,11 @@
 
 Each file is demuxed once, sequentially, with no seeking; video and audio packets of the same container
 are dispatched to their decoders as they come. The decoding thread only does that and the bookkeeping;
-turning picked frames into JPEGs runs on one helper thread per file, audio into log-mels on another, each
-in order, so results never depend on timing. Memory stays bounded: per open window we keep at most the first frame's
-pick and a reference to the latest frame, the audio side keeps one window plus a block (see
-transforms/audio.py), and at most a few windows' results are in flight between the threads.
+turning picked frames into JPEGs runs on one helper thread per file, audio into log-mels on another, the
+clock check's activity taps on a third, each in order, so results never depend on timing. Memory stays
+bounded: per open window we keep at most the first frame's pick and a reference to the latest frame, the
+audio side keeps one window plus a block (see transforms/audio.py), and at most a few windows' results are in
+flight between the threads.
 """
 
 from __future__ import annotations
@@ -737,7 +738,6 @@ class _TapFeeder:
         self.batch.clear()
         self.thread.shutdown(wait=True, cancel_futures=True)
 
-
     # ---- taps thread
 
     def _feed(self, batch: list[tuple[Callable, object, float | None]]) -> None:
@@ -761,11 +761,11 @@ class _TapFeeder:
     def _audio(run: list[tuple[Callable, av.AudioFrame, float | None]]) -> None:
         if not run:
             return
-        push, _, t = run[0]
-        merged = _merged([frame for _, frame, _ in run]) if len(run) > 1 else run[0][1]
+        push, first, t = run[0]
+        merged = _merged([frame for _, frame, _ in run]) if len(run) > 1 else first
         if merged is None:
-            for push, frame, t in run:
-                push(frame, t)
+            for _, frame, start in run:
+                push(frame, start)
         else:
             push(merged, t)  # the tap anchors its signal on its first frame's time only
 
