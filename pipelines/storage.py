@@ -425,7 +425,15 @@ def read_parquet(where: Location | Path | str, **kwargs: Any) -> pa.Table:
     if loc.is_local:
         return pq.read_table(loc.path, **kwargs)
     fs = filesystem(loc.scheme)
-    return _remote(loc, lambda: pq.read_table(loc.path, filesystem=fs, **kwargs))
+
+    def read() -> pa.Table:
+        # a file we open and close here, not ``filesystem=fs``: pyarrow's fsspec wrapper leaves the file to the
+        # garbage collector, and gcsfs's default ("adaptive") read-ahead keeps a background task on it that is
+        # still pending at interpreter exit ("Task was destroyed but it is pending!", at times SIGABRT, rc 134)
+        with fs.open(loc.path, "rb", block_size=BLOCK_SIZE, cache_type="blockcache") as f:
+            return pq.read_table(f, **kwargs)
+
+    return _remote(loc, read)
 
 
 def read_parquet_schema(where: Location | Path | str) -> pa.Schema:
