@@ -10,7 +10,8 @@ the other:
 - the video (with its audio track) concatenated by FFmpeg's concat demuxer without re-encoding; copy ``k``
   starts ``S_k`` seconds after copy 0, measured on the result (:func:`tile_starts`);
 - depth and thermal frames hard-linked under new numbers, their device timestamps moved by ``S_k / (1 + d)``
-  (``d`` the stream's drift), so that the manifest's clock puts copy ``k`` at ``S_k`` after copy 0;
+  (``d`` the stream's drift), so that the manifest's clock puts copy ``k`` at ``S_k`` after copy 0; a copy's
+  rows stop where the next copy's first row is (the source's streams can outlast ``S_1``);
 - the IMU rows likewise, labels moved by ``S_k``; the manifest's clocks are the source's. The audio stays
   where the demuxer puts it (within tens of ms of the video's copies).
 
@@ -55,9 +56,13 @@ def _tile_frames(src: Path, dst: Path, name: str, stream: dict, starts: list[flo
         rows = list(csv.DictReader(f))
     (dst / stream["frames"]).mkdir()
     out = []
+    first = float(rows[0]["timestamp"])
     for k, start in enumerate(starts):
         shift = start / drift / scale
+        end = starts[k + 1] / drift / scale + first if k + 1 < len(starts) else float("inf")
         for i, row in enumerate(rows):
+            if float(row["timestamp"]) + shift >= end:  # the next copy has begun: times never go back
+                break
             new = f"{k * len(rows) + i:07d}.png"
             os.link(src / stream["frames"] / row["file"], dst / stream["frames"] / new)
             out.append({"file": new, "timestamp": f"{float(row['timestamp']) + shift:.3f}"})
@@ -76,9 +81,13 @@ def _tile_imu(src: Path, dst: Path, stream: dict, starts: list[float]) -> None:
     with open(dst / stream["path"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
+        first = float(rows[0][time_cols[0]])
         for k, start in enumerate(starts):
             shift_ms = start / drift * 1e3
+            end = starts[k + 1] / drift * 1e3 + first if k + 1 < len(starts) else float("inf")
             for i, row in enumerate(rows):
+                if float(row[time_cols[0]]) + shift_ms >= end:  # the next copy has begun
+                    break
                 row = dict(row)
                 if "component_idx" in row:
                     row["component_idx"] = str(k * len(rows) + i)
