@@ -429,9 +429,12 @@ def read_parquet(where: Location | Path | str, **kwargs: Any) -> pa.Table:
     def read() -> pa.Table:
         # a file we open and close here, not ``filesystem=fs``: pyarrow's fsspec wrapper leaves the file to the
         # garbage collector, and gcsfs's default ("adaptive") read-ahead keeps a background task on it that is
-        # still pending at interpreter exit ("Task was destroyed but it is pending!", at times SIGABRT, rc 134)
+        # still pending at interpreter exit ("Task was destroyed but it is pending!"). Decoded on this thread
+        # (no use_threads, no pre_buffer): bytes read from a Python file are Python-owned buffers, and an Arrow
+        # pool thread that drops the last one after read_table returned takes the GIL; during interpreter exit
+        # that ends the thread inside a C++ destructor: std::terminate, SIGABRT, rc 134 (seen with gdb, gs://)
         with fs.open(loc.path, "rb", block_size=BLOCK_SIZE, cache_type="blockcache") as f:
-            return pq.read_table(f, **kwargs)
+            return pq.read_table(f, **{"use_threads": False, "pre_buffer": False, **kwargs})
 
     return _remote(loc, read)
 
