@@ -25,6 +25,12 @@ target recall (no cluster structure for the lists to follow: random vectors need
 index is built instead: it is then faster to search, as accurate, and no larger. ``IndexInfo.fallback``
 says why, with the numbers (meta.json). ``ivf_pq`` keeps its index (it is chosen when the vectors do not
 fit in memory, which the exact index would need); a recall short of the target is logged.
+
+IVF-PQ's training rows: each of its ``pq_m`` sub-quantizers is a k-means with 256 centroids (8-bit codes), which
+FAISS cannot train on fewer than 256 rows (``Clustering``: "nx >= k"): below ``PQ_HARD_MIN_TRAIN`` sample rows
+the exact index is built instead (``IndexInfo.fallback``). The sample asks for ``PQ_MIN_TRAIN`` = 39 x 256 rows
+(FAISS warns below 39 per centroid); between the two the index is built, with a warning, at a lower recall.
+``check_params`` rejects a ``pq_m`` that does not divide the dimension before any vector is made.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import numpy as np
 from pydantic import Field
 
 from schemas.config import StrictConfig
+from schemas.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,8 @@ Chunks = Callable[[], Iterator[np.ndarray]]
 
 # IVF-PQ's sub-quantizers have 256 centroids each (8-bit codes); FAISS warns below 39 training rows per centroid
 PQ_MIN_TRAIN = 39 * 256
+# ... and cannot train them on fewer rows than centroids (faiss/Clustering.cpp: "nx >= k")
+PQ_HARD_MIN_TRAIN = 256
 
 
 class IndexParams(StrictConfig):
@@ -167,16 +176,42 @@ def _build_flat(chunks: Chunks, n: int, dim: int, t0: float, fallback: str | Non
     return BuiltIndex(index, IndexInfo("flat_ip", n, dim, build_s=time.perf_counter() - t0, fallback=fallback))
 
 
+def pq_m(params: IndexParams, dim: int) -> int:
+    """IVF-PQ's sub-quantizers (bytes per vector): ``params.pq_m``, else the largest divisor of ``dim`` up to
+    ``dim / 8`` (8 dimensions a byte; 128 at 1,024). Raises ``InputError`` (exit 2) when ``params.pq_m`` does not
+    divide ``dim`` (FAISS's ProductQuantizer splits the vector into ``pq_m`` equal sub-vectors)."""
+    if params.pq_m is not None:
+        if dim % params.pq_m:
+            raise InputError(f"index pq_m {params.pq_m} (--index-pq-m) must divide the embedding dimension {dim} "
+                             f"(e.g. {', '.join(str(d) for d in _divisors(dim)[-4:])})")  # fmt: skip
+        return params.pq_m
+    return max(d for d in _divisors(dim) if d <= max(1, dim // 8))
+
+
+def _divisors(dim: int) -> list[int]:
+    return [d for d in range(1, dim + 1) if dim % d == 0]
+
+
+def check_params(params: IndexParams, dim: int) -> None:
+    """Reject index parameters that cannot build an index of ``dim``-dimensional vectors, before any vector is
+    made: a ``pq_m`` that does not divide ``dim`` (``InputError``, exit 2; checked whatever ``kind`` and the
+    data's size, so that a run that happens to fall back to exact does not hide it)."""
+    if dim >= 1:
+        pq_m(params, dim)
+
+
 def build_index(chunks: Chunks, n: int, dim: int, params: IndexParams | None = None) -> BuiltIndex:
     """An inner-product index over the ``n`` rows that ``chunks()`` yields (row i = id i).
 
     Exact up to ``params.exact_max`` rows, else ``params.kind`` trained on a sample and tuned to
-    ``params.target_recall``, or exact again where the approximate index would not pay off
-    (``IndexInfo.fallback``; module docstring). Raises ``ValueError`` when the chunks hold fewer than ``n`` rows.
+    ``params.target_recall``, or exact again where the approximate index would not pay off or cannot be
+    trained (``IndexInfo.fallback``; module docstring). Raises ``ValueError`` when the chunks hold fewer than
+    ``n`` rows, ``InputError`` for parameters ``check_params`` rejects.
     """
     import faiss
 
     params = params or IndexParams()
+    check_params(params, dim)
     t0 = time.perf_counter()
     if n <= params.exact_max:
         return _build_flat(chunks, n, dim, t0)
@@ -194,11 +229,16 @@ def build_index(chunks: Chunks, n: int, dim: int, params: IndexParams | None = N
         why = (f"{len(train_ids)} sample rows for {nlist} lists: fewer than min_train_per_list "
                f"{params.min_train_per_list} per list to train {params.kind} on")  # fmt: skip
         return _build_flat(chunks, n, dim, t0, why)
+    if params.kind == "ivf_pq" and len(train_ids) < PQ_HARD_MIN_TRAIN:
+        why = (f"{len(train_ids)} sample rows: ivf_pq's 256-centroid sub-quantizers need at least "
+               f"{PQ_HARD_MIN_TRAIN} to train on")  # fmt: skip
+        return _build_flat(chunks, n, dim, t0, why)
+    if params.kind == "ivf_pq" and len(train_ids) < PQ_MIN_TRAIN:
+        log.warning("ivf_pq trained on %d sample rows, fewer than 39 x 256 = %d: lower recall", len(train_ids),
+                    PQ_MIN_TRAIN)  # fmt: skip
     quantizer = _flat(dim)
     if params.kind == "ivf_pq":
-        m = params.pq_m or max(1, dim // 8)
-        if dim % m:
-            raise ValueError(f"ivf_pq: pq_m {m} does not divide the dimension {dim}")
+        m = pq_m(params, dim)
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
     else:
         m = None
