@@ -336,3 +336,37 @@ def test_ray_engine_gives_the_local_vectors_in_the_same_order(root, clean, tmp_p
     for m, (keys, v) in _vectors(tmp_path / "emb").items():
         assert keys == local[m][0]
         np.testing.assert_allclose(v, local[m][1], atol=1e-5)
+
+
+def test_a_shard_renumbered_by_a_new_one_before_it_is_moved_not_embedded_again(root, tmp_path):
+    """Reuse follows content, not part numbers: a train session added to the dataset adds train shards, which
+    sort before the val shards and so renumber their parts; the val parts are moved to their new numbers."""
+    import shutil
+
+    index = pq.read_table(root / "data" / "index.parquet", columns=["session", "split"]).to_pylist()
+    late = max(r["session"] for r in index if r["split"] == "train")  # its shards sort last among train's
+    raw, data, emb = tmp_path / "raw", tmp_path / "data", tmp_path / "emb"
+    shutil.copytree(root / "raw", raw, ignore=lambda d, names: [late] if Path(d) == root / "raw" else [])
+    build(raw, data, BuildConfig(shard_max_samples=2), EngineConfig("local"))
+    embed(data, root / "run", emb, batch_size=BATCH)
+    old = {p["shard"]: p for p in S.read_meta(emb)["parts"]}
+    inodes = {p["shard"]: os.stat(S.part_path(emb, "image", p["name"])).st_ino for p in old.values()}
+    shutil.copytree(root / "raw" / late, raw / late)
+    build(raw, data, BuildConfig(shard_max_samples=2), EngineConfig("local"))
+
+    result = embed(data, root / "run", emb, batch_size=BATCH)
+    meta = S.read_meta(emb)
+    new = {p["shard"]: p for p in meta["parts"]}
+    renumbered = {s for s in old if new[s]["name"] != old[s]["name"]}
+    assert renumbered and all(s.startswith("val-") for s in renumbered)  # the case under test
+    added = set(new) - set(old)
+    assert added and all(new[s]["fingerprint"] != p["fingerprint"] for s in added for p in old.values())
+    s = result.stats
+    assert (s.parts_embedded, s.parts_kept, s.parts_moved) == (len(added), len(old), len(renumbered))
+    assert s.samples_embedded == sum(new[x]["samples"] for x in added)
+    # a moved part is the same file (renamed), under its new number
+    assert all(os.stat(S.part_path(emb, "image", new[x]["name"])).st_ino == inodes[x] for x in old)
+    assert json.loads(S.marker_path(emb, new[min(renumbered)]["name"]).read_text())["shard"] == min(renumbered)
+    fresh = embed(data, root / "run", tmp_path / "fresh", batch_size=BATCH)
+    assert _parts(emb) == _parts(tmp_path / "fresh") and meta["parts"] == S.read_meta(tmp_path / "fresh")["parts"]
+    assert sorted(p.name for p in (emb / "image").iterdir()) == [p["name"] + ".parquet" for p in meta["parts"]]

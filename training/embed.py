@@ -286,8 +286,10 @@ class PartEmbedder:
             for m, w in staged.writers.items():
                 w.close()
                 storage.fsync_file(stage / f"{m}.parquet")
+            # the files' sizes: a rerun reuses the part only while its files still have them (_part_intact)
+            sizes = {m: (stage / f"{m}.parquet").stat().st_size for m in staged.writers}
             marker = {"name": part.name, "shard": part.shard, "fingerprint": part.fingerprint,
-                      "samples": len(part.rows), "rows": staged.counts}  # fmt: skip
+                      "samples": len(part.rows), "rows": staged.counts, "bytes": sizes}  # fmt: skip
             storage.delete(S.marker_path(self.emb, part.name))
             for m in self.produced:
                 target = S.part_path(self.emb, m, part.name)
@@ -517,6 +519,7 @@ class EmbedStats:
     seconds: float = 0.0  # the whole call
     embed_s: float = 0.0  # the parts loop: reading, inference, writing (model loading not included)
     index_s: float = 0.0  # building the indexes from the parts
+    parts_moved: int = 0  # of parts_kept: finished parts of the same content under another part number
 
 
 @dataclass(frozen=True)
@@ -530,7 +533,7 @@ class EmbedResult:
     def summary_lines(self) -> list[str]:
         s = self.stats
         lines = [f"embed: run {self.run_id} -> {self.emb}",
-                 f"  parts: {s.parts} ({s.parts_embedded} embedded, {s.parts_kept} kept), "
+                 f"  parts: {s.parts} ({s.parts_embedded} embedded, {s.parts_kept} kept, {s.parts_moved} moved), "
                  f"{s.samples_embedded} samples embedded in {s.seconds:.1f} s"]  # fmt: skip
         for m, n in self.counts.items():
             info = self.index.get(m, {})
@@ -560,6 +563,91 @@ def _read_marker(emb: Path | storage.Location, name: str) -> dict | None:
         return None
 
 
+def _read_markers(emb: Path | storage.Location) -> dict[str, dict]:
+    """Every part marker in EMB/_parts by part name, also those of part numbers the new plan no longer has."""
+    names = [n[:-5] for n in storage.listdir(emb / S.PARTS) if n.startswith("part-") and n.endswith(".json")]
+    found = {n: _read_marker(emb, n) for n in names}
+    return {n: m for n, m in found.items() if m is not None and m.get("name") == n}
+
+
+def _part_intact(emb: Path | storage.Location, marker: dict) -> bool:
+    """Whether each file of a finished part is there as its marker recorded it: the same size (markers record
+    it since sizes were added) and, on a local EMB, the row count in the Parquet footer (a few kB read; on a
+    store the size alone, one HEAD per file). A part deleted, truncated or replaced after its commit is
+    embedded again instead of being trusted."""
+    sizes = marker.get("bytes") or {}
+    for m, rows in (marker.get("rows") or {}).items():
+        path = S.part_path(emb, m, marker["name"])
+        try:
+            if m in sizes and storage.stat(path).size != sizes[m]:
+                return False
+            if isinstance(path, Path) and pq.read_metadata(path).num_rows != rows:
+                return False
+        except (FileNotFoundError, NotADirectoryError, pa.ArrowException):
+            return False
+    return True
+
+
+def _reuse_parts(emb: Path | storage.Location, plan: list[PartPlan]) -> tuple[dict[str, dict], int]:
+    """The finished parts this run keeps, by the plan's part name, and how many of them were moved.
+
+    Reuse follows content, not position: a part whose marker has the plan part's fingerprint is kept where
+    it is; else an intact finished part elsewhere with that fingerprint (a shard renumbered because a shard
+    was added or removed before it) is moved to the plan part's name. A part's rows hold no part name or
+    shard, so a moved part is byte for byte what embedding the shard again would write."""
+    intact = {n: m for n, m in _read_markers(emb).items() if _part_intact(emb, m)}
+    kept = {p.name: intact[p.name] for p in plan if intact.get(p.name, {}).get("fingerprint") == p.fingerprint}
+    spare: dict[str, dict] = {}
+    for name, marker in sorted(intact.items()):
+        if name not in kept:
+            spare.setdefault(marker["fingerprint"], marker)
+    moves = [(spare.pop(p.fingerprint), p) for p in plan if p.name not in kept and p.fingerprint in spare]
+    moved = _move_parts(emb, moves) if moves else {}
+    return {**kept, **moved}, len(moved)
+
+
+def _move_parts(emb: Path | storage.Location, moves: list[tuple[dict, PartPlan]]) -> dict[str, dict]:
+    """Give finished parts new part names: the markers of every name involved go first (a crash in between
+    leaves parts to embed again, never a marker over other files), the files are moved aside into a staging
+    folder (locally renamed, from a store downloaded), then placed at their new names, each new marker last.
+    Two phases, so that a chain of renumbered parts (n -> n+1 -> n+2) never overwrites a source. Returns the
+    new markers by part name."""
+    for name in sorted({m["name"] for m, _ in moves} | {p.name for _, p in moves}):
+        storage.delete(S.marker_path(emb, name))
+    local = isinstance(emb, Path)
+    stage = storage.staging_dir(emb / "reuse") if local else Path(tempfile.mkdtemp(prefix="bindset-reuse-"))
+    out: dict[str, dict] = {}
+    try:
+        ready = []
+        for marker, p in moves:
+            staged = {m: stage / f"{p.name}.{m}.parquet" for m in marker["rows"]}
+            ok = True
+            for m, tmp in staged.items():
+                src = S.part_path(emb, m, marker["name"])
+                if local:
+                    os.replace(src, tmp)
+                else:
+                    ok = storage.download(src, tmp) and ok
+            if ok:
+                ready.append((marker, p, staged))
+        for marker, p, staged in ready:
+            for m, tmp in staged.items():
+                target = S.part_path(emb, m, p.name)
+                if isinstance(target, Path):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    storage.place_file(tmp, target)
+                    storage.fsync_dir(target.parent)
+                else:
+                    storage.upload(tmp, target)
+            new = {**marker, "name": p.name, "shard": p.shard}
+            storage.put_json(S.marker_path(emb, p.name), new, indent=None)
+            out[p.name] = new
+            log.info("embed: %s (%s) is %s of the last run, unchanged: moved", p.name, p.shard, marker["name"])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
 def _remove_stale(emb: Path | storage.Location, keep: int) -> None:
     """Parts numbered ``keep`` and above (the dataset has fewer shards now) and leftover staging folders."""
     if isinstance(emb, storage.Location):  # no staging objects on a store: parts are staged in local temp folders
@@ -568,7 +656,7 @@ def _remove_stale(emb: Path | storage.Location, keep: int) -> None:
                 if name.startswith("part-") and name.endswith(suffix) and int(name[5:].split(".")[0]) >= keep:
                     storage.delete(emb / folder / name)
         return
-    for tmp in emb.glob(".part-*.tmp"):
+    for tmp in [*emb.glob(".part-*.tmp"), *emb.glob(".reuse.*.tmp")]:
         shutil.rmtree(tmp, ignore_errors=True)
     if (emb / S.PARTS).is_dir():
         for marker in (emb / S.PARTS).glob("part-*.json"):
@@ -618,10 +706,11 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
         storage.delete(emb / META)
         if isinstance(emb, Path):
             storage.fsync_dir(emb)
+        markers, moved = _reuse_parts(emb, plan)  # before _remove_stale: a part numbered past the plan may move
         _remove_stale(emb, len(plan))
-        markers = {p.name: _read_marker(emb, p.name) for p in plan}
-        todo = [p for p in plan if (markers[p.name] or {}).get("fingerprint") != p.fingerprint]
-        log.info("embed: %d parts, %d to embed (%s engine)", len(plan), len(todo), engine)
+        todo = [p for p in plan if p.name not in markers]
+        log.info("embed: %d parts, %d to embed, %d kept (%d of them moved; %s engine)", len(plan), len(todo),
+                 len(markers), moved, engine)  # fmt: skip
 
         bar = progress(len(todo)) if progress and todo else None
         peak, threads = 0, torch.get_num_threads()
@@ -677,7 +766,8 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
             built.append(m)
             del b
         stats = EmbedStats(len(plan), len(todo), len(plan) - len(todo), sum(len(p.rows) for p in todo), peak,
-                           built, kept, time.perf_counter() - t0, embed_s, time.perf_counter() - t_index)  # fmt: skip
+                           built, kept, time.perf_counter() - t0, embed_s, time.perf_counter() - t_index,
+                           moved)  # fmt: skip
         meta.update(index=infos, last_run={**asdict(stats), "engine": engine})
         if isinstance(lock, S.EmbLease):  # a lease lost in an outage, or overwritten on a store ignoring preconditions
             lock.require_held()
