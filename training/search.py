@@ -98,7 +98,9 @@ def search(emb: Path | str, kind: str, value: str, *, to: str = "image", k: int 
     """The ``k`` nearest ``to`` rows of a query (module docstring), best first.
 
     Raises ``EmbNotCommitted`` (no committed EMB), ``MissingInputError`` (``to`` was not embedded) and
-    ``InputError`` (an unusable query)."""
+    ``InputError`` (an unusable query, ``k`` < 1)."""
+    if k < 1:
+        raise InputError(f"-k {k}: must be at least 1")  # FAISS asserts k > 0 (exit 3 otherwise)
     emb = S.emb_root(emb)
     meta = S.read_meta(emb)
     if to not in meta["modalities"]:
