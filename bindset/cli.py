@@ -56,6 +56,29 @@ def _location(text: str) -> Path | str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (``-k``, ``--workers``, ``--batch-size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _need_gpu(args: argparse.Namespace) -> None:
+    """``--gpu`` where no GPU is (exit 2 before any work): on this machine for the local engine or a local Ray
+    instance; an attached cluster's GPUs are checked once attached (pipelines/ray_start.require_gpus)."""
+    if not args.gpu or (args.engine == "ray" and args.ray_address):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("--gpu: no CUDA GPU is usable on this machine (torch.cuda.is_available() is False); "
+                        "run without --gpu")  # fmt: skip
+
+
 def _progress(run, desc: str, unit: str, quiet: bool):
     from tqdm import tqdm
 
@@ -254,6 +277,11 @@ def _cmd_train(args: argparse.Namespace, run) -> int:
 def _cmd_embed(args: argparse.Namespace, run) -> int:
     from training.embed import embed
 
+    _need_gpu(args)
+    if args.engine == "ray":
+        from pipelines.ray_start import check_reachable
+
+        check_reachable(args.ray_address)  # ray.init would retry for minutes, deaf to Ctrl-C
     _need_dataset(args.data)
     if not isinstance(args.run, str):  # a URL RUN: embed's own check names a missing model
         _need(args.run, "RUN", "dir")
@@ -503,11 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data", type=_location, help="the dataset: a folder, or an s3:// or gs:// URL")
     e.add_argument("run", type=_location, help="the trained run: a folder, or an s3:// or gs:// URL")
     e.add_argument("emb", type=_location, help="where the embeddings go: a folder, or an s3:// URL")
-    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--batch-size", type=_positive_int, default=128)
     e.add_argument("--gpu", action="store_true", help="local: run on CUDA; ray: one GPU per actor")
     e.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: a pool of Ray actors over parts")
     e.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
-    e.add_argument("--workers", type=int, default=0, help="ray: actors (default: one per free CPU, or GPU)")
+    e.add_argument("--workers", type=_positive_int, default=None,
+                   help="ray: actors (default: one per free CPU, or GPU)")  # fmt: skip
     add_config_flags(e.add_argument_group("vector index (IndexParams)"), IndexParams,
                      ("exact_max", "kind", "nlist", "nprobe", "target_recall", "pq_m", "max_probe_fraction",
                       "min_train_per_list"), dest_prefix="index_",
@@ -524,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--key", help="a sample key of EMB (with --from)")
     q.add_argument("--from", dest="source", help="with --key: which of its embeddings to query with")
     q.add_argument("--to", default="image", help="the modality to search (default image)")
-    q.add_argument("-k", type=int, default=5)
+    q.add_argument("-k", type=_positive_int, default=5, help="hits to return (default 5)")
     q.set_defaults(func=_cmd_search)
 
     ev = sub.add_parser("eval", parents=common, help="retrieval, emergent retrieval and zero-shot tables")

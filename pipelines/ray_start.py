@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Any
+
+from schemas.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,8 @@ UV_HOOK_ENV = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
 LOCAL_START_TRIES = 3
 #: set by the `bindset` CLI while a command runs (bindset/logs.py): the run's log file, which stderr points at
 LOG_FILE_ENV = "BINDSET_LOG_FILE"
+#: seconds a cluster's GCS address gets to accept a TCP connection before ray.init (a LAN answers in ms)
+PROBE_TIMEOUT_S = 5.0
 
 
 def worker_logs_to_driver() -> bool:
@@ -43,11 +48,39 @@ def _start_timed_out(exc: BaseException) -> bool:
     return "timed out during startup" in text or "Timed out waiting for file" in text
 
 
+def check_reachable(address: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise ``UserError`` (exit 2, naming the address) unless a cluster's GCS address ``host:port`` accepts a
+    TCP connection within ``timeout_s``: ray.init on an unreachable address retries for many minutes and
+    ignores SIGINT/SIGTERM meanwhile. Other addresses (None, "local", "auto", ``ray://`` client URLs, which
+    fail on their own) are not probed."""
+    if not address or "://" in address or address in ("local", "auto"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--ray-address {address!r}: expected HOST:PORT of a Ray cluster's head (or ray://, auto)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"--ray-address {address}: no Ray cluster answers there within {timeout_s:g} s "
+                        f"({exc.strerror or exc})") from None  # fmt: skip
+
+
+def require_gpus(n: int = 1) -> None:
+    """Raise ``UserError`` (exit 2) unless the Ray cluster this process is attached to has ``n`` GPUs or more
+    (``ray.cluster_resources()``); a task asking for a GPU on a cluster without one waits forever."""
+    import ray
+
+    have = ray.cluster_resources().get("GPU", 0)
+    if have < n:
+        raise UserError(f"--gpu: the Ray cluster has {have:g} GPUs; run without --gpu or on a cluster with GPUs")
+
+
 def init_ray(**kwargs: Any) -> bool:
     """ray.init(**kwargs) unless Ray is already up; returns True when this call started it (caller shuts down).
 
     A local instance (``address="local"``) whose node times out during start-up is started again, up to
-    ``LOCAL_START_TRIES`` times; any other failure, and the last one, propagate as Ray raised them.
+    ``LOCAL_START_TRIES`` times; any other failure, and the last one, propagate as Ray raised them. A cluster
+    address that does not answer raises ``UserError`` first (``check_reachable``).
     """
     os.environ.setdefault(UV_HOOK_ENV, "0")
     import ray
@@ -55,6 +88,7 @@ def init_ray(**kwargs: Any) -> bool:
 
     if ray.is_initialized():
         return False
+    check_reachable(kwargs.get("address"))
     # the constant is read once, when ray is first imported; honour the environment as it is now
     ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ[UV_HOOK_ENV].lower() in ("1", "true")
     tries = LOCAL_START_TRIES if kwargs.get("address") == "local" else 1
