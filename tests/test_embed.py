@@ -367,6 +367,28 @@ def test_a_shard_renumbered_by_a_new_one_before_it_is_moved_not_embedded_again(r
     # a moved part is the same file (renamed), under its new number
     assert all(os.stat(S.part_path(emb, "image", new[x]["name"])).st_ino == inodes[x] for x in old)
     assert json.loads(S.marker_path(emb, new[min(renumbered)]["name"]).read_text())["shard"] == min(renumbered)
-    fresh = embed(data, root / "run", tmp_path / "fresh", batch_size=BATCH)
+    embed(data, root / "run", tmp_path / "fresh", batch_size=BATCH)
     assert _parts(emb) == _parts(tmp_path / "fresh") and meta["parts"] == S.read_meta(tmp_path / "fresh")["parts"]
     assert sorted(p.name for p in (emb / "image").iterdir()) == [p["name"] + ".parquet" for p in meta["parts"]]
+
+
+def _copy(emb: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(emb, to, ignore=shutil.ignore_patterns(S.LOCK))
+    return to
+
+
+def test_a_rerun_embeds_again_the_parts_whose_files_were_deleted_or_truncated(root, clean, tmp_path):
+    emb = _copy(clean, tmp_path / "emb")
+    parts = S.read_meta(emb)["parts"]
+    gone, cut = S.part_path(emb, "audio", parts[1]["name"]), S.part_path(emb, "image", parts[-1]["name"])
+    gone.unlink()
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    result = embed(root / "data", root / "run", emb, batch_size=BATCH)
+    assert (result.stats.parts_embedded, result.stats.parts_kept) == (2, len(parts) - 2)
+    assert result.stats.samples_embedded == parts[1]["samples"] + parts[-1]["samples"]
+    assert _parts(emb) == _parts(clean) and S.read_meta(emb)["parts"] == parts
+    keys, _ = _vectors(emb)["audio"]
+    assert search(emb, "key", keys[-1], to="audio", k=1, source="audio")[0].key == keys[-1]
+    assert evaluate(emb, "train").to_dict() == evaluate(clean, "train", tmp_path / "eval-clean").to_dict()
