@@ -392,3 +392,50 @@ def test_a_rerun_embeds_again_the_parts_whose_files_were_deleted_or_truncated(ro
     keys, _ = _vectors(emb)["audio"]
     assert search(emb, "key", keys[-1], to="audio", k=1, source="audio")[0].key == keys[-1]
     assert evaluate(emb, "train").to_dict() == evaluate(clean, "train", tmp_path / "eval-clean").to_dict()
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("batch_size", [0, -2])
+def test_a_batch_size_below_1_is_refused_before_emb_is_touched(root, clean, tmp_path, batch_size):
+    from schemas.errors import InputError
+
+    emb = _copy(clean, tmp_path / "emb")
+    before = _tree(emb)
+    with pytest.raises(InputError, match=f"--batch-size {batch_size}: must be a whole number of at least 1"):
+        embed(root / "data", root / "run", emb, batch_size=batch_size)
+    with pytest.raises(InputError, match="--workers -1"):
+        embed(root / "data", root / "run", emb, batch_size=BATCH, engine="ray", workers=-1)
+    assert _tree(emb) == before and S.read_meta(emb)["counts"] == S.read_meta(clean)["counts"]
+
+
+def test_emb_inside_data_or_run_or_on_a_file_is_refused_before_anything_is_written(root, tmp_path):
+    from schemas.errors import InputError
+
+    data, run = root / "data", root / "run"
+    before = {"data": _tree(data), "run": _tree(run)}
+    for emb, what in [(data, "DATA"), (data / "emb", "DATA"), (run, "RUN"), (run / "model", "RUN"),
+                      (tmp_path / "link" / "emb", "DATA")]:  # fmt: skip
+        if emb.parent.name == "link":
+            emb.parent.symlink_to(data)  # the same folder by another name
+        with pytest.raises(InputError, match=f"must not be {what} .* or inside it"):
+            embed(data, run, emb, batch_size=BATCH)
+    assert {"data": _tree(data), "run": _tree(run)} == before
+    (tmp_path / "file").write_text("x")
+    for emb in (tmp_path / "file", tmp_path / "file" / "emb"):
+        with pytest.raises(InputError, match=f"{tmp_path / 'file'} is a file, not a folder"):
+            embed(data, run, emb, batch_size=BATCH)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_cli_refuses_emb_inside_data_with_one_line_and_exit_2(root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(FAULT_ENV, None)
+    cmd = [sys.executable, "-m", "bindset.cli", "embed", str(root / "data"), str(root / "run"),
+           str(root / "data" / "emb"), "--quiet", "--log-file", str(tmp_path / "embed.log")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "must not be DATA" in lines[0] and not (root / "data" / "emb").exists()

@@ -680,10 +680,16 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
     """
     if engine not in ENGINES:
         raise InputError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    # before any work: a batch of 0 rows would uncommit EMB and then fail, a negative one commits empty parts
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be a whole number of at least 1")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise InputError(f"--workers {workers}: must be at least 1 (0 or none: one per free CPU, or GPU)")
     t0 = time.perf_counter()
     data, emb = dataset_location(data), S.emb_root(emb)  # local Paths, or s3:// / gs:// Locations
     if isinstance(data, Path):
         data = data.resolve()
+    _refuse_emb_at(emb, data, run_location(run))
     index = index or IndexParams()
     cfg, run_id = run_identity(run)
     produced = produced_modalities(cfg)
@@ -773,6 +779,27 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
             lock.require_held()
         storage.put_json(emb / META, meta, indent=1)  # last: its presence marks a complete EMB folder
         return EmbedResult(emb, counts, run_id, stats, infos)
+
+
+def _refuse_emb_at(emb: Path | storage.Location, data: Path | storage.Location, run: Path | storage.Location) -> None:
+    """Raise ``InputError`` (exit 2, before anything is written) for an EMB that is DATA or RUN or inside one of
+    them (as build refuses DATA inside RAW: EMB's stale-part cleanup and meta.json would write into them),
+    and for a local EMB that is a file or lies under one. URLs compare by scheme and key prefix."""
+
+    def at(x: Path | storage.Location) -> tuple[str, str]:
+        return ("", str(x.resolve())) if isinstance(x, Path) else (x.scheme, x.path.rstrip("/"))
+
+    e = at(emb)
+    for what, other in (("DATA", data), ("RUN", run)):
+        o = at(other)
+        if e[0] == o[0] and (e[1] == o[1] or e[1].startswith(o[1].rstrip("/") + "/")):
+            raise InputError(f"EMB {emb} must not be {what} {other} or inside it; give a folder of its own")
+    if isinstance(emb, Path):
+        for p in [emb, *emb.parents]:
+            if p.exists():
+                if not p.is_dir():
+                    raise InputError(f"EMB {emb}: {p} is a file, not a folder")
+                break
 
 
 def _dim(emb: Path | storage.Location, parts: list[dict], counts: dict[str, int]) -> int:
