@@ -351,11 +351,15 @@ def test_a_shard_renumbered_by_a_new_one_before_it_is_moved_not_embedded_again(r
     embed(data, root / "run", emb, batch_size=BATCH)
     old = {p["shard"]: p for p in S.read_meta(emb)["parts"]}
     inodes = {p["shard"]: os.stat(S.part_path(emb, "image", p["name"])).st_ino for p in old.values()}
+    evaluate(emb, "train")  # the report in EMB: kept by a rerun of the same version, removed by a new one's
+    assert embed(data, root / "run", emb, batch_size=BATCH).stats.parts_embedded == 0
+    assert (emb / "eval.json").exists() and (emb / "eval.md").exists()
     shutil.copytree(root / "raw" / late, raw / late)
     build(raw, data, BuildConfig(shard_max_samples=2), EngineConfig("local"))
 
     result = embed(data, root / "run", emb, batch_size=BATCH)
     meta = S.read_meta(emb)
+    assert not (emb / "eval.json").exists() and not (emb / "eval.md").exists()  # it described the old version
     new = {p["shard"]: p for p in meta["parts"]}
     renumbered = {s for s in old if new[s]["name"] != old[s]["name"]}
     assert renumbered and all(s.startswith("val-") for s in renumbered)  # the case under test

@@ -710,6 +710,11 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
             old_meta = None
         # uncommit first: from here until the new meta.json, readers see "no committed embeddings", never a mix
         storage.delete(emb / META)
+        # `bindset eval`'s report in EMB (its default out) describes the committed run and dataset version: it
+        # goes unless this run embeds the same ones (nothing says which version an orphaned report was of)
+        if old_meta is None or (old_meta.get("dataset_version"), old_meta.get("run_id")) != (table.version, run_id):
+            for name in ("eval.json", "eval.md"):
+                storage.delete(emb / name)
         if isinstance(emb, Path):
             storage.fsync_dir(emb)
         markers, moved = _reuse_parts(emb, plan)  # before _remove_stale: a part numbered past the plan may move
