@@ -443,3 +443,44 @@ def test_cli_refuses_emb_inside_data_with_one_line_and_exit_2(root, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "must not be DATA" in lines[0] and not (root / "data" / "emb").exists()
+
+
+def _tagged(tag: str) -> list[int]:
+    """Processes whose environment holds ``tag`` (the embed, its forkserver and loader processes)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if tag.encode() in (proc / "environ").read_bytes():
+                    out.append(int(proc.name))
+            except OSError:  # gone, or not ours
+                pass
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_loader_processes_and_their_forkserver_die_with_a_killed_embed(root, tmp_path):
+    import time
+    import uuid
+
+    cfg = PRESETS["tiny"]
+    cfg = cfg.replace(data=cfg.data.replace(loader_workers=1, depth_norm=(0.0, 1.0)))
+    torch.manual_seed(0)
+    model = BindingModel({m: cfg.encoder(m) for m in cfg.modalities}, tower_embed_dim(cfg.tower))
+    write_checkpoint(tmp_path / "run" / "model", model, None, TrainState(0, 0, 0, cfg.to_dict(), {}))
+    value = uuid.uuid4().hex
+    tag = f"BINDSET_TEST_TAG={value}"
+    env = {**os.environ, FAULT_ENV: "kill_after_parts:1", "PYTHONPATH": str(REPO), "BINDSET_TEST_TAG": value}
+    cmd = [sys.executable, "-m", "bindset.cli", "embed", str(root / "data"), str(tmp_path / "run"),
+           str(tmp_path / "emb"), "--batch-size", str(BATCH), "--quiet", "--log-file",
+           str(tmp_path / "embed.log")]  # fmt: skip
+    with open(tmp_path / "stderr", "w") as err:  # a file, not a pipe: a leftover loader would hold a pipe open
+        proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "stderr").read_text()[-2000:]
+    deadline = time.monotonic() + 20
+    while _tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _tagged(tag)
+    for pid in left:  # not to leave them behind when the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left

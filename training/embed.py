@@ -38,12 +38,14 @@ neighbour structure; FAISS is one wheel with no service or storage format of its
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
 import logging
 import os
 import queue
+import select
 import shutil
 import signal
 import tempfile
@@ -406,6 +408,35 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _loader_init(main_pid: int, worker_id: int) -> None:
+    """A loader process: one thread (``loader_worker_init``: the model's threads keep their cores), and it exits
+    when the embed process ``main_pid`` dies, SIGKILL included. Its parent is the forkserver, not the embed
+    process, so torch's parent check never fires, and the forkserver waits for every process holding its
+    "alive" pipe, the loader processes too: without this both would outlive a killed embed forever.
+    Linux: a pidfd (5.3+) becomes readable when the process exits; elsewhere a poll once a second."""
+    loader_worker_init(worker_id)
+    try:
+        fd = os.pidfd_open(main_pid)
+    except ProcessLookupError:  # already gone
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd here
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        else:
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(main_pid, 0)
+                except ProcessLookupError:
+                    break
+        os._exit(1)  # nothing to flush: a loader process only reads
+
+    threading.Thread(target=watch, name="embed-main-watch", daemon=True).start()
+
+
 def start_local_batches(table: SampleTable, todo: list[PartPlan], batch_size: int, workers: int) -> Iterator[dict]:
     """The batches of ``todo``'s parts, in order (they never cross a part), read and decoded ahead of the
     model: by ``workers`` DataLoader processes (started here, so that they start while the model loads), or
@@ -419,7 +450,7 @@ def start_local_batches(table: SampleTable, todo: list[PartPlan], batch_size: in
             batch_sampler=flat,
             collate_fn=collate,
             num_workers=workers,
-            worker_init_fn=loader_worker_init,  # one thread each: the model's threads keep their cores
+            worker_init_fn=functools.partial(_loader_init, os.getpid()),
             multiprocessing_context=loader_context(workers),
         )
         return iter(loader)
