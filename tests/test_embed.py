@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import torch
 
 from bindset.synth.generate import SynthConfig, synth
 from pipelines.build import EngineConfig, build
+from schemas.errors import InputError
 from training import emb_store as S
 from training.checkpoint import TrainState, write_checkpoint
 from training.config import PRESETS
@@ -484,3 +486,14 @@ def test_loader_processes_and_their_forkserver_die_with_a_killed_embed(root, tmp
     for pid in left:  # not to leave them behind when the assertion fails
         os.kill(pid, signal.SIGKILL)
     assert not left
+
+
+def test_an_index_pq_m_that_cannot_fit_the_vectors_is_refused_before_any_work(root, clean, tmp_path):
+    """``pq_m`` must divide the run's vector dimension (128 for the tiny preset): exit 2 before EMB is touched,
+    even where this dataset's index would have fallen back to exact and never used it."""
+    emb = tmp_path / "emb"
+    shutil.copytree(clean, emb)
+    before = {p: p.read_bytes() for p in emb.rglob("*") if p.is_file()}
+    with pytest.raises(InputError, match="pq_m 48 .* must divide the embedding dimension 128"):
+        embed(root / "data", root / "run", emb, batch_size=BATCH, index=IndexParams(kind="ivf_pq", pq_m=48))
+    assert {p: p.read_bytes() for p in emb.rglob("*") if p.is_file()} == before

@@ -73,7 +73,8 @@ from training.encoders import BindingModel
 from training.inputs import ModelInputs, collate
 from training.run_store import read_run_file, remote_env, run_location
 from training.shards import SampleReader, SampleTable, dataset_location, loader_context, loader_worker_init
-from training.vector_index import IndexParams, build_index, write_index
+from training.towers import tower_embed_dim
+from training.vector_index import IndexParams, build_index, check_params, write_index
 
 log = logging.getLogger(__name__)
 
@@ -508,7 +509,7 @@ def _run_ray(args: dict, todo: list[PartPlan], workers: int | None, gpu: bool,
         from ray.util import ActorPool
     except ImportError as exc:  # pragma: no cover - the locked environment has Ray
         raise RuntimeError("--engine ray needs Ray installed; use --engine local") from exc
-    from pipelines.ray_start import init_ray, worker_logs_to_driver
+    from pipelines.ray_start import init_ray, require_gpus, worker_logs_to_driver
 
     # "local": a fresh instance even where `ray start` left a cluster running (None would attach to it)
     kwargs = {"address": address} if address else {"address": "local", "include_dashboard": False,
@@ -519,6 +520,8 @@ def _run_ray(args: dict, todo: list[PartPlan], workers: int | None, gpu: bool,
             kwargs["runtime_env"] = {"env_vars": env}
     started = init_ray(log_to_driver=worker_logs_to_driver(), configure_logging=False, **kwargs)
     try:
+        if gpu:  # an attached cluster without a GPU would leave the actors waiting forever
+            require_gpus(1)
         if not todo:
             return
         resources = ray.available_resources()
@@ -723,6 +726,8 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
     _refuse_emb_at(emb, data, run_location(run))
     index = index or IndexParams()
     cfg, run_id = run_identity(run)
+    # index flags that cannot fit this run's vectors (pq_m not dividing the dimension): exit 2 before any work
+    check_params(index, tower_embed_dim(cfg.tower))
     produced = produced_modalities(cfg)
     snap = open_dataset(data)
     table = SampleTable.load(data, None)
