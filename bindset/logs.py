@@ -71,6 +71,10 @@ def temp_log_dir() -> Path:
     return Path(tempfile.gettempdir()) / "bindset-logs"
 
 
+#: what a folder a command only reads holds when it is what the command expects (any one of them): a RUN
+#: given where a RAW was meant must not get a logs/ folder that the next build of that RAW would find
+_KIND_MARKS = {"data": ("manifest.json", "_work"), "run": ("model", "checkpoints"), "emb": ("meta.json", "_parts")}
+
 #: command -> (the argument naming its folder, the log folder inside it, whether the command only reads it)
 _LOG_HOMES = {
     "build": ("data", "_work/logs", False),
@@ -85,8 +89,9 @@ _LOG_HOMES = {
 def default_log_dir(command: str, args) -> Path:
     """Where a command's log file goes (see the module docstring); ``args`` is the parsed namespace.
 
-    A folder the command only reads is used only if it exists: a mistyped DATA must stay an input error,
-    not become a new folder holding a log.
+    A folder the command only reads is used only if it exists and holds what that kind of folder holds
+    (``_KIND_MARKS``): a mistyped DATA must stay an input error, not become a new folder holding a log, and a
+    RAW given as RUN must not gain a logs/ folder.
     """
     if command not in _LOG_HOMES:
         return temp_log_dir()
@@ -94,7 +99,7 @@ def default_log_dir(command: str, args) -> Path:
     if "://" in str(getattr(args, arg)):  # an object-store URL (DATA on s3://): no local folder to hold the log
         return temp_log_dir()
     top = Path(getattr(args, arg))
-    if reads_only and not top.is_dir():
+    if reads_only and not (top.is_dir() and any((top / mark).exists() for mark in _KIND_MARKS[arg])):
         return temp_log_dir()
     if command == "build":  # a build refused at once (no RAW, DATA inside RAW) leaves DATA, and RAW, untouched
         raw, data = Path(args.raw).resolve(), top.resolve()

@@ -249,3 +249,18 @@ def test_a_ray_build_logs_each_unit_in_the_run_log(tmp_path):
     for session in ("s000_000", "s000_001"):
         assert f"unit {session}: start (attempt 1, 1 input(s))" in text and f"unit {session}: end in " in text
     assert "\x1b[" not in text  # no terminal colour codes in a file
+
+
+def test_a_folder_given_in_the_wrong_place_gets_no_log_folder(tmp_path, capsys):
+    """A RAW given as RUN (or any folder that is not a run, a dataset or an embeddings folder) is refused and
+    left as it was: no logs/ folder the next build of that RAW would meet as an unknown input."""
+    raw, data, other = tmp_path / "raw", tmp_path / "data", tmp_path / "notemb"
+    for folder in (raw / "s000", data, other):
+        folder.mkdir(parents=True)
+    (raw / "s000" / "manifest.json").write_text("{}")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["embed", str(data), str(raw), str(tmp_path / "emb")]) == 2
+    assert main(["eval", str(other)]) == 2
+    assert main(["validate", str(other)]) == 2
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    capsys.readouterr()

@@ -423,12 +423,16 @@ def test_emb_inside_data_or_run_or_on_a_file_is_refused_before_anything_is_writt
     data, run = root / "data", root / "run"
     before = {"data": _tree(data), "run": _tree(run)}
     for emb, what in [(data, "DATA"), (data / "emb", "DATA"), (run, "RUN"), (run / "model", "RUN"),
-                      (tmp_path / "link" / "emb", "DATA")]:  # fmt: skip
+                      (run / "checkpoints" / "x", "RUN"), (tmp_path / "link" / "emb", "DATA")]:  # fmt: skip
         if emb.parent.name == "link":
             emb.parent.symlink_to(data)  # the same folder by another name
-        with pytest.raises(InputError, match=f"must not be {what} .* or inside it"):
+        with pytest.raises(InputError, match=f"must not be {what} .* (or inside it|or one of its own folders)"):
             embed(data, run, emb, batch_size=BATCH)
     assert {"data": _tree(data), "run": _tree(run)} == before
+    # a folder of its own inside RUN (the train DAG's RUN/emb) is an EMB like any other
+    embed(data, run, run / "emb", batch_size=BATCH)
+    assert (run / "emb" / S.META).exists()
+    shutil.rmtree(run / "emb")
     (tmp_path / "file").write_text("x")
     for emb in (tmp_path / "file", tmp_path / "file" / "emb"):
         with pytest.raises(InputError, match=f"{tmp_path / 'file'} is a file, not a folder"):

@@ -822,19 +822,30 @@ def embed(data: Path | str, run: Path | str, emb: Path | str, *, batch_size: int
         return EmbedResult(emb, counts, run_id, stats, infos)
 
 
+#: the folders a run writes into itself (training/run_store.py, the loop's logs and Ray Train's storage): an EMB
+#: there would mix its parts and meta.json with the run's; a folder of its own inside RUN (the train DAG's
+#: RUN/emb) is fine
+_RUN_OWN = ("checkpoints", "model", "logs", "ray")
+
+
 def _refuse_emb_at(emb: Path | storage.Location, data: Path | storage.Location, run: Path | storage.Location) -> None:
-    """Raise ``InputError`` (exit 2, before anything is written) for an EMB that is DATA or RUN or inside one of
-    them (as build refuses DATA inside RAW: EMB's stale-part cleanup and meta.json would write into them),
-    and for a local EMB that is a file or lies under one. URLs compare by scheme and key prefix."""
+    """Raise ``InputError`` (exit 2, before anything is written) for an EMB that is DATA or inside it, that is
+    RUN or inside one of the run's own folders (``_RUN_OWN``), as build refuses DATA inside RAW: EMB's stale-part
+    cleanup and meta.json would write into them; and for a local EMB that is a file or lies under one. URLs
+    compare by scheme and key prefix."""
 
     def at(x: Path | storage.Location) -> tuple[str, str]:
         return ("", str(x.resolve())) if isinstance(x, Path) else (x.scheme, x.path.rstrip("/"))
 
-    e = at(emb)
-    for what, other in (("DATA", data), ("RUN", run)):
-        o = at(other)
-        if e[0] == o[0] and (e[1] == o[1] or e[1].startswith(o[1].rstrip("/") + "/")):
-            raise InputError(f"EMB {emb} must not be {what} {other} or inside it; give a folder of its own")
+    def inside(e: tuple[str, str], o: tuple[str, str]) -> bool:
+        return e[0] == o[0] and (e[1] == o[1] or e[1].startswith(o[1].rstrip("/") + "/"))
+
+    e, d, r = at(emb), at(data), at(run)
+    if inside(e, d):
+        raise InputError(f"EMB {emb} must not be DATA {data} or inside it; give a folder of its own")
+    if e == r or any(inside(e, (r[0], f"{r[1]}/{own}")) for own in _RUN_OWN):
+        raise InputError(f"EMB {emb} must not be RUN {run} or one of its own folders ({', '.join(_RUN_OWN)}); "
+                         "give a folder of its own (RUN/emb is fine)")  # fmt: skip
     if isinstance(emb, Path):
         for p in [emb, *emb.parents]:
             if p.exists():
