@@ -105,6 +105,17 @@ class Session:
         return round((float(self.clocks["audio"].to_stream(clip_start_s)) - self.audio_first_s) * SR)
 
 
+def shard_members(data: Path) -> dict[str, dict[str, bytes]]:
+    """Every sample's members in DATA's shards: {key: {extension: bytes}} (also tests/test_sync_long.py)."""
+    members: dict[str, dict[str, bytes]] = {}
+    for tar in sorted((data / "shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                key, ext = m.name.split(".", 1)
+                members.setdefault(key, {})[ext] = tf.extractfile(m).read()
+    return members
+
+
 def _decode_audio(path: Path) -> tuple[np.ndarray, int, float]:
     parts, rate, first = [], 0, None
     with av.open(str(path)) as c:
@@ -176,12 +187,7 @@ def built(tmp_path_factory):
     build(raw, data, CFG, EngineConfig("local"))
     t2 = time.perf_counter()
     rows = sorted(pq.read_table(data / "index.parquet").to_pylist(), key=lambda r: r["key"])
-    members: dict[str, dict[str, bytes]] = {}
-    for tar in sorted((data / "shards").glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, ext = m.name.split(".", 1)
-                members.setdefault(key, {})[ext] = tf.extractfile(m).read()
+    members = shard_members(data)
     sessions = {sid: _load_session(raw, sid) for sid in sorted({r["session"] for r in rows})}
     print(f"\nfixture: synth {t1 - t0:.1f} s, build {t2 - t1:.1f} s, raw decode {time.perf_counter() - t2:.1f} s")
     assert len(sessions) == SYN.sessions and len(rows) == SYN.sessions * int(SYN.seconds // CFG.clip_s)

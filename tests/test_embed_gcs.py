@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from bindset.cli import main
 from pipelines import storage
 from tests.test_embed import BATCH, _vectors, clean, root  # noqa: F401 - module fixtures, reused
-from tests.test_embed_s3 import _local_parts, _put_run, _remote_parts
+from tests.test_embed_s3 import _put_run, assert_same_embeddings
 from tests.test_train_s3 import _upload
 from training import emb_store as S
 from training.embed import embed
@@ -37,13 +35,7 @@ def test_embed_into_gcs_gives_the_local_parts_and_a_second_run_is_refused(root, 
     assert main(cmd) == 0
     meta, want = S.read_meta(url), S.read_meta(clean)
     assert meta["counts"] == want["counts"] and meta["parts"] == want["parts"] and meta["run"] == run
-    assert _remote_parts(url) == _local_parts(clean)  # the same bytes: vectors, rows, order
-    for m, (keys, v) in _vectors(clean).items():
-        got_keys, got = _vectors(url)[m]
-        assert got_keys == keys and np.array_equal(got, v), m
-    for m in meta["modalities"]:
-        assert storage.stat(S.index_path(storage.location(url), m)).size == S.index_path(clean, m).stat().st_size
-    assert not storage.exists(f"{url}/{S.LOCK}")  # the lease is released
+    assert_same_embeddings(url, clean, meta)  # the same bytes: vectors, rows, order; the lease released
 
     again = embed(data, run, url, batch_size=BATCH)
     assert (again.stats.parts_embedded, again.stats.samples_embedded, again.stats.index_built) == (0, 0, [])

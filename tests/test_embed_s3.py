@@ -74,13 +74,7 @@ def test_embed_into_s3_gives_the_local_parts_and_search_and_eval_agree(root, cle
     assert meta["counts"] == want["counts"] and meta["parts"] == want["parts"]
     assert meta["run"] == remote["run"] and meta["data"] == remote["data"]
     # the same bytes as a local EMB: vectors, rows, order (the run is named "run" in both places)
-    assert _remote_parts(url) == _local_parts(clean)
-    for m, (keys, v) in _vectors(clean).items():
-        got_keys, got = _vectors(url)[m]
-        assert got_keys == keys and np.array_equal(got, v), m
-    for m in meta["modalities"]:
-        assert storage.stat(S.index_path(storage.location(url), m)).size == S.index_path(clean, m).stat().st_size
-    assert not storage.exists(f"{url}/{S.LOCK}")  # the lease is released
+    assert_same_embeddings(url, clean, meta)
 
     # a rerun keeps every part and index: the counters say so
     again = embed(remote["data"], remote["run"], url, batch_size=BATCH)
@@ -132,6 +126,18 @@ def test_a_second_embed_into_the_same_s3_emb_exits_2(root, remote, capsys):  # n
     err = capsys.readouterr().err
     assert "another `bindset embed`" in err and f"pid {os.getpid()}" in err, err
     assert not storage.exists(f"{url}/{S.META}")
+
+
+def assert_same_embeddings(url: str, local: Path, meta: dict) -> None:
+    """An EMB on object storage holds a local EMB's parts byte for byte (vectors, rows, order), vectors and
+    index sizes, and its lease is released (also tests/test_embed_gcs.py)."""
+    assert _remote_parts(url) == _local_parts(local)
+    for m, (keys, v) in _vectors(local).items():
+        got_keys, got = _vectors(url)[m]
+        assert got_keys == keys and np.array_equal(got, v), m
+    for m in meta["modalities"]:
+        assert storage.stat(S.index_path(storage.location(url), m)).size == S.index_path(local, m).stat().st_size
+    assert not storage.exists(f"{url}/{S.LOCK}")  # the lease is released
 
 
 @pytest.mark.slow

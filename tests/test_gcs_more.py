@@ -15,8 +15,6 @@ import sys
 import time
 
 import pytest
-import torch
-from safetensors.torch import load as load_safetensors
 
 from bindset.cli import main
 from pipelines import storage
@@ -25,7 +23,7 @@ from pipelines.work import FAULT_ENV as BUILD_FAULT_ENV
 from tests.killed import run_to_its_kill
 from tests.test_build_s3 import CFG, FLAGS, _local_files, local_build, videos  # noqa: F401 - module fixtures
 from tests.test_embed_s3 import _put_run
-from tests.test_run_s3 import REPO, TRAIN_ARGS, _jsonl, built, local_run  # noqa: F401 - module fixtures
+from tests.test_run_s3 import REPO, TRAIN_ARGS, built, local_run, resume_matches_local, train_dag_steps_on  # noqa: F401 - module fixtures
 from training import emb_store as S
 from training.embed import embed
 from training.evaluate import evaluate
@@ -59,19 +57,7 @@ def test_a_killed_run_on_gcs_resumes_from_the_checkpoints_on_the_store(built, lo
         assert files["state.json"]["updated"] >= max(f["updated"] for f in files.values())
 
     # a fresh process (its own empty staging folder) resumes from step 2 on the bucket
-    assert main(["train", str(built), url, *TRAIN_ARGS]) == 0
-    events = _jsonl(storage.read_bytes(f"{url}/events.jsonl"))
-    assert [e.get("resumed_from_step") for e in events if e["event"] == "start"] == [0, 2]
-    assert events[-1]["event"] == "done" and events[-1]["step"] == 4
-    got = _jsonl(storage.read_bytes(f"{url}/metrics.jsonl"))
-    want = _jsonl((local_run / "metrics.jsonl").read_bytes())
-    assert [m["step"] for m in got] == [1, 2, 3, 4]
-    assert [m["loss"] for m in got] == pytest.approx([m["loss"] for m in want], rel=1e-5, abs=1e-6)
-    a = load_safetensors(storage.read_bytes(f"{url}/model/model.safetensors"))
-    b = load_safetensors((local_run / "model" / "model.safetensors").read_bytes())
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    resume_matches_local(url, built, local_run)
     objects = _names(url)
     # the final model: state.json last; the newest 3 checkpoints kept (keep_checkpoints)
     assert objects["model/state.json"]["updated"] >= objects["model/model.safetensors"]["updated"]
@@ -174,46 +160,9 @@ def test_a_process_that_read_parquet_on_gcs_exits_cleanly(gcs_bucket, tmp_path):
 
 @pytest.mark.slow
 def test_train_dag_steps_on_gcs_publish_the_run_with_a_pointer_object(built, gcs_bucket, tmp_path, monkeypatch):  # noqa: F811
-    """tests/test_run_s3.py's DAG-steps test on ``gs://``: the train DAG's steps (no Airflow) with DATA_ROOT and
-    RUN_ROOT on the bucket; the run, its embeddings, eval and report are objects under RUN_ROOT/runs/<name>/,
-    and ``current`` is the pointer object current.json."""
-    from orchestration.publish import read_pointer
-    from orchestration.settings import TrainSettings
-    from orchestration.train_steps import publish_run_report, resolve_dataset, run_embed, run_eval, run_train
-    from tests.test_train_s3 import _upload
-    from training.config import PRESETS
-
+    """tests/test_run_s3.py's DAG-steps test on ``gs://`` (``train_dag_steps_on``)."""
     cwd = tmp_path / "cwd"  # a relative path named after a URL (gs:/bucket/...) would appear here
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("BINDSET_CACHE_DIR", str(tmp_path / "cache"))
-    root = gcs_bucket.url
-    _upload(built, f"{root}/data/versions/v1")
-    storage.put_json(f"{root}/data/versions/v1/VERSION.json", {"version_id": "v1"})  # what a publication writes
-    cfg = PRESETS["tiny"].replace(max_steps=2, batch_size=4, checkpoint_every=1, seed=3)
-    s = TrainSettings.from_dict({
-        "data_root": f"{root}/data", "run_root": f"{root}/runs", "dataset_version": "v1",
-        "preset": "tiny", "train_config": cfg.to_dict(), "engine": "local", "workers": 1, "gpu": False,
-        "eval_split": "train", "run_name": None, "ray": None, "origin": {},
-    }, None)  # fmt: skip
-    assert isinstance(s.run_root, storage.Location) and s.run_root.scheme == "gs"
-    t = run_train(s, resolve_dataset(s, None))
-    assert t.step == 2 and t.run.startswith(f"{root}/runs/runs/v1_")
-    embedded = run_embed(s, t)
-    evaluated = run_eval(s, t, embedded["emb"])
-    assert embedded["counts"]["image"] > 0 and evaluated["headline"]
-    out = publish_run_report(s, t, embedded, evaluated)
-    assert out["previous"] is None and read_pointer(s.run_root / "current") == t.run_name
-    pointer = json.loads(storage.read_bytes(f"{root}/runs/current.json"))
-    assert pointer == {"target": f"runs/{t.run_name}", "version_id": t.run_name}
-    summary = json.loads(storage.read_bytes(f"{t.run}/report/summary.json"))
-    assert summary["train"]["step"] == 2 and summary["embeddings"]["counts"] == embedded["counts"]
-    assert storage.read_bytes(f"{t.run}/report/eval.json") == storage.read_bytes(f"{t.run}/eval/eval.json")
-    assert {"model", "checkpoints", "emb", "eval", "report", "requested_config.json", "dataset.json"} <= set(
-        storage.listdir(t.run)
-    )
-    again = publish_run_report(s, t, embedded, evaluated)  # a retried task: the log grows, the pointer stays
-    assert again["previous"] == t.run_name
-    log_lines = storage.read_text(f"{root}/runs/publish_log.jsonl").splitlines()
-    assert [json.loads(x)["previous"] for x in log_lines] == [None, t.run_name]
-    assert os.listdir(cwd) == []
+    train_dag_steps_on(gcs_bucket.url, built, cwd)

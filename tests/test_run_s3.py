@@ -118,6 +118,15 @@ def test_a_killed_run_on_s3_resumes_from_the_checkpoint_on_the_store(built, loca
                                                                                        "ckpt-000000002"]  # fmt: skip
 
     # a fresh process (its own empty staging folder) resumes from step 2 on the store
+    got = resume_matches_local(url, built, local_run)
+    assert json.loads(storage.read_bytes(f"{url}/model/state.json"))["step"] == 4
+    assert np.isfinite([m["loss"] for m in got]).all()
+
+
+def resume_matches_local(url: str, built: Path, local_run: Path) -> list[dict]:
+    """Run ``bindset train`` again into the RUN at ``url`` killed after step 3 (checkpoints 1 and 2 on the store):
+    it resumes from step 2, and its losses and final model match the uninterrupted local run's. Returns the
+    metrics rows (also tests/test_gcs_more.py)."""
     assert main(["train", str(built), url, *TRAIN_ARGS]) == 0
     events = _jsonl(storage.read_bytes(f"{url}/events.jsonl"))
     assert [e.get("resumed_from_step") for e in events if e["event"] == "start"] == [0, 2]
@@ -131,8 +140,7 @@ def test_a_killed_run_on_s3_resumes_from_the_checkpoint_on_the_store(built, loca
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
-    assert json.loads(storage.read_bytes(f"{url}/model/state.json"))["step"] == 4
-    assert np.isfinite([m["loss"] for m in got]).all()
+    return got
 
 
 @pytest.mark.slow
@@ -153,36 +161,35 @@ def test_ray_train_stores_its_checkpoints_on_s3(built, local_run, s3_bucket, tmp
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.slow
-def test_train_dag_steps_on_s3_publish_the_run_with_a_pointer_object(built, s3_bucket, tmp_path, monkeypatch):
-    """The train DAG's steps (no Airflow) with DATA_ROOT and RUN_ROOT on s3://: the run, its embeddings, eval
-    and report are objects under RUN_ROOT/runs/<name>/, and ``current`` is the pointer object current.json."""
+def train_dag_steps_on(root: str, built: Path, cwd: Path) -> None:
+    """The train DAG's steps (no Airflow) with DATA_ROOT and RUN_ROOT under the object-store URL ``root``
+    (``s3://`` here, ``gs://`` in tests/test_gcs_more.py), run from ``cwd``: the run, its embeddings, eval and
+    report are objects under RUN_ROOT/runs/<name>/, ``current`` is the pointer object current.json, a retried
+    publication grows the log and keeps the pointer, and nothing is written to ``cwd``."""
     from orchestration.publish import read_pointer
     from orchestration.settings import TrainSettings
     from orchestration.train_steps import publish_run_report, resolve_dataset, run_embed, run_eval, run_train
     from tests.test_train_s3 import _upload
     from training.config import PRESETS
 
-    monkeypatch.chdir(tmp_path)
-    _upload(built, f"{s3_bucket.url}/data/versions/v1")
+    _upload(built, f"{root}/data/versions/v1")
     # what a publication writes last (orchestration/publish.py): the steps only check it is there
-    storage.put_json(f"{s3_bucket.url}/data/versions/v1/VERSION.json", {"version_id": "v1"})
+    storage.put_json(f"{root}/data/versions/v1/VERSION.json", {"version_id": "v1"})
     cfg = PRESETS["tiny"].replace(max_steps=2, batch_size=4, checkpoint_every=1, seed=3)
     s = TrainSettings.from_dict({
-        "data_root": f"{s3_bucket.url}/data", "run_root": f"{s3_bucket.url}/runs", "dataset_version": "v1",
+        "data_root": f"{root}/data", "run_root": f"{root}/runs", "dataset_version": "v1",
         "preset": "tiny", "train_config": cfg.to_dict(), "engine": "local", "workers": 1, "gpu": False,
         "eval_split": "train", "run_name": None, "ray": None, "origin": {},
     }, None)  # fmt: skip
-    assert isinstance(s.run_root, storage.Location)
-    ds = resolve_dataset(s, None)
-    t = run_train(s, ds)
-    assert t.step == 2 and t.run.startswith(f"{s3_bucket.url}/runs/runs/v1_")
+    assert isinstance(s.run_root, storage.Location) and s.run_root.scheme == root.split("://")[0]
+    t = run_train(s, resolve_dataset(s, None))
+    assert t.step == 2 and t.run.startswith(f"{root}/runs/runs/v1_")
     embedded = run_embed(s, t)
     evaluated = run_eval(s, t, embedded["emb"])
     assert embedded["counts"]["image"] > 0 and evaluated["headline"]
     out = publish_run_report(s, t, embedded, evaluated)
     assert out["previous"] is None and read_pointer(s.run_root / "current") == t.run_name
-    pointer = json.loads(storage.read_bytes(f"{s3_bucket.url}/runs/current.json"))
+    pointer = json.loads(storage.read_bytes(f"{root}/runs/current.json"))
     assert pointer == {"target": f"runs/{t.run_name}", "version_id": t.run_name}
     summary = json.loads(storage.read_bytes(f"{t.run}/report/summary.json"))
     assert summary["train"]["step"] == 2 and summary["embeddings"]["counts"] == embedded["counts"]
@@ -192,6 +199,13 @@ def test_train_dag_steps_on_s3_publish_the_run_with_a_pointer_object(built, s3_b
     )
     again = publish_run_report(s, t, embedded, evaluated)  # a retried task: the log grows, the pointer stays
     assert again["previous"] == t.run_name
-    log_lines = storage.read_text(f"{s3_bucket.url}/runs/publish_log.jsonl").splitlines()
+    log_lines = storage.read_text(f"{root}/runs/publish_log.jsonl").splitlines()
     assert [json.loads(x)["previous"] for x in log_lines] == [None, t.run_name]
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(cwd) == []
+
+
+@pytest.mark.slow
+def test_train_dag_steps_on_s3_publish_the_run_with_a_pointer_object(built, s3_bucket, tmp_path, monkeypatch):
+    """The train DAG's steps (no Airflow) with DATA_ROOT and RUN_ROOT on s3:// (``train_dag_steps_on``)."""
+    monkeypatch.chdir(tmp_path)
+    train_dag_steps_on(s3_bucket.url, built, tmp_path)

@@ -8,14 +8,13 @@ Held-back seeds: the estimators' settings were tuned on seeds 301, 302, 311 and 
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_alignment import audio_templates  # noqa: F401 - a fixture: each class's mean log-mel spectrum
+from tests.test_alignment import audio_templates, shard_members  # noqa: F401 - audio_templates: a fixture
 from transforms import sync
 
 LONG = dict(width=64, height=48, depth_size=(32, 24), thermal_size=(32, 24), workers=1)
@@ -121,13 +120,7 @@ def _built(raw: Path, data: Path, clocks: str) -> tuple[dict, dict]:
 
     build(raw, data, BuildConfig(clocks=clocks), EngineConfig("local"))
     rows = {r["key"]: r for r in pq.read_table(data / "index.parquet").to_pylist()}
-    members: dict[str, dict[str, bytes]] = {}
-    for tar in sorted((data / "shards").glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf.getmembers():
-                key, ext = m.name.split(".", 1)
-                members.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return rows, members
+    return rows, shard_members(data)
 
 
 def _classes(row: dict, mem: dict, templates) -> dict[str, int]:
