@@ -49,7 +49,7 @@ def local_build(videos, tmp_path_factory) -> Path:
 def _objects(url: str) -> dict[str, bytes]:
     """Every committed object under a dataset URL (not _work/), by its name relative to the URL."""
     loc = storage.location(url)
-    fs = storage.filesystem("s3")
+    fs = storage.filesystem(loc.scheme)
     out = {}
     for path in fs.find(loc.path):
         rel = path[len(loc.path) + 1 :]
@@ -168,28 +168,38 @@ def test_sigkill_then_resume_on_s3_redoes_only_the_unfinished_units(videos, loca
     """A CLI build into s3:// killed (SIGKILL, process group) inside a unit of several inputs: the rerun takes
     over the dead build's lease at once (its pid is gone), redoes that unit and the ones after it, reuses the
     finished ones (from their summaries on S3), and ends byte-identical to the local build."""
+    sigkill_then_resume(videos, local_build, s3_bucket, tmp_path)
+
+
+def sigkill_then_resume(videos: Path, local_build: Path, bucket, tmp_path: Path) -> str:
+    """Kill (SIGKILL, process group) a CLI build into ``bucket`` (the moto or GCS emulator fixture) inside a unit
+    of several inputs, check nothing was committed and the dead build's lease is left, resume it, and check that
+    only that unit and the ones after it were redone and the objects equal the local build's. Returns DATA's URL
+    (also tests/test_gcs_more.py)."""
     plan = plan_units(discover(videos, "videos").units, {p.name: p.stat().st_size for p in videos.glob("*.mp4")},
                       CFG)  # fmt: skip
     k = next(i for i, u in enumerate(plan) if i >= 1 and len(u.inputs) > 1)
     stuck = plan[k].inputs[-1].unit_id  # the unit's first inputs decode, then its last one hangs
-    url = f"{s3_bucket.url}/ds"
-    fs = storage.filesystem("s3")
+    url = f"{bucket.url}/ds"
+    fs = storage.filesystem(storage.location(url).scheme)
     first = subprocess.Popen([sys.executable, "-m", "bindset.cli", "build", str(videos), url, "--engine", "local",
                               "--quiet", "--no-validate", "--log-file", str(tmp_path / "first.log"), *FLAGS],
                              start_new_session=True, env={**os.environ, FAULT_ENV: f"hang:{stuck}.mp4"},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    done = [f"{s3_bucket.name}/ds/_work/units/{u.unit_id}/summary.json" for u in plan[:k]]
+    done = [f"{bucket.name}/ds/_work/units/{u.unit_id}/summary.json" for u in plan[:k]]
     deadline = time.monotonic() + 240
-    while not all(fs.exists(p) for p in done):
-        assert first.poll() is None, first.stderr.read()
-        assert time.monotonic() < deadline, "the first build never got to the hanging unit"
-        time.sleep(0.2)
-    time.sleep(1.0)  # inside the hanging unit now
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    assert not fs.exists(f"{s3_bucket.name}/ds/_work/units/{plan[k].unit_id}/summary.json")
-    assert not fs.exists(f"{s3_bucket.name}/ds/manifest.json")  # never committed
-    assert fs.exists(f"{s3_bucket.name}/ds/_work/build.lock")  # the dead build's lease is left behind
+    try:
+        while not all(fs.exists(p) for p in done):
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline, "the first build never got to the hanging unit"
+            time.sleep(0.2)
+        time.sleep(1.0)  # inside the hanging unit now
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert not fs.exists(f"{bucket.name}/ds/_work/units/{plan[k].unit_id}/summary.json")
+    assert not fs.exists(f"{bucket.name}/ds/manifest.json")  # never committed
+    assert fs.exists(f"{bucket.name}/ds/_work/build.lock")  # the dead build's lease is left behind
 
     resumed = build(videos, url, CFG, EngineConfig("local"))
     assert resumed.processed_units == sorted(u.unit_id for u in plan[k:])
@@ -199,6 +209,7 @@ def test_sigkill_then_resume_on_s3_redoes_only_the_unfinished_units(videos, loca
     assert sorted(remote) == sorted(local)
     for name in local:
         assert remote[name] == local[name], name
+    return url
 
 
 def test_a_unit_folder_is_replaced_as_a_whole_summary_last(s3_bucket, tmp_path):

@@ -12,24 +12,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from bindset.cli import main
 from pipelines import storage
-from pipelines.build import EngineConfig, build
-from pipelines.work import FAULT_ENV as BUILD_FAULT_ENV
 from tests.killed import run_to_its_kill
-from tests.test_build_s3 import CFG, FLAGS, _local_files, local_build, videos  # noqa: F401 - module fixtures
+from tests.test_build_s3 import CFG, FLAGS, _local_files, local_build, sigkill_then_resume, videos  # noqa: F401 - module fixtures
 from tests.test_embed_s3 import _put_run
 from tests.test_run_s3 import REPO, TRAIN_ARGS, built, local_run, resume_matches_local, train_dag_steps_on  # noqa: F401 - module fixtures
 from training import emb_store as S
 from training.embed import embed
 from training.evaluate import evaluate
 from training.loop import FAULT_ENV as TRAIN_FAULT_ENV
-from transforms.grouping import plan_units
-from transforms.layouts import discover
 
 
 def _names(url: str) -> dict[str, dict]:
@@ -71,42 +66,8 @@ def test_sigkill_then_resume_on_gcs_redoes_only_the_unfinished_units(videos, loc
     """A CLI build into gs:// killed (SIGKILL, process group) inside a unit of several inputs: the rerun takes
     over the dead build's lease, redoes that unit and the ones after it, reuses the finished ones (from their
     summaries on the bucket), and ends byte-identical to the local build."""
-    plan = plan_units(discover(videos, "videos").units, {p.name: p.stat().st_size for p in videos.glob("*.mp4")},
-                      CFG)  # fmt: skip
-    k = next(i for i, u in enumerate(plan) if i >= 1 and len(u.inputs) > 1)
-    stuck = plan[k].inputs[-1].unit_id  # the unit's first inputs decode, then its last one hangs
-    url = f"{gcs_bucket.url}/ds"
-    fs = storage.filesystem("gs")
-    first = subprocess.Popen([sys.executable, "-m", "bindset.cli", "build", str(videos), url, "--engine", "local",
-                              "--quiet", "--no-validate", "--log-file", str(tmp_path / "first.log"), *FLAGS],
-                             start_new_session=True, env={**os.environ, BUILD_FAULT_ENV: f"hang:{stuck}.mp4"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    done = [f"{gcs_bucket.name}/ds/_work/units/{u.unit_id}/summary.json" for u in plan[:k]]
-    deadline = time.monotonic() + 240
-    try:
-        while not all(fs.exists(p) for p in done):
-            assert first.poll() is None, first.stderr.read()
-            assert time.monotonic() < deadline, "the first build never got to the hanging unit"
-            time.sleep(0.2)
-        time.sleep(1.0)  # inside the hanging unit now
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    assert not fs.exists(f"{gcs_bucket.name}/ds/_work/units/{plan[k].unit_id}/summary.json")
-    assert not fs.exists(f"{gcs_bucket.name}/ds/manifest.json")  # never committed
-    assert fs.exists(f"{gcs_bucket.name}/ds/_work/build.lock")  # the dead build's lease is left behind
-
-    resumed = build(videos, url, CFG, EngineConfig("local"))
-    assert resumed.processed_units == sorted(u.unit_id for u in plan[k:])
-    assert resumed.reused == k
-    local = _local_files(local_build)
-    loc = storage.location(url)
-    remote = {p[len(loc.path) + 1 :]: fs.cat_file(p) for p in fs.find(loc.path)
-              if not p[len(loc.path) + 1 :].startswith("_work/")}  # fmt: skip
-    assert sorted(remote) == sorted(local)
-    for name in local:
-        assert remote[name] == local[name], name
-    assert not fs.exists(f"{gcs_bucket.name}/ds/_work/build.lock")  # the resumed build released the lease
+    url = sigkill_then_resume(videos, local_build, gcs_bucket, tmp_path)
+    assert not storage.exists(f"{url}/_work/build.lock")  # the resumed build released the lease
 
 
 @pytest.mark.slow
