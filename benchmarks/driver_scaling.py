@@ -32,10 +32,8 @@ def _peak_rss_mb() -> float:
 
 
 def _template(folder: Path, rows: int) -> None:
-    import pyarrow as pa
-
-    from pipelines.storage import write_parquet
-    from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
+    from pipelines.unit_tables import write_unit_tables
+    from schemas.tables import INDEX_SCHEMA
 
     folder.mkdir(parents=True)
     base = {f.name: None for f in INDEX_SCHEMA}
@@ -43,15 +41,15 @@ def _template(folder: Path, rows: int) -> None:
     index = [dict(base, key=f"s_{i:09d}", shard="p-train-00000.tar", split="train", session="s", layout="videos",
                   clip_start_s=2.0 * i, clip_end_s=2.0 * i + 2, label_change=False, has_video=True,
                   sha256_jpg=f"{i:064x}", source_video="s.mp4") for i in range(rows)]  # fmt: skip
-    write_parquet(pa.Table.from_pylist(index, schema=INDEX_SCHEMA), folder / "index.parquet")
     reject = {"source": "s.mp4", "reason": "audio_silent", "detail": "x", "session": "s", "key": "s_000000000",
               "start_s": 0.0, "end_s": 2.0, "modality": "audio"}  # fmt: skip
-    write_parquet(pa.Table.from_pylist([reject], schema=REJECTS_SCHEMA), folder / "rejects.parquet")
+    write_unit_tables(folder, index, [reject])  # as a unit's sink writes them
     (folder / "p-train-00000.tar").write_bytes(bytes(10240))
 
 
 def child(work: Path, n: int, rows: int) -> dict:
     from pipelines.commit import commit
+    from pipelines.unit_tables import TABLE_FILES
     from pipelines.work import cached_summary, units_dir
     from transforms.config import BuildConfig
     from transforms.grouping import BYTES_PER_WINDOW, plan_units
@@ -68,7 +66,7 @@ def child(work: Path, n: int, rows: int) -> dict:
             _template(tpl, rows)
         d = units_dir(data) / uid
         d.mkdir(parents=True)
-        for name in ("index.parquet", "rejects.parquet", "p-train-00000.tar"):
+        for name in (*TABLE_FILES, "p-train-00000.tar"):
             os.link(tpl / name, d / name)
         s = UnitSummary(
             uid,
@@ -93,6 +91,8 @@ def child(work: Path, n: int, rows: int) -> dict:
     units = [(uid, units_dir(data) / uid, cached_summary(data, uid, "fp")) for uid in ids]
     skip_s = time.perf_counter() - t0
     assert all(s is not None for _, _, s in units)
+
+    import pipelines.sync  # noqa: F401 - a build imports the clock check's modules (scipy) at warm-up, not here
 
     t0 = time.perf_counter()
     result = commit(data, Discovery("videos", False), units, cfg, "bench", dict.fromkeys(ids, "fp"))

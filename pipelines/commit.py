@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import storage, work
 from pipelines.lock import manifest_lock
+from pipelines.unit_tables import read_index, read_rejects
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 from transforms.config import BuildConfig
 from transforms.layouts import Discovery
@@ -43,33 +43,38 @@ class _RowGroups:
     def __init__(self, path: Path, schema: pa.Schema):
         self.schema = schema
         self.writer = pq.ParquetWriter(path, schema, **storage.PARQUET_OPTS)
-        self.pending: list[pa.Table] = []
+        self.packed: list[pa.Table] = []  # contiguous copies of 256 unit tables each
+        self.pending: list[pa.Table] = []  # unit tables since the last copy
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
             self.pending.append(table)
             self.rows += table.num_rows
-        if len(self.pending) >= 256:  # many small unit tables: one contiguous copy frees their read buffers
-            self.pending = [pa.concat_tables(self.pending).combine_chunks()]
+        if len(self.pending) >= 256:
+            # many small unit tables: one contiguous copy frees their read buffers; only the new ones are copied,
+            # so a row is copied once here however many small tables make up a row group
+            self.packed.append(pa.concat_tables(self.pending).combine_chunks())
+            self.pending = []
         while self.rows >= ROW_GROUP_ROWS:
-            both = pa.concat_tables(self.pending)
+            both = pa.concat_tables(self.packed + self.pending)
             self.writer.write_table(both.slice(0, ROW_GROUP_ROWS).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
             rest = both.slice(ROW_GROUP_ROWS)
-            self.pending, self.rows = ([rest] if rest.num_rows else []), rest.num_rows
+            self.packed, self.pending, self.rows = [], ([rest] if rest.num_rows else []), rest.num_rows
 
     def __enter__(self) -> _RowGroups:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.pending and exc[0] is None:
-            self.writer.write_table(pa.concat_tables(self.pending).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+        if (self.packed or self.pending) and exc[0] is None:
+            last = pa.concat_tables(self.packed + self.pending).combine_chunks()
+            self.writer.write_table(last, row_group_size=ROW_GROUP_ROWS)
         self.writer.close()
 
 
-# Opening the units' small Parquet files is most of a large commit's time (an open and a footer parse per
-# unit and table: ~5 ms, 100,000 units). pyarrow reads with the GIL released, so a few threads overlap them;
-# results come back in submission order, and at most _READ_AHEAD tables are held at once.
+# Reading the units' tables (pipelines/unit_tables.py: a read and a zstd frame per unit and table, ~0.1-0.5 ms)
+# is much of a large commit's time; the read and the decompression release the GIL, so a few threads overlap
+# them with the writer; results come back in submission order, and at most _READ_AHEAD tables are held at once.
 _READERS = 4
 _READ_AHEAD = 64
 
@@ -161,16 +166,17 @@ def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitS
 
     def read_split(job: tuple[str, str, Path]) -> tuple[str, str, pa.Table]:
         split, unit_id, folder = job
-        idx = pq.read_table(folder / "index.parquet", schema=INDEX_SCHEMA)
-        return split, unit_id, idx.filter(pc.equal(idx.column("split"), split))
+        return split, unit_id, read_index(folder, split)
 
     def write_index(tmp: Path) -> None:
         jobs = ((split, unit_id, folder) for split in SPLITS for unit_id, folder, summary in units
                 if any(p["split"] == split for p in summary.parts))  # fmt: skip
         with _RowGroups(tmp, INDEX_SCHEMA) as out:
             for split, unit_id, idx in _in_order(read_split, jobs):
-                local = idx.column("shard").to_pylist()
-                shard = pa.array([rename[(unit_id, s)] for s in local], pa.string())
+                # a unit's rows name a few parts: rename each distinct part once, then spread the names
+                local = idx.column("shard").combine_chunks().dictionary_encode()
+                names = pa.array([rename[(unit_id, s)] for s in local.dictionary.to_pylist()], pa.string())
+                shard = names.take(local.indices)
                 idx = idx.set_column(idx.schema.get_field_index("shard"), INDEX_SCHEMA.field("shard"), shard)
                 by_split[split] += idx.num_rows
                 out.write(idx)
@@ -181,8 +187,7 @@ def _commit(data: Path, discovery: Discovery, units: list[tuple[str, Path, UnitS
 
         def tables():
             yield pa.Table.from_pylist(found, schema=REJECTS_SCHEMA)  # input rejects of discovery first
-            yield from _in_order(lambda folder: pq.read_table(folder / "rejects.parquet", schema=REJECTS_SCHEMA),
-                                 (folder for _, folder, _ in units))  # fmt: skip
+            yield from _in_order(read_rejects, (folder for _, folder, _ in units))
 
         with _RowGroups(tmp, REJECTS_SCHEMA) as out:
             for table in tables():

@@ -4,10 +4,10 @@ dataset, with ``manifest.json`` written last as the commit point.
 There is no rename and no hard link on an object store, so the commit runs in two halves:
 
 1. **Locally, in a temporary folder** (under the system temp, removed afterwards): each unit's small files
-   (``index.parquet``, ``rejects.parquet``, ``sync.json``) are fetched, and ``pipelines.commit._commit``,
-   the local commit's own code, writes ``index.parquet``, ``rejects.parquet``, ``shards/sizes.json``,
-   ``sync.parquet`` and ``manifest.json`` there, with shard placement recorded instead of linked. Same code,
-   same inputs: the bytes are those of a local build of the same inputs.
+   (its index and rejects tables, ``pipelines/unit_tables.py``, and ``sync.json``) are fetched, and
+   ``pipelines.commit._commit``, the local commit's own code, writes ``index.parquet``, ``rejects.parquet``,
+   ``shards/sizes.json``, ``sync.parquet`` and ``manifest.json`` there, with shard placement recorded instead
+   of linked. Same code, same inputs: the bytes are those of a local build of the same inputs.
 2. **On the store**, in this order: ``manifest.json`` is deleted (readers now see "not committed" and wait:
    ``pipelines.dataset``); each shard ``shards/{split}-NNNNNN.tar`` is copied server-side from its unit part
    (S3 CopyObject: no bytes through this machine); the tables and ``sizes.json`` are uploaded (one PUT each);
@@ -26,6 +26,7 @@ from pathlib import Path
 from pipelines import storage
 from pipelines.commit import CommitResult, _commit
 from pipelines.storage import Location
+from pipelines.unit_tables import TABLE_FILES
 from transforms.config import BuildConfig
 from transforms.layouts import Discovery
 from transforms.records import UnitSummary
@@ -33,7 +34,7 @@ from transforms.records import UnitSummary
 log = logging.getLogger(__name__)
 
 #: the small files of a unit that the commit reads (its tar parts stay on the store)
-_UNIT_TABLES = ("index.parquet", "rejects.parquet", "sync.json")
+_UNIT_TABLES = (*TABLE_FILES, "sync.json")
 #: units whose small files are fetched in one concurrent batch
 _BATCH = 256
 #: the dataset's files besides shards and the manifest, uploaded before the manifest

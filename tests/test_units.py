@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bindset.synth.generate import SynthConfig, synth
-from pipelines import work
+from pipelines import unit_tables, work
 from pipelines.build import EngineConfig, build
 from pipelines.work import FAULT_ENV, WorkContext
 from schemas.tables import INDEX_SCHEMA
@@ -172,7 +172,7 @@ def test_a_crash_and_a_hang_cost_only_their_inputs(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, f"segv:{names[1]}.mp4,hang:{names[3]}.mp4")
     mixed = run(tmp_path / "mixed", WorkUnit("u", tuple(inputs)))
     assert mixed.failed and mixed.reasons == {"decode_timeout": 1, "decoder_crash": 1}
-    rejects = pq.read_table(tmp_path / "mixed" / "_work" / "units" / "u" / "rejects.parquet").to_pylist()
+    rejects = unit_tables.read_rejects(tmp_path / "mixed" / "_work" / "units" / "u").to_pylist()
     assert sorted((r["session"], r["reason"], r["source"]) for r in rejects) == [
         (names[1], "decoder_crash", f"{names[1]}.mp4"),
         (names[3], "decode_timeout", f"{names[3]}.mp4"),
@@ -183,9 +183,9 @@ def test_a_crash_and_a_hang_cost_only_their_inputs(tmp_path, monkeypatch):
     for part in clean.parts:
         a = (tmp_path / "clean" / "_work" / "units" / "u" / part["file"]).read_bytes()
         assert (tmp_path / "mixed" / "_work" / "units" / "u" / part["file"]).read_bytes() == a
-    idx = [pq.read_table(tmp_path / d / "_work" / "units" / "u" / "index.parquet").to_pylist()
-           for d in ("clean", "mixed")]  # fmt: skip
-    assert idx[0] == idx[1]
+    idx = [unit_tables.read_index(tmp_path / d / "_work" / "units" / "u", split).to_pylist()
+           for d in ("clean", "mixed") for split in ("train", "val")]  # fmt: skip
+    assert idx[:2] == idx[2:] and len(idx[0] + idx[1]) == 3
 
 
 def test_sink_rollback_withdraws_an_input_across_parts(tmp_path):

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from pipelines.storage import write_parquet, write_synced
+from pipelines.storage import write_synced
+from pipelines.unit_tables import write_unit_tables
 from schemas.reasons import RejectReason
-from schemas.tables import INDEX_SCHEMA, MEMBERS, REJECTS_SCHEMA, member_column
+from schemas.tables import MEMBERS, member_column
 from transforms.config import BuildConfig
 from transforms.shardwriter import PartInfo, RollingTarWriter, WriterMark
 
@@ -159,8 +159,7 @@ class UnitSink:
             parts += self.writers[split].parts
         self.summary.parts = [asdict(p) for p in parts]
         self.summary.reasons = dict(sorted(self.reasons.items()))
-        write_parquet(pa.Table.from_pylist(self.rows, schema=INDEX_SCHEMA), self.folder / "index.parquet")
-        write_parquet(pa.Table.from_pylist(self.rejects, schema=REJECTS_SCHEMA), self.folder / "rejects.parquet")
+        write_unit_tables(self.folder, self.rows, self.rejects)  # the form the commit reads back fast
         if self.sync_rows:
             from transforms.clockcheck import SYNC_FILE
 
