@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--engine", default="beam", choices=("beam", "ray", "local"))
     b.add_argument("--ray-address", default=None, help="attach to a Ray cluster (default: start a local one)")
     b.add_argument("--workers", type=int, default=0,
-                   help="local: decode workers (default 1); ray: CPUs of a local instance (default: all)")  # fmt: skip
+                   help="local: decode workers; ray: CPUs of a local instance (default: one per core)")  # fmt: skip
     b.add_argument("--no-validate", action="store_true", help="skip the quality gate (the dataset stays unpublished)")
     b.add_argument(
         "--thresholds",

@@ -58,7 +58,7 @@ class EngineConfig:
     engine: str = "beam"
     pipeline_args: list[str] = field(default_factory=list)  # Beam runner flags, untouched
     ray_address: str | None = None
-    num_workers: int | None = None  # ray: CPUs of a local instance; local: decode workers (default 1)
+    num_workers: int | None = None  # ray: CPUs of a local instance; local: decode workers (default: cores)
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,19 @@ class BuildResult:
         ]
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, as a container or ``taskset`` limits it), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def local_workers(requested: int | None, units: int) -> int:
-    """The local engine's decode workers: ``requested`` (default 1: units one after another, the reference
-    the other engines are measured against), never more than there are units."""
-    return max(1, min(requested or 1, units))
+    """The local engine's decode workers: ``requested``, by default one per usable core (a decode worker
+    keeps about 1.5 cores busy: its decoding thread and the per-window and clock-check threads beside it,
+    so more workers than cores only adds memory), never more than there are units."""
+    return max(1, min(requested or usable_cores(), units))
 
 
 def _run_local(ctx: WorkContext, units_json: list[str], on_done: Callable[[], None], workers: int = 1) -> None:

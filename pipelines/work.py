@@ -381,6 +381,7 @@ def _decoder_main(conn, watchdog_pid: int) -> None:
     """A long-lived decode worker: takes inputs one at a time from ``conn`` and sends back their results."""
     import torch
 
+    from transforms import media
     from transforms.unit import process_input
 
     # Float reductions in resampling and fbank add up in an order that depends on the thread count;
@@ -401,10 +402,12 @@ def _decoder_main(conn, watchdog_pid: int) -> None:
         state["ctx"] = ctx
 
         # a file is announced again when its decoding starts (after the probe, and for a second pass): its
-        # duration is read once per input (an open of the container: ~2 ms, as much as a 6 s video's frames)
+        # duration, for the parent's decode budget, is the one its probe read (another open of the container
+        # costs ~1-2 ms, as much as a 6 s video's frames); only a file announced twice unprobed is opened
         durations: dict[tuple[str, int], float | None] = {}
+        announced: set[tuple[str, int]] = set()
 
-        def heartbeat(path: str, raw=raw, fault=fault, durations=durations) -> None:
+        def heartbeat(path: str, raw=raw, fault=fault, durations=durations, announced=announced) -> None:
             # a crash or timeout reject names the file relative to RAW, like every other reject
             p = Path(path)
             rel = p.relative_to(raw).as_posix() if p.is_relative_to(raw) else path
@@ -413,12 +416,22 @@ def _decoder_main(conn, watchdog_pid: int) -> None:
             except OSError:
                 size = None
             sink._send(_frame({"file": rel, "bytes": size}))
-            if size and (rel, size) not in durations:
+            kind = _fault_for(fault, rel) if fault else None
+            if kind and size and (rel, size) not in durations:
+                # an injected fault stands for one in the decoding, which starts once the duration is known
                 durations[(rel, size)] = _media_duration(p)
+            if size and (rel, size) not in durations:
+                # announced before its probe (which reads the duration) and again when its decoding starts:
+                # the second time the probe's reading serves, without opening the file once more
+                known, seconds = media.header_duration(p, size)
+                if known:
+                    durations[(rel, size)] = seconds
+                elif (rel, size) in announced:
+                    durations[(rel, size)] = _media_duration(p)  # not probed (an image, an unreadable file)
+                announced.add((rel, size))
             duration = durations.get((rel, size)) if size else None
             if duration:
                 sink._send(_frame({"file": rel, "bytes": size, "duration_s": duration}))
-            kind = _fault_for(fault, rel) if fault else None
             if kind == "segv":
                 os.kill(os.getpid(), signal.SIGSEGV)
             while kind == "hang":

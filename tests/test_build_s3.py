@@ -183,7 +183,8 @@ def sigkill_then_resume(videos: Path, local_build: Path, bucket, tmp_path: Path)
     url = f"{bucket.url}/ds"
     fs = storage.filesystem(storage.location(url).scheme)
     first = subprocess.Popen([sys.executable, "-m", "bindset.cli", "build", str(videos), url, "--engine", "local",
-                              "--quiet", "--no-validate", "--log-file", str(tmp_path / "first.log"), *FLAGS],
+                              "--quiet", "--no-validate", "--log-file", str(tmp_path / "first.log"), *FLAGS,
+                              "--workers", "1"],  # one decode worker: the units after the stuck one wait
                              start_new_session=True, env={**os.environ, FAULT_ENV: f"hang:{stuck}.mp4"},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     done = [f"{bucket.name}/ds/_work/units/{u.unit_id}/summary.json" for u in plan[:k]]

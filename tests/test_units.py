@@ -233,7 +233,8 @@ def test_sigkill_then_resume_redoes_only_the_unfinished_units(videos, tmp_path):
     k = next(i for i, u in enumerate(plan) if i >= 1 and len(u.inputs) > 1)  # finished units before it
     stuck = plan[k].inputs[-1].unit_id  # the unit's first inputs decode, then its last one hangs
     data = tmp_path / "data"
-    flags = ["--unit-min-count", "3", "--unit-windows", "4", "--shard-max-samples", "4"]
+    # one decode worker: the units after the hanging one must not finish while it hangs
+    flags = ["--unit-min-count", "3", "--unit-windows", "4", "--shard-max-samples", "4", "--workers", "1"]
     first = subprocess.Popen([sys.executable, "-m", "bindset.cli", "build", str(videos), str(data), "--engine",
                               "local", "--quiet", "--no-validate", *flags], start_new_session=True,
                              env={**os.environ, FAULT_ENV: f"hang:{stuck}.mp4"}, stdout=subprocess.DEVNULL,
