@@ -6,7 +6,8 @@ Input: ``bindset synth --layout videos`` (H.264 + AAC), made once under --work a
 runs in a fresh process, one after another in this run, so the ratios are comparable on a shared machine:
 - decode floor: PyAV demuxing and decoding every video and audio frame of every file, in one process;
 - a whole ``bindset build`` on each engine (default config: units and shards as the planner makes them),
-  wall time, clips per second per core (Beam and Ray use every core; `local` one decode worker, `local:N` N),
+  wall time, clips per second per core (every engine uses every core by default: Beam's DirectRunner one
+  worker per core, a local Ray one CPU per core, `local` one decode worker per core; `local:N` N workers),
   the unit and shard counts and the smallest shard;
 - the machine's 1-minute load average before and after each measurement (``load``): on a shared machine the
   ratios are only comparable between measurements under a similar load.
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--work", type=Path, default=Path("/tmp/bindset-bench-many"))
-    p.add_argument("--engines", default="local,local:0,beam,ray",
-                   help="local:N = the local engine with N decode workers (local:0 = one per core)")  # fmt: skip
+    p.add_argument("--engines", default="local,local:1,beam,ray",
+                   help="local:N = the local engine with N decode workers (local: one per core)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     floor = _child(["--child", "decode", str(raw)])
     results["decode_floor_s"] = floor["seconds"]
     results["decode_floor_load"] = [load0, os.getloadavg()[0]]
-    engines = [f"local:{cores}" if e == "local:0" else e for e in args.engines.split(",") if e]
+    engines = [e for e in args.engines.split(",") if e]
     for engine in engines:
         data = args.work / f"data-{engine}"
         shutil.rmtree(data, ignore_errors=True)
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         r = _child(["--child", "engine", str(raw), str(data), engine])
         r["process_wall_s"] = time.perf_counter() - t0
         r["load"] = [load0, os.getloadavg()[0]]
-        used = int(engine.partition(":")[2] or 1) if engine.startswith("local") else cores
+        used = int(engine.partition(":")[2] or cores) if engine.startswith("local") else cores
         r["over_floor"] = r["seconds"] / floor["seconds"]
         r["clips_per_s_per_core"] = r["samples"] / r["seconds"] / used
         results[engine] = r
