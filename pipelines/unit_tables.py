@@ -69,12 +69,7 @@ def _batches(path: Path, schema: pa.Schema) -> list[tuple[pa.RecordBatch, object
         with ipc.open_stream(src) as reader:
             if not reader.schema.equals(schema):
                 raise ValueError(f"{path}: its columns are not those this version of bindset writes")
-            out = []
-            while True:
-                try:
-                    out.append(reader.read_next_batch_with_custom_metadata())
-                except StopIteration:
-                    return out
+            return [(b.batch, b.custom_metadata) for b in reader.iter_batches_with_custom_metadata()]
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: a finished unit's table is missing") from None
     except (pa.ArrowInvalid, OSError) as exc:  # not zstd, or not an Arrow stream inside
