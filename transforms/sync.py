@@ -29,7 +29,7 @@ Clock convention (``schemas/manifest.py``): ``t_session = t_stream * (1 + drift_
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import signal, stats
@@ -50,6 +50,9 @@ class Activity:
     t0_s: float
     rate_hz: float
     values: np.ndarray  # float64 (N,)
+    # the (times, values) it was gridded from (to_grid): where a frame stream's frames really are
+    # (transforms/drift.py times events by their frame intervals); None when not known
+    samples: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     @property
     def t1_s(self) -> float:
@@ -153,7 +156,7 @@ def to_grid(times_s: np.ndarray, values: np.ndarray, rate_hz: float, t0_s: float
     idx = np.clip(np.searchsorted(times_s, grid), 1, len(times_s) - 1)
     near = np.minimum(np.abs(grid - times_s[idx - 1]), np.abs(times_s[idx] - grid))
     out[near > max_gap_s] = np.nan
-    return Activity(k0 / rate_hz, rate_hz, out)
+    return Activity(k0 / rate_hz, rate_hz, out, samples=(times_s, values))
 
 
 def _prepare(a: Activity, highpass_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -401,9 +404,10 @@ def estimate_clock(ref: Activity, other: Activity, declared_offset_s: float, dec
                    params: SyncParams = SyncParams()) -> ClockEstimate:  # fmt: skip
     """A stream's clock from content, given its activity placed on the session timeline by its declared clock.
 
-    Sessions at least ``drift_min_session_s`` long also get a drift from windowed lags; shorter ones keep the
-    declared drift and get a constant correction. Raises nothing on weak input: the status says
-    ``unsynchronisable`` and the declared clock is returned unchanged with confidence 0.
+    Sessions at least ``drift_min_session_s`` long also get a drift from windowed lags (a stream sampled more
+    coarsely than ``ref``, whose activity carries its samples, gets the slope of ``transforms/drift.py``'s
+    event fit); shorter ones keep the declared drift and get a constant correction. Raises nothing on weak
+    input: the status says ``unsynchronisable`` and the declared clock is returned unchanged with confidence 0.
     """
     whole = estimate_lag(ref, other, params)
     span = other.t1_s - other.t0_s
@@ -413,6 +417,10 @@ def estimate_clock(ref: Activity, other: Activity, declared_offset_s: float, dec
     mid = 0.5 * (other.t0_s + other.t1_s)
     if span >= params.drift_min_session_s:
         fit, _ = estimate_drift(ref, other, params, center_s=whole.lag_s)
+        from transforms.drift import coarse_stream_drift  # drift.py builds on this module
+
+        # a stream sampled more coarsely than the video (depth, thermal): slope from its events' frame intervals
+        fit = coarse_stream_drift(ref, other, fit, params, center_s=whole.lag_s)
         if fit.status == CONFIDENT:
             off, ppm = corrected_clock(declared_offset_s, declared_drift_ppm, fit.intercept_s, fit.slope)
             return ClockEstimate(off, ppm, whole.confidence, CONFIDENT, fit.intercept_s + fit.slope * mid, True)
