@@ -7,7 +7,8 @@ template (an index of ``--rows`` rows, a rejects table of one row, one tar part)
 ``summary.json``. Each size runs in a fresh process, which measures:
 - plan: ``transforms.grouping.plan_units`` over as many inputs as there are units;
 - skip-finished: reading every unit's ``summary.json`` (``pipelines.work.cached_summary``), as a rebuild does;
-- commit: ``pipelines.commit.commit`` (shard links, sizes.json, the streamed index and rejects, manifest);
+- commit: ``pipelines.commit.commit`` (shard links, sizes.json, the streamed index and rejects, manifest),
+  after the import of the clock check's modules (scipy, ~1-3 s once), which a build does at warm-up;
 and its peak RSS (VmHWM) after all three.
 """
 

@@ -13,9 +13,9 @@ small Parquet file costs ~1-2 ms to open (footer parse, dataset scan set-up) aga
 which has no page encoding to undo; at 100,000 units that was most of a commit's time (BENCHMARKS.md, "Driver
 scaling"). One zstd frame for the whole stream rather than Arrow's per-buffer compression: a ~50-column
 batch has ~150 buffers, and a compression context each cost more than the read (measured: ~5 ms against
-~0.5 ms for 1,500 rows); uncompressed, the index rows take ~20x the disk (~460 bytes a row), which the
-object-storage commit would download. Tagging the index's batches by split lets the commit take one split's
-rows without a filter. The rows' values are the same in any format, and the commit writes the dataset's
+~0.5 ms for 1,500 rows); uncompressed, the index rows take 2x (random digests) to 20x (repeated values) the
+disk, which the object-storage commit would download. Tagging the index's batches by split lets the commit
+take one split's rows without a filter. The rows' values are the same in any format, and the commit writes the dataset's
 Parquet files from them with fixed row groups, so the dataset's bytes do not depend on this one.
 """
 
