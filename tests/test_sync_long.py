@@ -18,12 +18,12 @@ from tests.test_alignment import audio_templates, shard_members  # noqa: F401 - 
 from transforms import sync
 
 LONG = dict(width=64, height=48, depth_size=(32, 24), thermal_size=(32, 24), workers=1)
-DRIFT_PPM = 20.0  # issue 14: drift on 10-minute sessions within 20 ppm
-# NOT MET for the 8.7 fps thermal stream: its windows' lags carry ~35 ms of timing noise per event (the frame
-# period's quantisation), which leaves its 10-minute drift ~14 ppm (1 sigma) uncertain with 20 impacts a minute;
-# this session's thermal drift comes out 29 ppm off. Bounded here at what it gives, so that it cannot get worse
-# unseen; the issue's 20 ppm needs sub-frame timing (see the README's Clock synchronisation section).
-THERMAL_DRIFT_PPM = 35.0
+DRIFT_PPM = 20.0  # issue 14: drift on 10-minute sessions within 20 ppm, every stream
+# The 8.7 fps thermal stream's events are timed only to their 115 ms frame intervals. Its drift (and depth's)
+# comes from transforms/drift.py's bounded-error fit of those intervals, not from windowed lags: on 8 held-back
+# 10-minute sessions (seeds 503-509; 0, 6 and 20 impacts a minute) its errors were 12 ppm RMS, at most 17, against
+# 21 ppm RMS, at most 33, for the windowed fit. The error is ~10 ppm (1 sigma), so a session beyond 20 ppm remains
+# possible: one of 14 sessions (no impacts, class changes only) came out 21 ppm off.
 STREAMS = ("audio", "depth", "thermal", "imu")
 
 
@@ -68,8 +68,7 @@ def _check_drift(raw: Path, rows: list[dict]) -> dict[str, float]:
         assert abs(err_s) <= r["tolerance_s"], (r, err_s)
     assert sorted(errs) == sorted(STREAMS)
     print("\ndrift error (ppm):", {k: round(v, 1) for k, v in errs.items()})
-    assert all(abs(e) < DRIFT_PPM for k, e in errs.items() if k != "thermal"), errs
-    assert abs(errs["thermal"]) < THERMAL_DRIFT_PPM, errs
+    assert all(abs(e) < DRIFT_PPM for e in errs.values()), errs
     return errs
 
 
