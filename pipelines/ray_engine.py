@@ -69,10 +69,17 @@ def run_ray(
     if relay:  # the relayed lines go to a log file: no terminal colour codes around Ray's "(task pid=...)" prefix
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     schemes = sorted({loc.scheme for loc in (storage.location(ctx.data), storage.location(ctx.raw)) if loc.scheme})
+    runtime_env: dict = {}
     if schemes and not address:
         # a local instance's workers use this process's endpoint and credentials (values never logged) for
         # DATA and for RAW on object storage; as training does (training/ray_trainer.py)
-        kwargs["runtime_env"] = {"env_vars": {k: v for s in schemes for k, v in storage.client_environment(s).items()}}
+        runtime_env["env_vars"] = {k: v for s in schemes for k, v in storage.client_environment(s).items()}
+    if not address:
+        # each worker starts its decode server (the forkserver that imports torch, scipy, ...: ~2.5 CPU-s) as
+        # it starts, while Ray is still bringing the instance up, not when its first unit begins
+        runtime_env["worker_process_setup_hook"] = "pipelines.work.start_decode_server"
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     started = init_ray(log_to_driver=relay, configure_logging=False, **kwargs)
     try:
         task = ray.remote(num_cpus=1, max_retries=2)(unit_task)
