@@ -347,7 +347,11 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
 
                 run_ray(ctx, units_json, engine.ray_address, engine.num_workers, prog.poll)
             else:
-                _run_local(ctx, units_json, prog.poll, local_workers(engine.num_workers, len(units_json)))
+                workers = local_workers(engine.num_workers, len(units_json))
+                if workers > 1:  # largest first: the last units to start are small, so workers finish together
+                    weight = [sum(sizes.get(p, 0) for p in u.input_paths()) for u in todo]
+                    units_json = [units_json[i] for i in sorted(range(len(todo)), key=lambda i: -weight[i])]
+                _run_local(ctx, units_json, prog.poll, workers)
     if bar is not None:
         bar.close()
 
