@@ -349,7 +349,7 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
             else:
                 workers = local_workers(engine.num_workers, len(units_json))
                 if workers > 1:  # largest first: the last units to start are small, so workers finish together
-                    weight = [sum(sizes.get(p, 0) for p in u.input_paths()) for u in todo]
+                    weight = [sum(sizes.get(p) or 0 for p in u.input_paths()) for u in todo]  # None: unreadable
                     units_json = [units_json[i] for i in sorted(range(len(todo)), key=lambda i: -weight[i])]
                 _run_local(ctx, units_json, prog.poll, workers)
     if bar is not None:

@@ -32,6 +32,19 @@ def _objects(url: str) -> dict[str, bytes]:
             if not p[len(loc.path) + 1 :].startswith(("_work/", "quality/"))}  # fmt: skip
 
 
+def test_objects_keep_their_bytes_whatever_they_end_with(gcs_bucket, tmp_path):
+    """An object's bytes come back as written, a last CR or LF included (the emulator's own multipart parser
+    dropped a trailing CR: tests/gcsserver.py), through upload (a file) and put_atomic (bytes)."""
+    for i, tail in enumerate((b"\r", b"\n", b"\r\n", b"\n\r", b"--", b"")):
+        data = os.urandom(1000) + tail
+        src = tmp_path / f"obj{i}"
+        src.write_bytes(data)
+        storage.upload(src, storage.location(f"{gcs_bucket.url}/o/file{i}"))
+        storage.put_atomic(storage.location(f"{gcs_bucket.url}/o/bytes{i}"), data)
+        assert storage.read_bytes(f"{gcs_bucket.url}/o/file{i}") == data, tail
+        assert storage.read_bytes(f"{gcs_bucket.url}/o/bytes{i}") == data, tail
+
+
 def _holder(host: str, pid: int, build_id: str) -> bytes:
     return json.dumps({"build_id": build_id, "host": host, "pid": pid, "pid_start": "1", "since": time.time()}).encode()
 

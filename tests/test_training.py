@@ -4,6 +4,7 @@ and resume, the frozen towers from a local file, the image cache, and the CLI fr
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -411,7 +412,13 @@ def test_ray_train_recovers_from_a_killed_worker(data, tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "kill:1:5:4")
     cfg = _tiny_cfg(epochs=3, checkpoint_every=2, batch_size=4, modalities=("audio", "imu"), max_failures=2)
     run = tmp_path / "run"
+    staging = Path(tempfile.gettempdir())
+    before = set(staging.glob("bindset-ckpt-*"))
     result = train(data, run, cfg, workers=2, engine="ray")
+    # the workers' checkpoint staging folders go with them; the SIGKILLed one keeps its folder, never a
+    # checkpoint in it (each is deleted once Ray has uploaded it)
+    left = set(staging.glob("bindset-ckpt-*")) - before
+    assert len(left) <= 1 and not [p for d in left for p in d.rglob("*") if p.is_file()], left
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     starts = [e for e in events if e["event"] == "start"]
     total = starts[0]["total_steps"]

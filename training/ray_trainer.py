@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,10 @@ class RayRuntime:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = torch.device(ray.train.torch.get_device())
         self._tmp = Path(tempfile.mkdtemp(prefix="bindset-ckpt-"))
+        # the staged checkpoints are deleted as Ray uploads them (save); the folder itself when the runtime goes
+        # (end of the loop, or the worker's exit): each run left its checkpoints' copies in /tmp before (26 MB a
+        # tiny run; a checkpoint of the imagebind preset is hundreds of MB)
+        weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
 
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
         return torch_distributed_gather(t) if self.world_size > 1 else [t]
@@ -60,7 +66,8 @@ class RayRuntime:
 
         flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder is not None else None
-        ray.train.report(flat, checkpoint=checkpoint, checkpoint_dir_name=f"ckpt-{step:09d}")
+        ray.train.report(flat, checkpoint=checkpoint, checkpoint_dir_name=f"ckpt-{step:09d}",
+                         delete_local_checkpoint_after_upload=checkpoint is not None)  # fmt: skip
 
 
 def train_loop_per_worker(config: dict) -> None:
