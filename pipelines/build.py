@@ -104,26 +104,71 @@ def local_workers(requested: int | None, units: int) -> int:
     return max(1, min(requested or usable_cores(), units))
 
 
+STOP_WAIT_S = 30.0  # how long a stopping local build waits for its unit threads to let go
+
+
 def _run_local(ctx: WorkContext, units_json: list[str], on_done: Callable[[], None], workers: int = 1) -> None:
     """Run the units in this process: ``workers`` threads, each feeding a decode process of its own
-    (``work.DecodeWorker``) and writing its unit's folder, the next unit in plan order as soon as one ends.
-    Results do not depend on the count: each unit's output is a function of its inputs alone."""
+    (``work.DecodeWorker``) and writing its unit's folder, taking the next unit of ``units_json`` (the caller's
+    order) as soon as one ends. Results do not depend on the count: each unit's output is a function of its
+    inputs alone. An exception in one unit, or an interrupt (Ctrl-C) of this thread, stops the others as
+    the serial loop stops: running units are abandoned (decoders killed, nothing of them written), then it
+    re-raises. Each thread's decode process ends with the thread."""
     if workers <= 1:
         for u in units_json:
             work.run_unit(ctx, u)
             on_done()
         return
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    import queue
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bindset-unit") as pool:
-        futures = [pool.submit(work.run_unit, ctx, u) for u in units_json]
+    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for u in units_json:
+        todo.put(u)
+    results: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def unit_thread() -> None:
+        work.set_thread_stop(stop)
         try:
-            for fut in as_completed(futures):
-                fut.result()  # re-raises what the unit raised
-                on_done()
+            while not stop.is_set():
+                try:
+                    u = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    work.run_unit(ctx, u)
+                except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, which re-raises it
+                    results.put(exc)
+                    return
+                results.put(None)
         finally:
-            for fut in futures:
-                fut.cancel()
+            work.release_thread_decoder()
+
+    threads = [threading.Thread(target=unit_thread, name=f"bindset-unit-{i}", daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in units_json:
+            while True:
+                try:
+                    failed = results.get(timeout=0.5)  # a timed wait: Ctrl-C is seen at once on any platform
+                    break
+                except queue.Empty:
+                    continue
+            if failed is not None:
+                raise failed
+            on_done()
+    finally:
+        stop.set()  # a no-op once every unit is done; otherwise the running ones stop within a watchdog tick
+        # ... unless a thread is inside a storage call that retries (an object store that went down): the
+        # build does not wait for it past STOP_WAIT_S; its unit has no summary yet and the next build redoes it
+        deadline = time.monotonic() + STOP_WAIT_S
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in threads if t.is_alive()]
+        if stuck:
+            log.warning("%d unit thread(s) still in a call after %.0f s; not waited for: %s", len(stuck),
+                        STOP_WAIT_S, ", ".join(stuck))  # fmt: skip
 
 
 class _Progress:

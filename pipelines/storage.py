@@ -249,6 +249,9 @@ def filesystem(scheme: str):
     return fs
 
 
+_UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError")
+
+
 def _explain(loc: Location, exc: BaseException) -> BaseException:
     """The error to raise for a failed object-store call on ``loc``: a one-line StorageError, or ``exc``.
 
@@ -261,13 +264,20 @@ def _explain(loc: Location, exc: BaseException) -> BaseException:
         return StorageError(f"{loc}: access denied (wrong or missing credentials; check {hint})")
     if kind in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"):
         return StorageError(f"{loc}: no credentials found in the environment")
-    if kind in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError"):
+    if kind in _UNREACHABLE:
         return StorageError(f"{loc}: cannot reach the storage endpoint ({kind}; check AWS_ENDPOINT_URL or the network)")
     if isinstance(exc, FileNotFoundError) and loc.scheme:
+        # ``exists`` answers False when the endpoint is down too (s3fs swallows the error): ``info`` tells them
+        # apart, so an outage is not reported as a missing bucket
+        bucket_there = True
         try:
-            bucket_there = filesystem(loc.scheme).exists(loc.bucket)
-        except Exception:  # noqa: BLE001 - the probe only picks the message
-            bucket_there = True
+            filesystem(loc.scheme).info(loc.bucket)
+        except FileNotFoundError:
+            bucket_there = False
+        except Exception as probe:  # noqa: BLE001 - the probe only picks the message
+            if type(probe).__name__ in _UNREACHABLE or isinstance(probe, ConnectionError):
+                return StorageError(f"{loc}: cannot reach the storage endpoint ({type(probe).__name__}; check "
+                                    "AWS_ENDPOINT_URL or the network)")  # fmt: skip
         if not bucket_there:
             return StorageError(f"{loc}: no such bucket {loc.scheme}://{loc.bucket}")
         return FileNotFoundError(f"{loc}: no such object")

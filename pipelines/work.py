@@ -387,6 +387,9 @@ def _decoder_main(conn, watchdog_pid: int) -> None:
     # Float reductions in resampling and fbank add up in an order that depends on the thread count;
     # one thread makes mel.npy byte-identical whatever engine, machine or core count ran the unit.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the unit's writer decides what an interrupt means (it stops and
+    # kills this process); a KeyboardInterrupt here would come back as the input's error, a false reject
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     state: dict = {}
     threading.Thread(target=_guard, args=(state, watchdog_pid), daemon=True).start()
     sink = _PipeSink(conn)
@@ -412,9 +415,10 @@ def _decoder_main(conn, watchdog_pid: int) -> None:
             p = Path(path)
             rel = p.relative_to(raw).as_posix() if p.is_relative_to(raw) else path
             try:
-                size = p.stat().st_size
+                st = p.stat()
+                size = st.st_size
             except OSError:
-                size = None
+                st, size = None, None
             sink._send(_frame({"file": rel, "bytes": size}))
             kind = _fault_for(fault, rel) if fault else None
             if kind and size and (rel, size) not in durations:
@@ -423,7 +427,7 @@ def _decoder_main(conn, watchdog_pid: int) -> None:
             if size and (rel, size) not in durations:
                 # announced before its probe (which reads the duration) and again when its decoding starts:
                 # the second time the probe's reading serves, without opening the file once more
-                known, seconds = media.header_duration(p, size)
+                known, seconds = media.header_duration(p, st)
                 if known:
                     durations[(rel, size)] = seconds
                 elif (rel, size) in announced:
@@ -593,6 +597,22 @@ def _decoder() -> DecodeWorker:
     return worker
 
 
+def set_thread_stop(event: threading.Event | None) -> None:
+    """For the local engine's unit threads: once ``event`` is set (the build was interrupted), a unit running
+    on this thread stops as one whose build is gone does: its decoder killed, nothing of it written."""
+    _DECODERS.stop = event
+
+
+def release_thread_decoder() -> None:
+    """Stop this thread's decode worker, if it has one: a unit thread of the local engine that ends (its
+    decode process would otherwise wait on its pipe until the interpreter exits)."""
+    worker = getattr(_DECODERS, "worker", None)
+    if worker is not None:
+        _DECODERS.worker = None
+        atexit.unregister(worker.stop)
+        worker.stop()
+
+
 def _extra_bytes(root: Path, inp: Input) -> int:
     """Bytes of a recording's side files (depth/thermal frames, IMU), read while its media files decode."""
     if not isinstance(inp, MediaUnit):
@@ -676,7 +696,11 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
     attempt = ctx.attempts.get(unit.unit_id, 1)
     out = {"unit_id": unit.unit_id, "processed": False, "abandoned": False}
 
+    stop = getattr(_DECODERS, "stop", None)  # the local engine's unit threads: set when the build is interrupted
+
     def alive() -> bool:
+        if stop is not None and stop.is_set():
+            return False
         return not ctx.build_id or build_alive(data, ctx.build_id)
 
     by_rel = None
@@ -723,8 +747,8 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
         summary = sink.close()
     except _Abandoned:
         shutil.rmtree(tmp.parent if remote else tmp, ignore_errors=True)
-        log.warning("unit %s: stopped, its build %s is gone (or the store cannot confirm it holds the lock); "
-                    "nothing written", unit.unit_id, ctx.build_id)  # fmt: skip
+        log.warning("unit %s: stopped, its build %s was interrupted or is gone (or the store cannot confirm it "
+                    "holds the lock); nothing written", unit.unit_id, ctx.build_id)  # fmt: skip
         return dict(out, abandoned=True)
     except BaseException:
         shutil.rmtree(tmp.parent if remote else tmp, ignore_errors=True)

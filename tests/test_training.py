@@ -415,10 +415,10 @@ def test_ray_train_recovers_from_a_killed_worker(data, tmp_path, monkeypatch):
     staging = Path(tempfile.gettempdir())
     before = set(staging.glob("bindset-ckpt-*"))
     result = train(data, run, cfg, workers=2, engine="ray")
-    # the workers' checkpoint staging folders go with them; the SIGKILLed one keeps its folder, never a
-    # checkpoint in it (each is deleted once Ray has uploaded it)
+    # the workers' checkpoint staging folders go with them; the first group's two (one SIGKILLed, the other
+    # torn down by Ray) keep theirs, never a checkpoint in it (each is deleted once Ray has uploaded it)
     left = set(staging.glob("bindset-ckpt-*")) - before
-    assert len(left) <= 1 and not [p for d in left for p in d.rglob("*") if p.is_file()], left
+    assert len(left) <= 2 and not [p for d in left for p in d.rglob("*") if p.is_file()], left
     events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
     starts = [e for e in events if e["event"] == "start"]
     total = starts[0]["total_steps"]

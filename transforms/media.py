@@ -120,24 +120,26 @@ def error_text(exc: BaseException) -> str:
     return str(exc)
 
 
-# Container durations the last probes read, by (path, size): the decode worker reports a file's duration to
+# Container durations the last probes read, by (path, size, mtime): the decode worker reports a file's duration to
 # its parent (the decode budget) once the probe has read it, instead of opening the container once more
 # (~1-2 ms a file, as much as decoding a few frames of a short clip). A handful: a worker probes a file and
 # then decodes it.
-_HEADER_DURATIONS: dict[tuple[str, int], float | None] = {}
+_HEADER_DURATIONS: dict[tuple[str, int, int], float | None] = {}
 _HEADER_DURATIONS_MAX = 16
 
 
-def header_duration(path: Path | str, size: int) -> tuple[bool, float | None]:
-    """``(known, seconds)``: the container duration ``probe`` read for this file at this size, if it did."""
-    key = (os.fspath(path), size)
+def header_duration(path: Path | str, st: os.stat_result) -> tuple[bool, float | None]:
+    """``(known, seconds)``: the container duration ``probe`` read for this file as ``st`` (its ``stat``) finds
+    it (same size and modification time: a file rewritten since is not known), if it did."""
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
     return (key in _HEADER_DURATIONS), _HEADER_DURATIONS.get(key)
 
 
-def _remember_duration(path: Path, size: int, c: av.container.InputContainer) -> None:
+def _remember_duration(path: Path, st: os.stat_result, c: av.container.InputContainer) -> None:
     if len(_HEADER_DURATIONS) >= _HEADER_DURATIONS_MAX:
         _HEADER_DURATIONS.clear()
-    _HEADER_DURATIONS[(os.fspath(path), size)] = c.duration / av.time_base if c.duration else None
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    _HEADER_DURATIONS[key] = c.duration / av.time_base if c.duration else None
 
 
 def probe(path: Path, max_side: int) -> MediaInfo:
@@ -146,12 +148,12 @@ def probe(path: Path, max_side: int) -> MediaInfo:
     rel = str(path)
     if not path.exists():
         raise MediaInputError(rel, RejectReason.FILE_MISSING, "file not found")
-    size = path.stat().st_size
-    if size == 0:
+    st = path.stat()
+    if st.st_size == 0:
         raise MediaInputError(rel, RejectReason.EMPTY_FILE, "file is empty (0 bytes)")
     try:
         with av.open(str(path)) as c:
-            _remember_duration(path, size, c)
+            _remember_duration(path, st, c)
             vs = c.streams.video[0] if c.streams.video else None
             has_audio = bool(c.streams.audio)
             end = None
