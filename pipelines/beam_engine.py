@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
+from dataclasses import replace
 
+from pipelines.build import decode_threads, usable_cores
 from pipelines.work import WorkContext, run_unit_json
 from schemas.errors import UserError
 
@@ -29,8 +30,8 @@ def _default_flags(args: list[str]) -> list[str]:
         return list(args)
     extra = []
     if "--direct_num_workers" not in names:
-        extra.append(f"--direct_num_workers={os.cpu_count() or 1}")
-    if "--direct_running_mode" not in names and (os.cpu_count() or 1) > 1:
+        extra.append(f"--direct_num_workers={usable_cores()}")
+    if "--direct_running_mode" not in names and usable_cores() > 1:
         # threads, not processes: a unit's CPU work runs in its decode process (pipelines/work.py: one per
         # worker thread, forked from one warm forkserver), so worker processes would only add their start-up
         # (a Python interpreter, bindset's imports and a forkserver of their own each: ~10 s of a
@@ -61,6 +62,19 @@ def unknown_flags(pipeline_args: list[str]) -> list[str]:
     return [a for a in pipeline_args if a.startswith("--") and a[2:].split("=", 1)[0].replace("-", "_") in unknown]
 
 
+def _decode_threads(options, units: int) -> int:
+    """FFmpeg threads per video decoder (pipelines/build.py ``decode_threads``): on the DirectRunner (no
+    ``--runner``, or ``--runner=DirectRunner``), its workers share this machine's cores; another runner's
+    workers are machines of their own, whose decoders keep FFmpeg's default (0)."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    if runner not in (None, "DirectRunner", "direct"):
+        return 0
+    workers = options.view_as(DirectOptions).direct_num_workers or 1
+    return decode_threads(min(workers, units))
+
+
 def run_beam(ctx: WorkContext, units_json: list[str], pipeline_args: list[str]) -> None:
     try:
         import apache_beam as beam
@@ -68,13 +82,13 @@ def run_beam(ctx: WorkContext, units_json: list[str], pipeline_args: list[str]) 
     except ImportError as exc:  # pragma: no cover - the locked environment has Beam
         raise RuntimeError("the beam engine needs apache-beam installed") from exc
 
-    ctx_json = ctx.to_json()
+    options = PipelineOptions(_default_flags(pipeline_args))
+    ctx_json = replace(ctx, decode_threads=_decode_threads(options, len(units_json))).to_json()
 
     class ProcessUnit(beam.DoFn):
         def process(self, unit_json: str):
             yield run_unit_json(ctx_json, unit_json)
 
-    options = PipelineOptions(_default_flags(pipeline_args))
     with beam.Pipeline(options=options) as p:
         _ = (
             p

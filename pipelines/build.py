@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pipelines import storage, work
@@ -102,6 +102,17 @@ def local_workers(requested: int | None, units: int) -> int:
     keeps about 1.5 cores busy: its decoding thread and the per-window and clock-check threads beside it,
     so more workers than cores only adds memory), never more than there are units."""
     return max(1, min(requested or usable_cores(), units))
+
+
+def decode_threads(concurrent_units: int, cores: int | None = None) -> int:
+    """FFmpeg threads for each video decoder when ``concurrent_units`` units decode at once on ``cores``
+    CPUs (default: ``usable_cores()``): 0 (FFmpeg's default, one thread per core) for a unit alone, which
+    then decodes as fast as frame threading allows (a 30-minute session, ``benchmarks/build_throughput.py``);
+    otherwise the cores shared out, at least 1. Frame threading costs ~35% more CPU than one thread
+    (transforms/media.py), a loss where other units' decoders fill the cores anyway: on 300 six-second
+    videos with 2 workers on 2 cores, one thread each builds in 13.8 s against 15.6 s."""
+    cores = cores or usable_cores()
+    return 0 if concurrent_units <= 1 else max(1, cores // concurrent_units)
 
 
 STOP_WAIT_S = 30.0  # how long a stopping local build waits for its unit threads to let go
@@ -397,6 +408,7 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
                 if workers > 1:  # largest first: the last units to start are small, so workers finish together
                     weight = [sum(sizes.get(p) or 0 for p in u.input_paths()) for u in todo]  # None: unreadable
                     units_json = [units_json[i] for i in sorted(range(len(todo)), key=lambda i: -weight[i])]
+                ctx = replace(ctx, decode_threads=decode_threads(workers))
                 _run_local(ctx, units_json, prog.poll, workers)
     if bar is not None:
         bar.close()

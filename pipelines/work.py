@@ -200,6 +200,9 @@ class WorkContext:
     config: dict
     build_id: str = ""  # the build that owns DATA's lock; "" = no lock (a unit run outside a build)
     attempts: dict[str, int] = field(default_factory=dict)  # unit_id -> the attempt this build makes (default 1)
+    # FFmpeg threads per video decoder (pipelines/build.py ``decode_threads``); 0 = FFmpeg's default (one per
+    # core). Not part of any fingerprint: decoded frames do not depend on it.
+    decode_threads: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -400,6 +403,7 @@ def _decoder_main(conn, watchdog_pid: int) -> None:
             os._exit(0)
         ctx = WorkContext.from_json(task["ctx"])
         cfg = BuildConfig.from_dict(ctx.config)
+        media.set_decode_threads(ctx.decode_threads)
         inp = unit_from_dict(task["input"])
         raw, fault = Path(ctx.raw), task.get("fault", "")
         state["ctx"] = ctx

@@ -20,7 +20,7 @@ import pytest
 
 from bindset.cli import main
 from bindset.synth.generate import SynthConfig, synth
-from pipelines.build import EngineConfig, build
+from pipelines.build import EngineConfig, build, decode_threads
 from schemas.reasons import RejectReason
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 from transforms.config import BuildConfig
@@ -120,6 +120,16 @@ def test_ray_and_rerun_are_byte_identical(raw, beam_data, tmp_path):
     again = build(raw, ray_data, BuildConfig(shard_max_samples=2), EngineConfig("local"))
     assert (again.processed, again.reused) == (0, 4)
     assert _contract_digest(ray_data) == _contract_digest(beam_data)
+
+
+def test_decoder_threads_do_not_change_the_output(raw, beam_data, tmp_path):
+    # Beam's 2 workers decode with one FFmpeg thread each (decode_threads); one local worker alone decodes
+    # with FFmpeg's default, frame threading on every core: the same frames, so the same bytes
+    assert decode_threads(2, cores=2) == 1 and decode_threads(2, cores=16) == 8 and decode_threads(1) == 0
+    assert decode_threads(4, cores=2) == 1  # never 0 (which would mean every core) when units share cores
+    data = tmp_path / "serial"
+    build(raw, data, BuildConfig(shard_max_samples=2), EngineConfig("local", num_workers=1))
+    assert _contract_digest(data) == _contract_digest(beam_data)
 
 
 def test_shard_byte_bound(raw, tmp_path):
