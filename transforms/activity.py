@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from scipy import signal
+
+# No scipy.signal here (get_window): this module is in the import chain of transforms.unit, which the decode
+# worker's forkserver preloads before a local build can start, and importing scipy.signal costs ~0.6 s there.
 
 
 def _midpoints(times_s: np.ndarray) -> np.ndarray:
@@ -104,7 +106,9 @@ class SpectralFlux:
         self.nper = max(4, int(round(win_s * rate_hz)))
         self.hop = max(1, int(round(hop_s * rate_hz)))
         self.m = max(1, self.nper // self.hop)
-        self.window = signal.get_window("hann", self.nper)
+        # periodic Hann, scipy.signal.get_window("hann", nper) (fftbins=True): the symmetric window one longer,
+        # its last point dropped
+        self.window = np.hanning(self.nper + 1)[:-1]
         self.scale = 1.0 / self.window.sum()
         self._buf: np.ndarray | None = None  # samples from the first frame not yet transformed
         self._pending: list[np.ndarray] = []

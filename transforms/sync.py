@@ -5,8 +5,8 @@ clock, is a delayed copy of the video's activity when the declared clock is wron
 offset is the declared one plus ``δ`` seconds, the stream shows at declared session time ``τ`` what the
 video shows at ``τ + δ``. The lag that maximises their normalised cross-correlation is therefore ``δ``.
 
-- Offset: normalised cross-correlation (``scipy.signal.correlate``, FFT method; masks handle the parts where
-  only one stream has data) inside a search range around the declared offset, then a parabola through the
+- Offset: normalised cross-correlation (by FFT, ``scipy.fft``; masks handle the parts where only one stream
+  has data) inside a search range around the declared offset, then a parabola through the
   peak and its two neighbours for a sub-sample lag (the standard three-point interpolation, e.g. Smith,
   "Spectral Audio Signal Processing", "Quadratic Interpolation of Spectral Peaks").
 - Confidence: the peak-to-sidelobe ratio (PSR: peak minus the sidelobes' mean, in units of their standard
@@ -32,7 +32,12 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import signal, stats
+
+# No scipy at module level: this module is in the import chain of transforms.unit, which the decode worker's
+# forkserver preloads before a local build can start; scipy.signal cost ~0.6 s there, scipy.stats (theilslopes)
+# ~0.2 s and scipy.fft ~0.2 s. The correlations use scipy.fft (the transforms scipy.signal.correlate's FFT method
+# uses) and the drift fit scipy.stats, each imported where it is needed: only a clock check pays for them, and
+# sessions shorter than drift_min_session_s never import scipy.stats.
 
 log = logging.getLogger(__name__)
 
@@ -202,16 +207,48 @@ def _unsync(reason: str, lag: float = float("nan"), peak=float("nan"), psr=0.0, 
     return LagEstimate(lag, peak, psr, side, 0.0, UNSYNCHRONISABLE, reason)
 
 
-def _masked_ncc(r: np.ndarray, mr: np.ndarray, o: np.ndarray, mo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class _RefSpectra:
+    """The forward transforms of a masked reference that every correlation against it shares.
+
+    ``correlate(r, o)[k] = Σ_n r[n + k] o[n]`` (``scipy.signal.correlate``'s 'full' order, lags
+    ``-(len(o) - 1) .. len(r) - 1``) is the convolution of ``r`` with ``o`` reversed, computed as scipy's FFT
+    method does (``scipy.signal.fftconvolve``: real FFTs at ``next_fast_len(len(r) + len(o) - 1)``). The four
+    correlations of ``_masked_ncc`` need three transforms of the reference (``r``, ``r²``, its mask) and three
+    of the other stream; the reference's are kept here for the jackknife of ``_rests_on_one_stretch``, which
+    correlates the same reference with ``support_blocks`` variants of the other stream.
+    """
+
+    def __init__(self, r: np.ndarray, mr: np.ndarray, n_other: int):
+        from scipy import fft as sp_fft  # not at module level: see the imports
+
+        self.n_ref, self.n_other = len(r), n_other
+        self.size = len(r) + n_other - 1
+        self.nfft = sp_fft.next_fast_len(self.size, real=True)
+        self.r, self.r2, self.mr = sp_fft.rfft(np.stack([r, r * r, mr]), self.nfft, axis=-1)
+
+    def correlate(self, o: np.ndarray, mo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``correlate(r, o)``, ``correlate(r², mo)``, ``correlate(mr, o²)``, ``correlate(mr, mo)`` ('full')."""
+        if len(o) != self.n_other:
+            raise ValueError(f"_RefSpectra: other stream of {len(o)} samples, not {self.n_other}")
+        from scipy import fft as sp_fft
+
+        rev = np.stack([o[::-1], mo[::-1], (o * o)[::-1]])
+        f_o, f_mo, f_o2 = sp_fft.rfft(rev, self.nfft, axis=-1)
+        prod = np.stack([self.r * f_o, self.r2 * f_mo, self.mr * f_o2, self.mr * f_mo])
+        out = sp_fft.irfft(prod, self.nfft, axis=-1)[:, : self.size]
+        return out[0], out[1], out[2], out[3]
+
+
+def _masked_ncc(r: np.ndarray, mr: np.ndarray, o: np.ndarray, mo: np.ndarray, spectra: _RefSpectra | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Normalised cross-correlation of two masked signals at every lag, and the overlap (samples) it rests on.
 
     ``ncc[k] = Σ r[n+k] o[n] / sqrt(Σ r[n+k]² mo[n] · Σ mr[n+k] o[n]²)``: each lag normalised by the energies
     of the samples both streams have there (``scipy.signal.correlate`` index order). NaN where an energy is 0.
+    ``spectra``: the reference's transforms (``_RefSpectra(r, mr, len(o))``), when computed already.
     """
-    num = signal.correlate(r, o, mode="full", method="fft")
-    e_r = signal.correlate(r * r, mo, mode="full", method="fft")
-    e_o = signal.correlate(mr, o * o, mode="full", method="fft")
-    overlap = signal.correlate(mr, mo, mode="full", method="fft")
+    spectra = spectra if spectra is not None else _RefSpectra(r, mr, len(o))
+    num, e_r, e_o, overlap = spectra.correlate(o, mo)
     den = np.sqrt(np.clip(e_r, 0, None) * np.clip(e_o, 0, None))
     ncc = np.where(den > 1e-9, num / np.where(den > 1e-9, den, 1.0), np.nan)
     return ncc, np.clip(overlap, 0.0, None)
@@ -234,7 +271,8 @@ def _overlap_weighted(ncc: np.ndarray, overlap: np.ndarray) -> np.ndarray:
 
 
 def _rests_on_one_stretch(r: np.ndarray, mr: np.ndarray, o: np.ndarray, mo: np.ndarray, k_peak: int,
-                          lags: np.ndarray, idx: np.ndarray, i: int, tol: int, blocks: int) -> bool:  # fmt: skip
+                          lags: np.ndarray, idx: np.ndarray, i: int, tol: int, blocks: int,
+                          spectra: _RefSpectra | None = None) -> bool:  # fmt: skip
     """Whether the peak ``idx[i]`` (a correlate index) moves when any one of ``blocks`` equal stretches of
     the streams' overlap at that lag is left out of ``other`` (moves: the best lag in the search range, ``idx``,
     is more than ``tol`` samples away). A delete-a-group jackknife (Efron & Tibshirani, "An Introduction to
@@ -252,7 +290,7 @@ def _rests_on_one_stretch(r: np.ndarray, mr: np.ndarray, o: np.ndarray, mo: np.n
             continue
         keep = mo.copy()
         keep[part] = 0.0
-        ncc, overlap = _masked_ncc(r, mr, np.where(keep > 0, o, 0.0), keep)
+        ncc, overlap = _masked_ncc(r, mr, np.where(keep > 0, o, 0.0), keep, spectra)
         c = _overlap_weighted(ncc, overlap)[idx]
         if not np.isfinite(c).any():
             return True
@@ -280,8 +318,9 @@ def estimate_lag(ref: Activity, other: Activity, params: SyncParams = SyncParams
     r, mr = _prepare(ref, p.highpass_s)
     o, mo = _prepare(other, p.highpass_s)
     # correlate(r, o)[k] = sum_n r[n + k] o[n]; lags in samples of the arrays, shifted by their start times
-    ncc, overlap = _masked_ncc(r, mr, o, mo)
-    lags = signal.correlation_lags(len(r), len(o), mode="full")
+    spectra = _RefSpectra(r, mr, len(o))
+    ncc, overlap = _masked_ncc(r, mr, o, mo, spectra)
+    lags = np.arange(-(len(o) - 1), len(r))  # scipy.signal.correlation_lags(len(r), len(o), "full")
     base = int(round((other.t0_s - ref.t0_s) * rate))  # other[n] sits at ref index n + base
     lag_s = (lags - base) / rate
     ok = (overlap >= p.min_overlap_s * rate - 0.5) & np.isfinite(ncc)
@@ -322,7 +361,8 @@ def estimate_lag(ref: Activity, other: Activity, params: SyncParams = SyncParams
     if ratio > p.max_sidelobe_ratio:
         return _unsync(f"ambiguous peak (sidelobe {ratio:.2f} of peak)", lag, peak, psr, ratio)
     one_stretch = p.support_blocks > 1 and psr < p.support_psr
-    if one_stretch and _rests_on_one_stretch(r, mr, o, mo, int(idx[i]), lags, idx, i, guard, p.support_blocks):
+    jackknife = (r, mr, o, mo, int(idx[i]), lags, idx, i, guard, p.support_blocks, spectra)
+    if one_stretch and _rests_on_one_stretch(*jackknife):
         return _unsync(f"peak rests on one {1 / p.support_blocks:.0%} of the overlap", lag, peak, psr, ratio)
     conf = float(np.clip((psr - p.min_psr) / p.min_psr, 0, 1) * 0.5 + np.clip(1 - ratio, 0, 1) * 0.5)
     conf = max(conf, 0.05)
@@ -366,7 +406,9 @@ def estimate_drift(ref: Activity, other: Activity, params: SyncParams = SyncPara
                              f"{len(good)} confident windows (need {p.min_drift_windows})"), found  # fmt: skip
     t = np.array([g[0] for g in good])
     y = np.array([g[1] for g in good])
-    slope, intercept, _, _ = stats.theilslopes(y, t)
+    from scipy.stats import theilslopes  # not at module level: see the imports (only long sessions get here)
+
+    slope, intercept, _, _ = theilslopes(y, t)
     keep = np.abs(y - (intercept + slope * t)) <= p.outlier_s
     if keep.sum() < p.min_drift_windows:
         return DriftEstimate(float(intercept), float(slope), len(found), int(keep.sum()), float("nan"),
