@@ -124,8 +124,8 @@ def _run_local(ctx: WorkContext, units_json: list[str], on_done: Callable[[], No
     order) as soon as one ends. Results do not depend on the count: each unit's output is a function of its
     inputs alone. An exception in one unit, or an interrupt (Ctrl-C) of this thread, stops the others as
     the serial loop stops: running units are abandoned (decoders killed, nothing of them written), then it
-    re-raises (the interrupt path is not covered by a test yet: one passed alone but timed out in a full
-    suite run, cause not found). Each thread's decode process ends with the thread."""
+    re-raises (tests/test_reliability.py: Ctrl-C to the process group, or SIGINT to this process alone).
+    Each thread's decode process ends with the thread."""
     if workers <= 1:
         for u in units_json:
             work.run_unit(ctx, u)

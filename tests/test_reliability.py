@@ -58,8 +58,15 @@ def _listing(data: Path, folder_mtimes: bool = True) -> dict[str, tuple[int, int
     return out
 
 
+# The CLI as a terminal's foreground job starts it: SIGINT raises KeyboardInterrupt. A test runner started in
+# the background by a non-interactive shell (`cmd &`, as CI may be) has SIGINT ignored, and Python keeps an
+# ignored SIGINT ignored in every child: a Ctrl-C test would then wait for a build that never sees it.
+_AS_FROM_A_TERMINAL = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                       "sys.argv[0] = 'bindset'; runpy.run_module('bindset.cli', run_name='__main__')")  # fmt: skip
+
+
 def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "bindset.cli", *args]
+    cmd = [sys.executable, "-c", _AS_FROM_A_TERMINAL, *args]
     return subprocess.Popen(cmd, cwd=REPO, start_new_session=True, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
@@ -496,3 +503,32 @@ def test_local_builds_leave_no_decode_process_behind(raw, tmp_path):
         build(raw, tmp_path / f"d{i}", BuildConfig(clocks="declared"), EngineConfig("local", num_workers=2))
     after_three = {p.pid for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
     assert after_three <= after_one, (after_one, after_three)
+
+
+@pytest.mark.parametrize("target", ["group", "driver"])
+def test_ctrl_c_stops_a_parallel_local_build_writing_nothing_of_its_running_units(raw, tmp_path, target):
+    """Ctrl-C (SIGINT to the process group) or a SIGINT to the driver alone, while one of two unit threads is
+    in a decoder that hangs: the build exits 130 within seconds, the interrupted unit is not committed (no
+    false `internal_error` or `decode_timeout` reject that would count as an attempt), nothing is left in
+    _work/tmp."""
+    data = tmp_path / "data"
+    proc = _cli("build", str(raw), str(data), "--engine", "local", "--workers", "2", "--quiet", "--no-validate",
+                "--clocks", "declared", "--decode-timeout", "120", env={FAULT_ENV: f"hang:{B}/"})  # fmt: skip
+    try:
+        _wait_for(lambda: (data / "_work" / "units" / A / "summary.json").exists(), proc)
+        time.sleep(1.0)  # B's decoder is hanging now
+        t0 = time.monotonic()
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and took < 15, (proc.returncode, took)
+    assert not (data / "_work" / "units" / B).exists()
+    tmp = data / "_work" / "tmp"
+    assert not tmp.exists() or not any(tmp.iterdir())
