@@ -115,6 +115,17 @@ def decode_threads(concurrent_units: int, cores: int | None = None) -> int:
     return 0 if concurrent_units <= 1 else max(1, cores // concurrent_units)
 
 
+def lone_units(weights: dict[str, int], concurrent: int) -> list[str]:
+    """The units of ``weights`` (unit id -> input bytes) heavier than an even share of the work among
+    ``concurrent`` units at once: the others finish first, so such a unit (a long session among short ones)
+    decodes alone for much of its time and keeps FFmpeg's default threads (``decode_threads``); at most
+    ``concurrent - 1`` of them, so the list stays short in every task's context. Sorted ids."""
+    total = sum(weights.values())
+    if concurrent <= 1 or not total:
+        return []
+    return sorted(u for u, w in weights.items() if w > total / concurrent)
+
+
 STOP_WAIT_S = 30.0  # how long a stopping local build waits for its unit threads to let go
 
 
@@ -391,7 +402,10 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
     if todo:
         _warm_up(engine)
     units_json = [json.dumps(u.to_dict(), sort_keys=True) for u in todo]
-    ctx = WorkContext(str(raw), str(data), cfg.to_dict(), build_id, attempts)
+    weights = {u.unit_id: sum(sizes.get(p) or 0 for p in u.input_paths()) for u in todo}  # None: unreadable
+    side_by_side = local_workers(engine.num_workers, len(todo)) if engine.engine == "local" else len(todo)
+    ctx = WorkContext(str(raw), str(data), cfg.to_dict(), build_id, attempts,
+                      decode_alone=lone_units(weights, min(side_by_side, usable_cores())))  # fmt: skip
     bar = progress(len(todo)) if (progress and todo) else None
     if todo:
         with _Progress(units_dir(data), {u.unit_id for u in todo}, bar) as prog:
@@ -406,7 +420,7 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
             else:
                 workers = local_workers(engine.num_workers, len(units_json))
                 if workers > 1:  # largest first: the last units to start are small, so workers finish together
-                    weight = [sum(sizes.get(p) or 0 for p in u.input_paths()) for u in todo]  # None: unreadable
+                    weight = [weights[u.unit_id] for u in todo]
                     units_json = [units_json[i] for i in sorted(range(len(todo)), key=lambda i: -weight[i])]
                 ctx = replace(ctx, decode_threads=decode_threads(workers))
                 _run_local(ctx, units_json, prog.poll, workers)

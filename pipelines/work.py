@@ -35,7 +35,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -203,6 +203,8 @@ class WorkContext:
     # FFmpeg threads per video decoder (pipelines/build.py ``decode_threads``); 0 = FFmpeg's default (one per
     # core). Not part of any fingerprint: decoded frames do not depend on it.
     decode_threads: int = 0
+    # units that decode with FFmpeg's default threads whatever decode_threads says (build.lone_units)
+    decode_alone: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -697,6 +699,8 @@ def run_unit(ctx: WorkContext, unit_json: str) -> dict:
     remote = _remote(data)
     cfg = BuildConfig.from_dict(ctx.config)
     unit = WorkUnit.from_dict(json.loads(unit_json))
+    if unit.unit_id in ctx.decode_alone:
+        ctx = replace(ctx, decode_threads=0)
     attempt = ctx.attempts.get(unit.unit_id, 1)
     out = {"unit_id": unit.unit_id, "processed": False, "abandoned": False}
 

@@ -20,7 +20,7 @@ import pytest
 
 from bindset.cli import main
 from bindset.synth.generate import SynthConfig, synth
-from pipelines.build import EngineConfig, build, decode_threads
+from pipelines.build import EngineConfig, build, decode_threads, lone_units
 from schemas.reasons import RejectReason
 from schemas.tables import INDEX_SCHEMA, REJECTS_SCHEMA
 from transforms.config import BuildConfig
@@ -127,6 +127,9 @@ def test_decoder_threads_do_not_change_the_output(raw, beam_data, tmp_path):
     # with FFmpeg's default, frame threading on every core: the same frames, so the same bytes
     assert decode_threads(2, cores=2) == 1 and decode_threads(2, cores=16) == 8 and decode_threads(1) == 0
     assert decode_threads(4, cores=2) == 1  # never 0 (which would mean every core) when units share cores
+    # a long session among short ones decodes alone once they are done: it keeps FFmpeg's default threads
+    assert lone_units({"long": 10, "a": 1, "b": 1}, 2) == ["long"] and lone_units({"a": 5, "b": 5}, 2) == []
+    assert lone_units({"long": 10, "a": 1}, 1) == [] and lone_units({"a": 0, "b": 0}, 2) == []
     data = tmp_path / "serial"
     build(raw, data, BuildConfig(shard_max_samples=2), EngineConfig("local", num_workers=1))
     assert _contract_digest(data) == _contract_digest(beam_data)
