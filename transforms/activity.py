@@ -137,10 +137,12 @@ class SpectralFlux:
         n = (buf.shape[1] - self.nper) // self.hop + 1 if buf.shape[1] >= self.nper else 0
         if not final:
             n = (n // self.block) * self.block
-        offsets = np.arange(self.nper)
+        # the frames as a strided view of the samples, multiplied by the window straight from it (float32 samples
+        # promote to float64 as astype did): gathering them with an index array first cost 2/3 of the flux
+        frames = np.lib.stride_tricks.sliding_window_view(buf, self.nper, axis=1)[:, :: self.hop] if n else None
         for k0 in range(0, n, self.block):
             k1 = min(n, k0 + self.block)
-            seg = buf[:, np.arange(k0, k1)[:, None] * self.hop + offsets].astype(np.float64) * self.window
+            seg = frames[:, k0:k1] * self.window
             mag = np.abs(fft.rfft(seg, axis=-1)) * self.scale  # (C, K, F)
             mag = mag.transpose(1, 0, 2).reshape(k1 - k0, -1)
             both = mag if self._tail is None else np.concatenate([self._tail, mag])
