@@ -822,7 +822,7 @@ def _merged(frames: list[av.AudioFrame]) -> av.AudioFrame | None:
     first = frames[0]
     try:
         # the planes copied into one array, as to_ndarray lays them out (its dtype and rows from the first
-        # frame's): a to_ndarray per frame, then their concatenation, cost twice as long (~5 us a frame)
+        # frame's): a to_ndarray per frame, then their concatenation, cost ~40% more (~1.4 us a frame more)
         ref = first.to_ndarray()
         per = ref.shape[1] // max(first.samples, 1)  # values per sample in a plane: the channels when packed
         samples = np.empty((ref.shape[0], per * sum(f.samples for f in frames)), ref.dtype)
