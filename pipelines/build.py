@@ -416,7 +416,9 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
             elif engine.engine == "ray":
                 from pipelines.ray_engine import run_ray
 
-                run_ray(ctx, units_json, engine.ray_address, engine.num_workers, prog.poll)
+                largest_first = sorted(range(len(todo)), key=lambda i: -weights[todo[i].unit_id])  # as below
+                run_ray(ctx, [units_json[i] for i in largest_first], engine.ray_address, engine.num_workers,
+                        prog.poll)  # fmt: skip
             else:
                 workers = local_workers(engine.num_workers, len(units_json))
                 if workers > 1:  # largest first: the last units to start are small, so workers finish together

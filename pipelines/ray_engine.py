@@ -21,7 +21,9 @@ the driver is shipped to them. A unit's own failures are already records, not ex
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import itertools
 import logging
 import os
 import threading
@@ -157,15 +159,22 @@ def run_ray(
         ctx_json = ctx.to_json()
         if address:
             task = ray.remote(num_cpus=1, max_retries=RETRIES)(unit_task)
-            pending = [task.remote(ctx_json, u) for u in units_json]
+            call = functools.partial(task.remote, ctx_json)
+            at_once = len(units_json)  # all at once: the cluster schedules them (and may add nodes for them)
         else:
             # a fixed-size node of our own: restart the actor as often as it dies; each unit runs at most
             # 1 + RETRIES times, as a task would (a unit that kills its worker every time fails the build)
             runner = ray.remote(UnitRunner).options(num_cpus=cpus, max_concurrency=cpus, max_restarts=-1,
                                                     max_task_retries=RETRIES).remote()  # fmt: skip
-            pending = [runner.run.remote(ctx_json, u) for u in units_json]
+            call = functools.partial(runner.run.remote, ctx_json)
+            # as many as it has threads: a threaded actor runs what it holds in no set order; fed one at a
+            # time, the units start in the caller's order (largest first, so that the threads end together)
+            at_once = cpus
+        queue = iter(units_json)
+        pending = [call(u) for u in itertools.islice(queue, at_once)]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
+            pending += [call(u) for u in itertools.islice(queue, 1)]
             for level, message in ray.get(done[0]).get("log", []):
                 logging.getLogger(run_unit_json.__module__).log(level, "%s", message)
             if on_done:

@@ -1,0 +1,107 @@
+"""The Ray engine on a local instance: units on the threads of one actor, their log lines kept apart, the
+actor's process lost mid-build, and a cheap stop (pipelines/ray_engine.py, pipelines/ray_start.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import ray
+
+from bindset.synth.generate import SynthConfig, synth
+from pipelines import ray_engine, ray_start
+from pipelines.build import EngineConfig, build
+from pipelines.work import run_unit_json
+from transforms.config import BuildConfig
+
+
+def _digest(data: Path) -> dict[str, str]:
+    files = sorted((data / "shards").iterdir()) + [data / "index.parquet", data / "rejects.parquet"]
+    return {p.relative_to(data).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_units_on_threads_side_by_side_keep_their_own_log_lines():
+    unit_log = logging.getLogger(run_unit_json.__module__)
+    before = (unit_log.level, unit_log.propagate, list(unit_log.handlers))
+    lines = ray_engine._capture_unit_log()
+    taken: dict[str, list] = {}
+    both_started = threading.Barrier(2)
+
+    def unit(name: str) -> None:
+        lines.start()
+        both_started.wait()
+        for i in range(50):
+            unit_log.info("unit %s: line %d", name, i)
+        taken[name] = lines.take()
+
+    try:
+        threads = [threading.Thread(target=unit, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        unit_log.info("unit c: a line of no unit's thread")  # not started on this thread: kept by no one
+        assert lines.take() == []
+    finally:
+        unit_log.removeHandler(lines)
+        unit_log.setLevel(before[0])
+        unit_log.propagate = before[1]
+    assert unit_log.handlers == before[2]
+    for name in ("a", "b"):
+        assert taken[name] == [(logging.INFO, f"unit {name}: line {i}") for i in range(50)]
+
+
+def test_stop_ray_kills_the_monitor_first_then_ends_every_process_of_the_instance():
+    assert ray_start.init_ray(address="local", num_cpus=1, include_dashboard=False, configure_logging=False,
+                              log_to_driver=False)  # fmt: skip
+    node = ray._private.worker._global_node
+    procs = {kind: infos[0].process for kind, infos in node.all_processes.items()}
+    assert {"raylet", "gcs_server", "monitor"} <= set(procs)
+    ray_start.stop_ray()
+    assert not ray.is_initialized()
+    # SIGKILL, not the SIGTERM that ray.shutdown sends: the monitor's handler would first try to report
+    # "autoscaler failed" to the GCS, stopped by then, and hold the shutdown for a second
+    assert procs["monitor"].returncode == -signal.SIGKILL
+    assert all(p.poll() is not None for p in procs.values()), {k: p.pid for k, p in procs.items() if p.poll() is None}
+
+
+@pytest.mark.slow
+def test_a_killed_unit_runner_is_restarted_and_its_units_run_again(tmp_path):
+    raw = tmp_path / "raw"
+    synth(raw, SynthConfig(sessions=4, seed=5, seconds=6.0, width=160, height=120, workers=2))
+    cfg = BuildConfig(shard_max_samples=2)
+    build(raw, tmp_path / "local", cfg, EngineConfig("local"))
+
+    data, killed, done = tmp_path / "ray", [], threading.Event()
+
+    def kill_the_runner_once_it_decodes() -> None:
+        # the actor's process, once a decode process (a child of its decode server) runs: a unit is under way
+        while not done.is_set() and not killed:
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if p.name().startswith("ray::UnitRunner") and any(c.children() for c in p.children()):
+                        units = data / "_work" / "units"
+                        finished = len(list(units.glob("*/summary.json"))) if units.exists() else 0
+                        p.kill()
+                        killed.append(finished)
+                        return
+                except psutil.Error:
+                    pass
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_runner_once_it_decodes, daemon=True)
+    killer.start()
+    try:
+        result = build(raw, data, cfg, EngineConfig("ray", num_workers=2))
+    finally:
+        done.set()
+        killer.join()
+    assert killed and killed[0] < 4, killed  # killed while units were left to do
+    assert result.units == 4 and result.commit.samples > 0
+    assert _digest(data) == _digest(tmp_path / "local")
