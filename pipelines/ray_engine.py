@@ -6,11 +6,10 @@ Without an address a local Ray instance is started (and stopped), and its units 
 ``UnitRunner``, as many at once as the instance has CPUs, each on a thread feeding a decode process of its
 own, as the local engine runs them: one worker process, one decode server (the forkserver that imports torch,
 scipy, ...: ~3 CPU-s) and one import of the unit code for the whole node, where a task per unit paid them
-once per CPU (300 six-second videos on 2 cores: the whole Ray build used 33-35 CPU-s instead of
-37-39, the local engine 26-28). Ray restarts the actor
-if its process dies and runs the units it held again (``max_task_retries``). With ``--ray-address`` each
-unit is a Ray task, spread over the cluster's nodes (and whatever nodes its autoscaler adds); a task is
-retried on worker loss.
+once per CPU (300 six-second videos on 2 cores: the whole Ray build used 33-35 CPU-s instead of 37-39, the
+local engine 26-28). Ray restarts the actor if its process dies and runs the units it held again
+(``max_task_retries``). With ``--ray-address`` each unit is a Ray task, spread over the cluster's nodes (and
+whatever nodes its autoscaler adds); a task is retried on worker loss.
 
 DATA must be a path every node can write, or an object-store URL (``s3://``): then each unit uploads its
 result itself. A local instance's workers get this process's client environment (endpoint, credentials)
