@@ -201,7 +201,8 @@ class WorkContext:
     build_id: str = ""  # the build that owns DATA's lock; "" = no lock (a unit run outside a build)
     attempts: dict[str, int] = field(default_factory=dict)  # unit_id -> the attempt this build makes (default 1)
     # FFmpeg threads per video decoder (pipelines/build.py ``decode_threads``); 0 = FFmpeg's default (one per
-    # core). Not part of any fingerprint: decoded frames do not depend on it.
+    # core). Not part of any fingerprint: stored frames do not depend on it (a damaged video, whose frames
+    # would, is decoded with one thread: transforms/media.py ``DamagedUnderThreads``).
     decode_threads: int = 0
     # units that decode with FFmpeg's default threads whatever decode_threads says (build.lone_units)
     decode_alone: list[str] = field(default_factory=list)

@@ -11,6 +11,7 @@ flight between the threads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -239,8 +240,15 @@ def _lower_priority() -> None:
 # FFmpeg's video decoding threads (``AVCodecContext.thread_count``), 0 = FFmpeg's own choice, one per core.
 # Frame threading buys wall time at a CPU cost (~35% more CPU on 320x240 H.264: 8.9 vs 6.6 CPU-s for 300
 # six-second videos), which is a loss when other units' decoders already keep every core busy; the engine
-# says how many threads each decoder gets (pipelines/build.py ``decode_threads``). Decoded frames are the
-# same whatever the count: H.264/HEVC/AV1 decoding is bit-exact across threading modes.
+# says how many threads each decoder gets (pipelines/build.py ``decode_threads``). Intact streams decode to
+# the same frames whatever the count (H.264 with B-frames, HEVC, VP8/9, AV1, MPEG-2/4, MJPEG, ProRes
+# checked); damaged ones do not: how FFmpeg conceals a bad packet, which frames a failed packet takes
+# with it and where it reports the error depend on the threading (and so, at FFmpeg's default, on the
+# machine's core count). A video found damaged while decoded with several threads is therefore decoded
+# again with one (``DamagedUnderThreads``): what is stored for it is the same on every engine and machine
+# (tests/test_bad_inputs.py: damaged H.264, MPEG-2, AV1). Not for HEVC: FFmpeg's HEVC decoder conceals some
+# damage from recycled memory, so even with one thread its frames there depend on what the process decoded
+# before (measured: the same damaged file after an H.264 and an AV1 file gave 3 different samples).
 _decode_threads = 0
 
 
@@ -251,6 +259,23 @@ def set_decode_threads(n: int) -> None:
     if n < 0:
         raise ValueError(f"decode threads must be >= 0, got {n}")
     _decode_threads = int(n)
+
+
+class DamagedUnderThreads(Exception):
+    """A video decoded with several FFmpeg threads showed damage (a packet that failed to decode, a frame
+    the decoder marked corrupt, decoding that stopped on an error): the caller withdraws what the input
+    recorded and decodes it again inside ``one_decode_thread()``, where this is never raised."""
+
+
+@contextlib.contextmanager
+def one_decode_thread() -> Iterator[None]:
+    """Decode video with one FFmpeg thread in this process inside the block (``DamagedUnderThreads``)."""
+    global _decode_threads
+    before, _decode_threads = _decode_threads, 1
+    try:
+        yield
+    finally:
+        _decode_threads = before
 
 
 def helper_thread(name: str) -> ThreadPoolExecutor:
@@ -898,6 +923,7 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                 for aw in fut.result():
                     yield MediaEvent(t, audio=aw)
 
+    threaded = False  # video decoded with several FFmpeg threads: damage raises DamagedUnderThreads
     try:
         with av.open(str(path)) as c:
             streams = []
@@ -906,6 +932,7 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                 vs.thread_type = "AUTO"  # frame threading: decode speed is the build's floor
                 if _decode_threads:  # the engine's share of the cores for this decoder (set_decode_threads)
                     vs.codec_context.thread_count = _decode_threads
+                threaded = _decode_threads != 1
                 streams.append(vs)
                 # pts * time_base in integers: int / int is correctly rounded, so this is exactly
                 # float(pts * time_base) without a Fraction per frame. Decoded frames carry their
@@ -943,6 +970,8 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                     # a damaged packet: skip it as FFmpeg does and keep decoding; the windows it
                     # touches are rejected (video) or see a hole (audio), the rest are kept
                     if vt is not None and packet.stream.type == "video":
+                        if threaded:
+                            raise DamagedUnderThreads(f"{path}: {error_text(exc)}") from None
                         bad_video += 1
                         # the bad packet is one of those sent whose frames have not come out yet
                         ticks = [*in_flight, *(t for t in (packet.pts, packet.dts) if t is not None)]
@@ -961,6 +990,8 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
                     continue
                 for frame in frames:
                     if isinstance(frame, av.VideoFrame):
+                        if threaded and frame.is_corrupt:
+                            raise DamagedUnderThreads(f"{path}: a frame marked corrupt")
                         if frame.pts is not None:
                             in_flight.pop(frame.pts, None)
                             if taps is not None:
@@ -986,6 +1017,8 @@ def _decode_media(path, video_windows, video_clock, audio_windows, audio_clock, 
             if vt is not None:
                 push_video(frame_clock.flush())
     except av.error.FFmpegError as exc:
+        if threaded:  # frames in the decoder's threads when it stopped are lost: how many depends on them
+            raise DamagedUnderThreads(f"{path}: {error_text(exc)}") from None
         truncated = _top_level_boxes_truncated(path)
         end_reason = RejectReason.TRUNCATED_MEDIA if truncated else RejectReason.DECODE_ERROR
         end_detail = f"decoding stopped: {error_text(exc)}"

@@ -41,7 +41,16 @@ from transforms.images import (
     thermal_quality,
 )
 from transforms.layouts import MEDIA_SUFFIXES, ClockSpec, MediaUnit, StillUnit
-from transforms.media import MediaEvent, MediaInfo, MediaInputError, decode_media, helper_thread, probe
+from transforms.media import (
+    DamagedUnderThreads,
+    MediaEvent,
+    MediaInfo,
+    MediaInputError,
+    decode_media,
+    helper_thread,
+    one_decode_thread,
+    probe,
+)
 from transforms.paths import PathRejected, check_file
 from transforms.plan import Window, plan_windows, sample_key, split_for
 from transforms.records import Reject, UnitSink, UnitSummary, json_bytes, npy_bytes
@@ -99,7 +108,14 @@ def process_input(
         if isinstance(unit, StillUnit):
             _process_stills(root, unit, cfg, sink, heartbeat)
         else:
-            _process_media(root, unit, cfg, sink, heartbeat)
+            try:
+                _process_media(root, unit, cfg, sink, heartbeat)
+            except DamagedUnderThreads:
+                # damage decodes differently with other thread counts: with one, the input's samples and
+                # rejects are the same whatever engine, worker count or machine built it (transforms/media.py)
+                sink.withdraw_input()
+                with one_decode_thread():
+                    _process_media(root, unit, cfg, sink, heartbeat)
     finally:
         cv2.setNumThreads(cv2_threads)
 
