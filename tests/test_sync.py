@@ -583,3 +583,14 @@ def test_verify_on_short_videos_flags_a_shifted_audio_and_no_exact_one(tmp_path)
     assert len(flagged) >= len(picked) // 2
     for r in flagged:  # the audio shows at τ what the video shows at τ - 0.5
         assert abs(r.lag_s + 0.5) <= 2 * r.tolerance_s, (r.session, r.lag_s)
+
+
+def test_spectral_flux_window_is_scipys_periodic_hann_bit_for_bit():
+    # the decode worker does not import scipy.signal (start-up); its window must still be scipy's exactly
+    from scipy.signal import get_window
+
+    from transforms.activity import SpectralFlux
+
+    for rate in (8000, 16000, 22050, 44100, 48000, 11025.0, 100.0):
+        flux = SpectralFlux(rate)
+        assert np.array_equal(flux.window, get_window("hann", flux.nper)), rate

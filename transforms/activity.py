@@ -106,9 +106,10 @@ class SpectralFlux:
         self.nper = max(4, int(round(win_s * rate_hz)))
         self.hop = max(1, int(round(hop_s * rate_hz)))
         self.m = max(1, self.nper // self.hop)
-        # periodic Hann, scipy.signal.get_window("hann", nper) (fftbins=True): the symmetric window one longer,
-        # its last point dropped
-        self.window = np.hanning(self.nper + 1)[:-1]
+        # periodic Hann, bit for bit scipy.signal.get_window("hann", nper) (fftbins=True): scipy's general_cosine
+        # formula over the symmetric window one longer, its last point dropped (np.hanning differs by an ulp
+        # at most sizes); scipy.signal itself is not imported, for the decode worker's start-up
+        self.window = 0.5 + 0.5 * np.cos(np.linspace(-np.pi, np.pi, self.nper + 1))[:-1]
         self.scale = 1.0 / self.window.sum()
         self._buf: np.ndarray | None = None  # samples from the first frame not yet transformed
         self._pending: list[np.ndarray] = []
