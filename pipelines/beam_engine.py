@@ -23,10 +23,32 @@ from pipelines.build import decode_threads, usable_cores
 from pipelines.work import WorkContext, run_unit_json
 from schemas.errors import UserError
 
+# Beam's names for its in-process batch runner, as ``--runner`` spells them (Beam lower-cases a name and adds
+# "runner" when missing: apache_beam/runners/runner.py ``create_runner``). bindset runs these on the
+# FnApiRunner itself (``_in_process_runner``).
+_DIRECT = {"directrunner", "switchingdirectrunner", "fnapirunner"}
+
+
+def _runner_name(args_or_options) -> str | None:
+    """``--runner`` as Beam reads it, normalised (``DirectRunner``, ``direct`` and the class path all give
+    "directrunner"); None when no runner is named."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    options = args_or_options if isinstance(args_or_options, PipelineOptions) else PipelineOptions(args_or_options)
+    runner = options.view_as(StandardOptions).runner
+    if runner is None:
+        return None
+    name = (runner if isinstance(runner, str) else type(runner).__name__).rsplit(".", 1)[-1].lower()
+    return name if name.endswith("runner") else name + "runner"
+
+
+def _in_process(args_or_options) -> bool:
+    return _runner_name(args_or_options) in (None, *_DIRECT)
+
 
 def _default_flags(args: list[str]) -> list[str]:
     names = {a.split("=")[0] for a in args}
-    if "--runner" in names:
+    if not _in_process(list(args)):  # another runner's workers are not this machine's threads
         return list(args)
     extra = []
     if "--direct_num_workers" not in names:
@@ -63,16 +85,34 @@ def unknown_flags(pipeline_args: list[str]) -> list[str]:
 
 
 def _decode_threads(options, units: int) -> int:
-    """FFmpeg threads per video decoder (pipelines/build.py ``decode_threads``): on the DirectRunner (no
-    ``--runner``, or ``--runner=DirectRunner``), its workers share this machine's cores; another runner's
-    workers are machines of their own, whose decoders keep FFmpeg's default (0)."""
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    """FFmpeg threads per video decoder (pipelines/build.py ``decode_threads``): in process (no ``--runner``,
+    or a DirectRunner spelling), the workers share this machine's cores (``--direct_num_workers=0`` means one
+    per core, as Beam reads it; ``in_memory`` mode runs one at a time); another runner's workers are machines
+    of their own, whose decoders keep FFmpeg's default (0)."""
+    from apache_beam.options.pipeline_options import DirectOptions
 
-    runner = options.view_as(StandardOptions).runner
-    if runner not in (None, "DirectRunner", "direct"):
+    if not _in_process(options):
         return 0
-    workers = options.view_as(DirectOptions).direct_num_workers or 1
+    direct = options.view_as(DirectOptions)
+    workers = usable_cores() if direct.direct_num_workers == 0 else (direct.direct_num_workers or 1)
+    if direct.direct_running_mode == "in_memory":
+        workers = 1
     return decode_threads(min(workers, units))
+
+
+def _in_process_runner(options):
+    """Beam's FnApiRunner, set up as its DirectRunner sets it up for a batch pipeline like this one
+    (apache_beam/runners/direct/direct_runner.py, ``SwitchingDirectRunner.run_pipeline``). Named here because
+    that DirectRunner (Beam 2.77) first tries the Prism runner, which downloads its binary from GitHub at run
+    time (a build makes no network call but to the object store a user names) and then ignores
+    ``--direct_num_workers``; without network it falls back to the FnApiRunner anyway."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=info)
 
 
 def run_beam(ctx: WorkContext, units_json: list[str], pipeline_args: list[str]) -> None:
@@ -89,7 +129,8 @@ def run_beam(ctx: WorkContext, units_json: list[str], pipeline_args: list[str]) 
         def process(self, unit_json: str):
             yield run_unit_json(ctx_json, unit_json)
 
-    with beam.Pipeline(options=options) as p:
+    runner = _in_process_runner(options) if _in_process(options) else None
+    with beam.Pipeline(runner=runner, options=options) as p:
         _ = (
             p
             | "Units" >> beam.Create(units_json)

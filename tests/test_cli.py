@@ -218,6 +218,8 @@ def test_a_beam_build_console_is_clean_and_its_log_holds_the_engine_chatter(tmp_
     assert len(logs) == 1 and f"  log: {data / '_work' / 'logs' / logs[0].name}" in stdout
     text = logs[0].read_text()
     assert "apache_beam" in text and "sdk_worker" in text  # the runner's and its workers' chatter, in the log
+    # Beam's own DirectRunner would first try Prism (a binary downloaded from GitHub): no network at run time
+    assert "PrismRunner" not in text and "prism" not in text.lower(), [ln for ln in text.splitlines() if "rism" in ln]
     for session in ("s000_000", "s000_001"):  # the workers' lines per unit: start, end with seconds and rejects
         assert f"unit {session}: start" in text and f"unit {session}: end in " in text
     assert "validate: PASSED" in stdout
