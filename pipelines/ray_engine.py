@@ -24,6 +24,7 @@ import contextlib
 import functools
 import importlib
 import itertools
+import json
 import logging
 import os
 import threading
@@ -36,6 +37,8 @@ from pipelines.work import WorkContext, run_unit_json, start_decode_server
 
 #: tries of a unit whose Ray worker died under it (tasks: ``max_retries``; the actor: ``max_task_retries``)
 RETRIES = 2
+#: how long a local instance's UnitRunner may take to start (a loaded machine: seconds) before the build fails
+ACTOR_START_S = 300.0
 #: what a unit imports in the worker on first use (~1.5 s): the clock check's modules (scipy) for its sync
 #: rows, and pandas, which pyarrow imports at a unit's first ``Table.from_pylist`` (as pipelines/build.py
 #: ``_warm_up`` does for the local engine)
@@ -115,6 +118,10 @@ class UnitRunner:
     def run(self, ctx_json: str, unit_json: str) -> dict:
         return _run_logged(self._log, ctx_json, unit_json)
 
+    def ready(self) -> bool:
+        """True once ``__init__`` has run: the driver's check that the actor can start at all."""
+        return True
+
 
 def _import_warm() -> None:
     for name in _WARM_MODULES:
@@ -162,20 +169,48 @@ def run_ray(
             call = functools.partial(task.remote, ctx_json)
             at_once = len(units_json)  # all at once: the cluster schedules them (and may add nodes for them)
         else:
-            # a fixed-size node of our own: restart the actor as often as it dies; each unit runs at most
-            # 1 + RETRIES times, as a task would (a unit that kills its worker every time fails the build)
-            runner = ray.remote(UnitRunner).options(num_cpus=cpus, max_concurrency=cpus, max_restarts=-1,
+            # a fixed-size node of our own: the actor is restarted when its process dies, and each unit runs
+            # at most 1 + RETRIES times, as a task would (a unit that kills its worker every time fails the
+            # build). Unlike tasks, a death costs a try of every unit running at that moment. Restarts are
+            # bounded (a process that dies in __init__ fails no call, so Ray would restart it forever):
+            # RETRIES a unit is as many as deaths inside units can use up.
+            runner = ray.remote(UnitRunner).options(num_cpus=cpus, max_concurrency=cpus,
+                                                    max_restarts=RETRIES * max(1, len(units_json)),
                                                     max_task_retries=RETRIES).remote()  # fmt: skip
+            try:
+                ray.get(runner.ready.remote(), timeout=ACTOR_START_S)
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
+                how = (f"did not start within {ACTOR_START_S:.0f} s" if isinstance(exc, ray.exceptions.GetTimeoutError)
+                       else f"died each time it started ({type(exc).__name__})")  # fmt: skip
+                raise RuntimeError(f"the Ray worker that runs the units {how}: out of memory? see Ray's logs "
+                                   f"(/tmp/ray/session_latest/logs)") from None  # fmt: skip
             call = functools.partial(runner.run.remote, ctx_json)
             # as many as it has threads: a threaded actor runs what it holds in no set order; fed one at a
             # time, the units start in the caller's order (largest first, so that the threads end together)
             at_once = cpus
         queue = iter(units_json)
-        pending = [call(u) for u in itertools.islice(queue, at_once)]
+        unit_of: dict = {}  # ObjectRef -> unit id, for a failure's message
+
+        def submit(units) -> list:
+            refs = []
+            for u in units:
+                ref = call(u)
+                unit_of[ref] = json.loads(u).get("unit_id", "?")
+                refs.append(ref)
+            return refs
+
+        pending = submit(itertools.islice(queue, at_once))
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            pending += [call(u) for u in itertools.islice(queue, 1)]
-            for level, message in ray.get(done[0]).get("log", []):
+            pending += submit(itertools.islice(queue, 1))
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayError as exc:  # its worker died on every try (a unit's own errors are records)
+                raise RuntimeError(f"unit {unit_of[done[0]]}: its Ray worker died while running it, "
+                                   f"{1 + RETRIES} times ({type(exc).__name__}); the next build runs it "
+                                   f"again") from exc  # fmt: skip
+            unit_of.pop(done[0], None)
+            for level, message in result.get("log", []):
                 logging.getLogger(run_unit_json.__module__).log(level, "%s", message)
             if on_done:
                 on_done()

@@ -105,3 +105,49 @@ def test_a_killed_unit_runner_is_restarted_and_its_units_run_again(tmp_path):
     assert killed and killed[0] < 4, killed  # killed while units were left to do
     assert result.units == 4 and result.commit.samples > 0
     assert _digest(data) == _digest(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_a_unit_whose_worker_always_dies_fails_the_build_naming_it(tmp_path):
+    raw = tmp_path / "raw"
+    synth(raw, SynthConfig(sessions=2, seed=6, seconds=4.0, width=64, height=48, workers=1))
+    kills, done = [], threading.Event()
+
+    def kill_the_runner_whenever_it_decodes() -> None:
+        while not done.is_set():
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if p.name().startswith("ray::UnitRunner") and any(c.children() for c in p.children()):
+                        p.kill()
+                        kills.append(p.pid)
+                        time.sleep(0.5)
+                        break
+                except psutil.Error:
+                    pass
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_runner_whenever_it_decodes, daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(RuntimeError, match=r"unit s\d+_\d+: its Ray worker died while running it, 3 times"):
+            build(raw, tmp_path / "data", BuildConfig(), EngineConfig("ray", num_workers=1))
+    finally:
+        done.set()
+        killer.join()
+    assert len(kills) >= 3
+
+
+def test_a_unit_runner_that_cannot_start_fails_the_build_instead_of_restarting_forever(tmp_path, monkeypatch):
+    import os
+
+    class DiesAtStart(ray_engine.UnitRunner):
+        def __init__(self):  # a worker that dies while the actor is created (a crash at import, an OOM kill)
+            os._exit(1)
+
+    monkeypatch.setattr(ray_engine, "UnitRunner", DiesAtStart)
+    raw = tmp_path / "raw"
+    synth(raw, SynthConfig(sessions=2, seed=6, seconds=4.0, width=64, height=48, workers=1))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="the Ray worker that runs the units died each time it started"):
+        build(raw, tmp_path / "data", BuildConfig(), EngineConfig("ray", num_workers=1))
+    assert time.monotonic() - t0 < ray_engine.ACTOR_START_S
