@@ -20,7 +20,7 @@ import io
 from dataclasses import replace
 
 from pipelines.build import decode_threads, usable_cores
-from pipelines.work import WorkContext, run_unit_json
+from pipelines.work import WorkContext, live_decoders, run_unit_json, stop_decoders
 from schemas.errors import UserError
 
 # Beam's names for its in-process batch runner, as ``--runner`` spells them (Beam lower-cases a name and adds
@@ -42,13 +42,15 @@ def _runner_name(args_or_options) -> str | None:
     return name if name.endswith("runner") else name + "runner"
 
 
-def _in_process(args_or_options) -> bool:
+def in_process(args_or_options) -> bool:
+    """Whether Beam flags (a list, or PipelineOptions) run the pipeline in this process: no ``--runner``, or
+    one of the DirectRunner's spellings (run on the FnApiRunner, ``_in_process_runner``)."""
     return _runner_name(args_or_options) in (None, *_DIRECT)
 
 
 def _default_flags(args: list[str]) -> list[str]:
     names = {a.split("=")[0] for a in args}
-    if not _in_process(list(args)):  # another runner's workers are not this machine's threads
+    if not in_process(list(args)):  # another runner's workers are not this machine's threads
         return list(args)
     extra = []
     if "--direct_num_workers" not in names:
@@ -91,7 +93,7 @@ def _decode_threads(options, units: int) -> int:
     of their own, whose decoders keep FFmpeg's default (0)."""
     from apache_beam.options.pipeline_options import DirectOptions
 
-    if not _in_process(options):
+    if not in_process(options):
         return 0
     direct = options.view_as(DirectOptions)
     workers = usable_cores() if direct.direct_num_workers == 0 else (direct.direct_num_workers or 1)
@@ -129,11 +131,15 @@ def run_beam(ctx: WorkContext, units_json: list[str], pipeline_args: list[str]) 
         def process(self, unit_json: str):
             yield run_unit_json(ctx_json, unit_json)
 
-    runner = _in_process_runner(options) if _in_process(options) else None
-    with beam.Pipeline(runner=runner, options=options) as p:
-        _ = (
-            p
-            | "Units" >> beam.Create(units_json)
-            | "Spread" >> beam.Reshuffle()
-            | "Process" >> beam.ParDo(ProcessUnit())
-        )
+    runner = _in_process_runner(options) if in_process(options) else None
+    before = live_decoders()
+    try:
+        with beam.Pipeline(runner=runner, options=options) as p:
+            _ = (
+                p
+                | "Units" >> beam.Create(units_json)
+                | "Spread" >> beam.Reshuffle()
+                | "Process" >> beam.ParDo(ProcessUnit())
+            )
+    finally:  # the decode processes of Beam's worker threads (in process) end with the build
+        stop_decoders(live_decoders() - before)

@@ -491,16 +491,20 @@ def test_reader_looping_during_rebuilds_sees_one_version(raw, tmp_path):
 # ------------------------------------------------------------------------------- local engine's unit threads
 
 
-def test_local_builds_leave_no_decode_process_behind(raw, tmp_path):
-    """Each unit thread's decode process ends with the thread: builds one after another in one process (an
-    Airflow worker, a notebook) do not pile up idle decoders, two per build on two workers."""
+@pytest.mark.parametrize("engine", ["local", "beam"])
+def test_builds_in_one_process_leave_no_decode_process_behind(raw, tmp_path, engine):
+    """Each unit thread's decode process ends with the build (the local engine's threads, Beam's worker threads
+    in process): builds one after another in one process (an Airflow worker, a notebook) do not pile up idle
+    decoders, two per build on two workers."""
     import psutil
 
     me = psutil.Process()
-    build(raw, tmp_path / "d1", BuildConfig(clocks="declared"), EngineConfig("local", num_workers=2))
+    engine_cfg = EngineConfig("local", num_workers=2) if engine == "local" else EngineConfig(
+        "beam", pipeline_args=["--direct_num_workers=2"])  # fmt: skip
+    build(raw, tmp_path / "d1", BuildConfig(clocks="declared"), engine_cfg)
     after_one = {p.pid for p in me.children(recursive=True)}
     for i in (2, 3):
-        build(raw, tmp_path / f"d{i}", BuildConfig(clocks="declared"), EngineConfig("local", num_workers=2))
+        build(raw, tmp_path / f"d{i}", BuildConfig(clocks="declared"), engine_cfg)
     after_three = {p.pid for p in me.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
     assert after_three <= after_one, (after_one, after_three)
 

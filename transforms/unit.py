@@ -110,7 +110,10 @@ def process_input(
         else:
             try:
                 _process_media(root, unit, cfg, sink, heartbeat)
+                damaged = False
             except DamagedUnderThreads:
+                damaged = True
+            if damaged:  # out of the except: its traceback would keep the first pass's decoders alive
                 # damage decodes differently with other thread counts: with one, the input's samples and
                 # rejects are the same whatever engine, worker count or machine built it (transforms/media.py)
                 sink.withdraw_input()
