@@ -151,3 +151,28 @@ def test_a_unit_runner_that_cannot_start_fails_the_build_instead_of_restarting_f
     with pytest.raises(RuntimeError, match="the Ray worker that runs the units died each time it started"):
         build(raw, tmp_path / "data", BuildConfig(), EngineConfig("ray", num_workers=1))
     assert time.monotonic() - t0 < ray_engine.ACTOR_START_S
+
+
+@pytest.mark.slow
+def test_decoder_crash_and_hang_inside_the_actor_cost_only_their_inputs(tmp_path, monkeypatch):
+    """The actor's threads isolate inputs as the local engine's do: a segfaulting and a hanging decoder become
+    those inputs' `decoder_crash` and `decode_timeout` rejects; their unit-mates and the other units are built
+    and nothing is left running."""
+    import pyarrow.parquet as pq
+
+    from pipelines.work import FAULT_ENV
+
+    raw = tmp_path / "raw"
+    synth(raw, SynthConfig(sessions=4, seed=7, seconds=4.0, width=64, height=48, workers=1))
+    monkeypatch.setenv(FAULT_ENV, "segv:s007_001/,hang:s007_003/")  # read by the actor's decode workers
+    data = tmp_path / "data"
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # another test's forkserver, say
+    build(raw, data, BuildConfig(decode_timeout_s=6), EngineConfig("ray", num_workers=2))
+    rejects = pq.read_table(data / "rejects.parquet").to_pylist()
+    by_session = {r["session"]: r["reason"] for r in rejects if r["key"] is None and r["modality"] is None}
+    assert by_session.get("s007_001") == "decoder_crash" and by_session.get("s007_003") == "decode_timeout"
+    sessions = {r["session"] for r in pq.read_table(data / "index.parquet").to_pylist()}
+    assert sessions == {"s007_000", "s007_002"}
+    time.sleep(0.5)
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not [p for p in left if p.status() != psutil.STATUS_ZOMBIE], left
