@@ -20,7 +20,7 @@ import io
 from dataclasses import replace
 
 from pipelines.build import decode_threads, usable_cores
-from pipelines.work import WorkContext, live_decoders, run_unit_json, stop_decoders
+from pipelines.work import WorkContext, release_thread_decoder, run_unit_json
 from schemas.errors import UserError
 
 # Beam's names for its in-process batch runner, as ``--runner`` spells them (Beam lower-cases a name and adds
@@ -131,15 +131,18 @@ def run_beam(ctx: WorkContext, units_json: list[str], pipeline_args: list[str]) 
         def process(self, unit_json: str):
             yield run_unit_json(ctx_json, unit_json)
 
+        def finish_bundle(self):
+            # on the bundle's thread: its decode process ends with the bundle (Beam's in-process workers are
+            # threads of a pool shared by the whole process, which would keep one per thread until the
+            # interpreter exits, and builds in one process would pile them up); the next bundle on the
+            # thread forks a fresh one from the warm forkserver (milliseconds)
+            release_thread_decoder()
+
     runner = _in_process_runner(options) if in_process(options) else None
-    before = live_decoders()
-    try:
-        with beam.Pipeline(runner=runner, options=options) as p:
-            _ = (
-                p
-                | "Units" >> beam.Create(units_json)
-                | "Spread" >> beam.Reshuffle()
-                | "Process" >> beam.ParDo(ProcessUnit())
-            )
-    finally:  # the decode processes of Beam's worker threads (in process) end with the build
-        stop_decoders(live_decoders() - before)
+    with beam.Pipeline(runner=runner, options=options) as p:
+        _ = (
+            p
+            | "Units" >> beam.Create(units_json)
+            | "Spread" >> beam.Reshuffle()
+            | "Process" >> beam.ParDo(ProcessUnit())
+        )

@@ -469,14 +469,14 @@ def _warm_up(engine: EngineConfig) -> None:
     DirectRunner on threads, its default), and this process's own imports that closing the first unit would
     wait for (~1.5 s): the clock check's modules (scipy), which a unit's sync rows and the commit need, and
     pandas, which pyarrow imports at a unit's first ``Table.from_pylist``."""
+    beam_threads = False
     if engine.engine == "beam":
-        from pipelines.beam_engine import in_process
+        from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-        beam_threads = in_process(engine.pipeline_args) and not any(
-            a.startswith("--direct_running_mode") and not a.endswith("=multi_threading") for a in engine.pipeline_args
-        )
-    else:
-        beam_threads = False
+        from pipelines.beam_engine import _default_flags, in_process
+
+        options = PipelineOptions(_default_flags(engine.pipeline_args))
+        beam_threads = in_process(options) and options.view_as(DirectOptions).direct_running_mode != "multi_processing"
     if engine.engine == "local" or beam_threads:
         work.start_decode_server()
     threading.Thread(target=_import_for_units, name="bindset-warm-up", daemon=True).start()

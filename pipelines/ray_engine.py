@@ -181,9 +181,9 @@ def run_ray(
                 ray.get(runner.ready.remote(), timeout=ACTOR_START_S)
             except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as exc:
                 how = (f"did not start within {ACTOR_START_S:.0f} s" if isinstance(exc, ray.exceptions.GetTimeoutError)
-                       else f"died each time it started ({type(exc).__name__})")  # fmt: skip
-                raise RuntimeError(f"the Ray worker that runs the units {how}: out of memory? see Ray's logs "
-                                   f"(/tmp/ray/session_latest/logs)") from None  # fmt: skip
+                       else f"died as it started ({str(exc).strip().splitlines()[0][:300]})")  # fmt: skip
+                raise RuntimeError(f"the Ray worker that runs the units {how}; see Ray's logs "
+                                   f"(/tmp/ray/session_latest/logs)") from exc  # fmt: skip
             call = functools.partial(runner.run.remote, ctx_json)
             # as many as it has threads: a threaded actor runs what it holds in no set order; fed one at a
             # time, the units start in the caller's order (largest first, so that the threads end together)
@@ -205,10 +205,12 @@ def run_ray(
             pending += submit(itertools.islice(queue, 1))
             try:
                 result = ray.get(done[0])
-            except ray.exceptions.RayError as exc:  # its worker died on every try (a unit's own errors are records)
-                raise RuntimeError(f"unit {unit_of[done[0]]}: its Ray worker died while running it, "
-                                   f"{1 + RETRIES} times ({type(exc).__name__}); the next build runs it "
-                                   f"again") from exc  # fmt: skip
+            except ray.exceptions.RayTaskError:
+                raise  # the unit's own code raised (a full disk, a refused upload): that error, as it is
+            except ray.exceptions.RayError as exc:  # its worker died on every try
+                raise RuntimeError(f"unit {unit_of[done[0]]}: its Ray worker died while it ran (it, or a unit "
+                                   f"running beside it on the same worker), {1 + RETRIES} times "
+                                   f"({type(exc).__name__}); the next build runs it again") from exc  # fmt: skip
             unit_of.pop(done[0], None)
             for level, message in result.get("log", []):
                 logging.getLogger(run_unit_json.__module__).log(level, "%s", message)

@@ -34,7 +34,6 @@ import threading
 import time
 import traceback
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -595,9 +594,6 @@ class DecodeWorker:
 _DECODERS = threading.local()
 
 
-_ALL_DECODERS: weakref.WeakSet[DecodeWorker] = weakref.WeakSet()  # every thread's, for live_decoders()
-
-
 def _decoder() -> DecodeWorker:
     """This thread's decode worker (engine workers run many units one after another; the local engine runs
     one thread per worker in the driver, each with a decode worker of its own)."""
@@ -605,23 +601,7 @@ def _decoder() -> DecodeWorker:
     if worker is None:
         worker = _DECODERS.worker = DecodeWorker()
         atexit.register(worker.stop)
-        _ALL_DECODERS.add(worker)
     return worker
-
-
-def live_decoders() -> set[DecodeWorker]:
-    """The decode workers of every thread of this process whose decode process runs (an engine takes a
-    snapshot before its pipeline: a pooled thread may bring back a worker stopped after an earlier one)."""
-    return {w for w in list(_ALL_DECODERS) if w.proc is not None}
-
-
-def stop_decoders(workers: set[DecodeWorker]) -> None:
-    """Stop these decode workers' processes: an engine's worker threads (Beam's, in process), which end
-    without ``release_thread_decoder``, once its pipeline is done; otherwise each would wait on its pipe
-    until the interpreter exits, and builds in one process (an Airflow worker, a notebook) would pile them
-    up. A stopped worker starts afresh if its thread uses it again."""
-    for worker in workers:
-        worker.stop()
 
 
 def set_thread_stop(event: threading.Event | None) -> None:
