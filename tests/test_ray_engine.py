@@ -21,6 +21,40 @@ from pipelines.work import run_unit_json
 from transforms.config import BuildConfig
 
 
+class _RunnerKiller:
+    """A thread that SIGKILLs the UnitRunner actor's process whenever a unit is under way on it (one of its
+    decode server's children, a decode process, runs): ``times`` kills (None: until the block ends). The
+    context value is the list of ``note()``'s values at each kill."""
+
+    def __init__(self, times: int | None, note=lambda: None):
+        self.times, self.note = times, note
+        self.kills: list = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.is_set() and (self.times is None or len(self.kills) < self.times):
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if p.name().startswith("ray::UnitRunner") and any(c.children() for c in p.children()):
+                        noted = self.note()
+                        p.kill()
+                        self.kills.append(noted)
+                        time.sleep(0.5)  # the restarted actor's next unit, not the same one twice at once
+                        break
+                except psutil.Error:
+                    pass
+            time.sleep(0.05)
+
+    def __enter__(self) -> list:
+        self.thread.start()
+        return self.kills
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
 def _digest(data: Path) -> dict[str, str]:
     files = sorted((data / "shards").iterdir()) + [data / "index.parquet", data / "rejects.parquet"]
     return {p.relative_to(data).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
@@ -78,30 +112,14 @@ def test_a_killed_unit_runner_is_restarted_and_its_units_run_again(tmp_path):
     cfg = BuildConfig(shard_max_samples=2)
     build(raw, tmp_path / "local", cfg, EngineConfig("local"))
 
-    data, killed, done = tmp_path / "ray", [], threading.Event()
+    data = tmp_path / "ray"
 
-    def kill_the_runner_once_it_decodes() -> None:
-        # the actor's process, once a decode process (a child of its decode server) runs: a unit is under way
-        while not done.is_set() and not killed:
-            for p in psutil.Process().children(recursive=True):
-                try:
-                    if p.name().startswith("ray::UnitRunner") and any(c.children() for c in p.children()):
-                        units = data / "_work" / "units"
-                        finished = len(list(units.glob("*/summary.json"))) if units.exists() else 0
-                        p.kill()
-                        killed.append(finished)
-                        return
-                except psutil.Error:
-                    pass
-            time.sleep(0.05)
+    def finished() -> int:
+        units = data / "_work" / "units"
+        return len(list(units.glob("*/summary.json"))) if units.exists() else 0
 
-    killer = threading.Thread(target=kill_the_runner_once_it_decodes, daemon=True)
-    killer.start()
-    try:
+    with _RunnerKiller(times=1, note=finished) as killed:
         result = build(raw, data, cfg, EngineConfig("ray", num_workers=2))
-    finally:
-        done.set()
-        killer.join()
     assert killed and killed[0] < 4, killed  # killed while units were left to do
     assert result.units == 4 and result.commit.samples > 0
     assert _digest(data) == _digest(tmp_path / "local")
@@ -111,29 +129,9 @@ def test_a_killed_unit_runner_is_restarted_and_its_units_run_again(tmp_path):
 def test_a_unit_whose_worker_always_dies_fails_the_build_naming_it(tmp_path):
     raw = tmp_path / "raw"
     synth(raw, SynthConfig(sessions=2, seed=6, seconds=4.0, width=64, height=48, workers=1))
-    kills, done = [], threading.Event()
-
-    def kill_the_runner_whenever_it_decodes() -> None:
-        while not done.is_set():
-            for p in psutil.Process().children(recursive=True):
-                try:
-                    if p.name().startswith("ray::UnitRunner") and any(c.children() for c in p.children()):
-                        p.kill()
-                        kills.append(p.pid)
-                        time.sleep(0.5)
-                        break
-                except psutil.Error:
-                    pass
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_the_runner_whenever_it_decodes, daemon=True)
-    killer.start()
-    try:
-        with pytest.raises(RuntimeError, match=r"unit s\d+_\d+: its Ray worker died while it ran .*, 3 times"):
-            build(raw, tmp_path / "data", BuildConfig(), EngineConfig("ray", num_workers=1))
-    finally:
-        done.set()
-        killer.join()
+    died = r"unit s\d+_\d+: its Ray worker died while it ran .*, 3 times"
+    with _RunnerKiller(times=None) as kills, pytest.raises(RuntimeError, match=died):
+        build(raw, tmp_path / "data", BuildConfig(), EngineConfig("ray", num_workers=1))
     assert len(kills) >= 3
 
 
