@@ -403,6 +403,8 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
         _warm_up(engine)
     units_json = [json.dumps(u.to_dict(), sort_keys=True) for u in todo]
     weights = {u.unit_id: sum(sizes.get(p) or 0 for p in u.input_paths()) for u in todo}  # None: unreadable
+    # for engines that feed units to workers in order: the last to start are small, so workers finish together
+    largest_first = [units_json[i] for i in sorted(range(len(todo)), key=lambda i: -weights[todo[i].unit_id])]
     side_by_side = local_workers(engine.num_workers, len(todo)) if engine.engine == "local" else len(todo)
     ctx = WorkContext(str(raw), str(data), cfg.to_dict(), build_id, attempts,
                       decode_alone=lone_units(weights, min(side_by_side, usable_cores())))  # fmt: skip
@@ -416,14 +418,11 @@ def _build_locked(raw: Path | Location, data: Path, cfg: BuildConfig, engine: En
             elif engine.engine == "ray":
                 from pipelines.ray_engine import run_ray
 
-                largest_first = sorted(range(len(todo)), key=lambda i: -weights[todo[i].unit_id])  # as below
-                run_ray(ctx, [units_json[i] for i in largest_first], engine.ray_address, engine.num_workers,
-                        prog.poll)  # fmt: skip
+                run_ray(ctx, largest_first, engine.ray_address, engine.num_workers, prog.poll)
             else:
                 workers = local_workers(engine.num_workers, len(units_json))
-                if workers > 1:  # largest first: the last units to start are small, so workers finish together
-                    weight = [weights[u.unit_id] for u in todo]
-                    units_json = [units_json[i] for i in sorted(range(len(todo)), key=lambda i: -weight[i])]
+                if workers > 1:
+                    units_json = largest_first
                 ctx = replace(ctx, decode_threads=decode_threads(workers))
                 _run_local(ctx, units_json, prog.poll, workers)
     if bar is not None:
